@@ -1,0 +1,3 @@
+//! mcrelay: a multicast video stream relay engine for VMS recorder hosts.
+pub mod media;
+pub mod rtp;
