@@ -1,3 +1,4 @@
 //! mcrelay: a multicast video stream relay engine for VMS recorder hosts.
+pub mod config;
 pub mod media;
 pub mod rtp;

@@ -88,10 +88,11 @@ impl Timeline {
 /// How raw Annex-B streams, which carry no timestamps, are timed. A named
 /// camera-quirk policy: encoders that push a raw byte stream differ in
 /// whether their SPS/VPS states a frame rate and whether they pace output.
-#[derive(Copy, Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub enum TimingPolicy {
     /// The frame rate from the stream's timing information (H.264 SPS VUI,
-    /// H.265 VPS), else arrival time. The default.
+    /// H.265 SPS VUI or VPS), else arrival time. The default.
+    #[default]
     Auto,
     /// Arrival time of each access unit's first byte. Follows the encoder's
     /// pacing exactly, jitter included.

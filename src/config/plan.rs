@@ -1,0 +1,127 @@
+//! The address plan: which multicast group and port each channel is sent to.
+//!
+//! A pure function of the site file, so it is the same on every restart and
+//! on every server: a failover server that takes over a broken server's
+//! channels computes that server's destinations and sends there, and joined
+//! workstations keep receiving without rejoining.
+//!
+//! - One group per server (`groups = 1`, the default, as the seed has one
+//!   multicast address per server): channel n goes to the group on port
+//!   `port + 2n`, its RTCP to `port + 2n + 1` (RFC 3550 11: RTP on an even
+//!   port, RTCP on the next).
+//! - One group per channel (`groups = N > 1`): channel n goes to group
+//!   `address + (n mod N)` on `port`. Receivers then get only the channels
+//!   they join, which matters on links slower than the server's total rate.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::types::MulticastConfig;
+
+/// Where one channel's RTP (and, one port up, RTCP) goes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Destination {
+    pub group: Ipv4Addr,
+    pub port: u16,
+    pub ttl: u32,
+}
+
+impl Destination {
+    pub fn rtp(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.group, self.port)
+    }
+
+    pub fn rtcp(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.group, self.port.wrapping_add(1))
+    }
+}
+
+/// The destination of channel `id` on a server with this multicast setting.
+pub fn destination(mc: &MulticastConfig, id: u32) -> Result<Destination, String> {
+    if mc.groups <= 1 {
+        let port = u32::from(mc.port) + 2 * id;
+        if port + 1 > u32::from(u16::MAX) {
+            return Err(format!(
+                "channel {id} would use port {port} (port {} + 2 x {id}) and RTCP {}, beyond 65535",
+                mc.port,
+                port + 1
+            ));
+        }
+        Ok(Destination {
+            group: mc.address,
+            port: port as u16,
+            ttl: mc.ttl,
+        })
+    } else {
+        let first = u32::from(mc.address);
+        let group = first
+            .checked_add(id % mc.groups)
+            .ok_or_else(|| format!("the group range from {} overflows", mc.address))?;
+        Ok(Destination {
+            group: Ipv4Addr::from(group),
+            port: mc.port,
+            ttl: mc.ttl,
+        })
+    }
+}
+
+/// The multicast addresses a server owns: `[first, last]` as integers.
+pub fn group_range(mc: &MulticastConfig) -> (u32, u32) {
+    let first = u32::from(mc.address);
+    let last = first.saturating_add(mc.groups.max(1) - 1);
+    (first, last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mc(groups: u32) -> MulticastConfig {
+        MulticastConfig {
+            address: Ipv4Addr::new(239, 192, 0, 1),
+            port: 5000,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 4,
+            loopback: true,
+            groups,
+        }
+    }
+
+    #[test]
+    fn shared_group_uses_even_ports() {
+        let d = destination(&mc(1), 3).unwrap();
+        assert_eq!(d.rtp(), "239.192.0.1:5006".parse().unwrap());
+        assert_eq!(d.rtcp(), "239.192.0.1:5007".parse().unwrap());
+        assert_eq!(d.ttl, 4);
+        assert!(destination(&mc(1), 30_267).is_ok());
+        assert!(
+            destination(&mc(1), 30_268)
+                .unwrap_err()
+                .contains("beyond 65535")
+        );
+    }
+
+    #[test]
+    fn group_per_channel() {
+        let d = destination(&mc(16), 3).unwrap();
+        assert_eq!(d.rtp(), "239.192.0.4:5000".parse().unwrap());
+        assert_eq!(
+            destination(&mc(16), 19).unwrap().group,
+            Ipv4Addr::new(239, 192, 0, 4)
+        );
+        assert_eq!(
+            group_range(&mc(16)),
+            (
+                u32::from(Ipv4Addr::new(239, 192, 0, 1)),
+                u32::from(Ipv4Addr::new(239, 192, 0, 16))
+            )
+        );
+    }
+
+    #[test]
+    fn stable_for_the_same_input() {
+        // The plan depends on nothing but its arguments.
+        let a: Vec<_> = (1..50).map(|i| destination(&mc(8), i)).collect();
+        let b: Vec<_> = (1..50).map(|i| destination(&mc(8), i)).collect();
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,286 @@
+use std::path::Path;
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../config/site.toml");
+const DEMO: &str = include_str!("../../config/demo.toml");
+
+fn parse(text: &str) -> Result<Site, ConfigError> {
+    Site::parse(text, Path::new("test-site.toml"))
+}
+
+/// A minimal valid site with two multicast servers; tests patch it.
+fn two_servers(extra_a: &str, extra_b: &str) -> String {
+    format!(
+        r#"
+[[server]]
+name = "a"
+password = "x"
+protocol = "rtp-multicast"
+control = "198.18.0.1:8080"
+[server.multicast]
+address = "239.1.1.1"
+port = 5000
+interface = "198.18.0.1"
+{extra_a}
+
+[[server]]
+name = "b"
+password = "x"
+protocol = "rtp-multicast"
+control = "198.18.0.2:8080"
+[server.multicast]
+address = "239.1.1.2"
+port = 5000
+interface = "198.18.0.2"
+{extra_b}
+"#
+    )
+}
+
+fn errors(text: &str) -> Vec<Issue> {
+    match parse(text) {
+        Err(ConfigError::Invalid { issues, .. }) => issues,
+        Err(e) => panic!("expected validation errors, got {e}"),
+        Ok(_) => panic!("expected validation errors, got a valid site"),
+    }
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let site = parse(EXAMPLE).unwrap();
+    assert_eq!(site.servers().len(), 3);
+    let (server, ch) = site.channel(2).unwrap();
+    assert_eq!(server.name, "recorder-1");
+    assert_eq!(ch.codec, Some(crate::media::Codec::H265));
+    let demo = parse(DEMO).unwrap();
+    let r = demo.server("recorder-1").unwrap();
+    assert_eq!(r.protocol, Protocol::RtpMulticast);
+    assert_eq!(
+        r.multicast.as_ref().unwrap().interface,
+        std::net::Ipv4Addr::LOCALHOST
+    );
+    assert!(demo.warnings.is_empty(), "{:?}", demo.warnings);
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_the_key_and_file() {
+    let text = two_servers("bogus_key = 1", "");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("test-site.toml:"), "{err}");
+    assert!(err.contains("bogus_key"), "{err}");
+    let err = parse("[[server]]\nname = \"a\"\ncontrl = \"127.0.0.1:1\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("contrl"), "{err}");
+}
+
+#[test]
+fn same_multicast_address_is_rejected() {
+    let text = two_servers("", "").replace("239.1.1.2", "239.1.1.1");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "server \"b\" multicast.address");
+    assert!(
+        e[0].message.contains("overlaps server \"a\""),
+        "{}",
+        e[0].message
+    );
+    assert!(e[0].fix.contains("own multicast address"));
+}
+
+#[test]
+fn overlapping_group_ranges_are_rejected() {
+    let e = errors(&two_servers("groups = 4", ""));
+    assert!(
+        e.iter().any(|i| i
+            .message
+            .contains("overlaps server \"a\"'s 239.1.1.1..239.1.1.4")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn port_collisions_are_rejected() {
+    let text = two_servers("", "").replace("198.18.0.2:8080", "198.18.0.1:8080");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|i| i.key == "server \"b\" control" && i.message.contains("collides")),
+        "{e:?}"
+    );
+    // A camera listener on the control port of the same server.
+    let ch = "[[server.channel]]\nid = 1\nsource = \"tcp-listen://0.0.0.0:8080\"\ncodec = \"h264\"";
+    let e = errors(&two_servers(ch, ""));
+    assert!(
+        e.iter().any(|i| i.key == "server \"a\" channel 1 source"),
+        "{e:?}"
+    );
+    // Odd base port; a channel id that pushes the port past 65535.
+    let e = errors(&two_servers("", "").replacen("port = 5000", "port = 5001", 1));
+    assert!(
+        e.iter().any(|i| i.key == "server \"a\" multicast.port"),
+        "{e:?}"
+    );
+    let ch = "[[server.channel]]\nid = 40000\nsource = \"tcp://198.18.0.9:1\"\ncodec = \"h264\"";
+    let e = errors(&two_servers(ch, ""));
+    assert!(
+        e.iter().any(|i| i.message.contains("beyond 65535")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn duplicate_channel_ids_are_rejected_site_wide() {
+    let ch = "[[server.channel]]\nid = 7\nsource = \"rtsp://198.18.0.9/s\"";
+    let e = errors(&two_servers(ch, ch));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("also used by server \"a\""), "{e:?}");
+}
+
+#[test]
+fn channels_mapping_to_one_group_are_rejected() {
+    let chs = "groups = 4\n[[server.channel]]\nid = 1\nsource = \"rtsp://198.18.0.9/a\"\n[[server.channel]]\nid = 5\nsource = \"rtsp://198.18.0.9/b\"";
+    let text = two_servers(chs, "").replace("239.1.1.2", "239.1.2.1");
+    let e = errors(&text);
+    assert!(
+        e.iter()
+            .any(|i| i.message.contains("channels 1 and 5 both map")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn raw_sources_need_a_codec_and_bad_sources_name_the_key() {
+    let ch = "[[server.channel]]\nid = 1\nsource = \"tcp://198.18.0.9:9000\"";
+    let e = errors(&two_servers(ch, ""));
+    assert_eq!(e[0].key, "server \"a\" channel 1 codec");
+    let ch = "[[server.channel]]\nid = 1\nsource = \"http://198.18.0.9/x\"";
+    let err = parse(&two_servers(ch, "")).unwrap_err().to_string();
+    assert!(
+        err.contains("source") && err.contains("unsupported source scheme"),
+        "{err}"
+    );
+}
+
+#[test]
+fn multicast_protocol_needs_an_address() {
+    let text = r#"
+[[server]]
+name = "a"
+password = "x"
+protocol = "rtp-multicast"
+control = "127.0.0.1:8080"
+"#;
+    let e = errors(text);
+    assert_eq!(e[0].key, "server \"a\" multicast");
+}
+
+#[test]
+fn bad_multicast_values() {
+    let e = errors(&two_servers("", "").replace("239.1.1.1", "198.18.5.5"));
+    assert!(
+        e.iter().any(|i| i.message.contains("not all multicast")),
+        "{e:?}"
+    );
+    let e = errors(&two_servers("", "").replace("239.1.1.1", "224.0.0.9"));
+    assert!(
+        e.iter().any(|i| i.message.contains("224.0.0.0/24")),
+        "{e:?}"
+    );
+    let e = errors(&two_servers("ttl = 0", ""));
+    assert!(e.iter().any(|i| i.key.ends_with("multicast.ttl")), "{e:?}");
+}
+
+#[test]
+fn failover_rules() {
+    let standby = r#"
+[[server]]
+name = "fo"
+password = "x"
+control = "198.18.0.3:8080"
+[server.failover]
+use_as_failover_server = true
+failover_enabled = true
+[[server.channel]]
+id = 9
+source = "rtsp://198.18.0.9/s"
+"#;
+    let text = format!("{}{standby}", two_servers("", ""));
+    let e = errors(&text);
+    assert!(e.iter().any(|i| i.key == "server \"fo\" channel"), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|i| i.key == "server \"fo\" failover.failover_enabled"),
+        "{e:?}"
+    );
+
+    // Protection without any failover server is a warning, not an error.
+    let site = parse(&two_servers(
+        "[server.failover]\nfailover_enabled = true\ninaccessible_period = \"90m\"",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(site.warnings.len(), 1);
+    assert!(
+        site.warnings[0]
+            .message
+            .contains("no server in the site is a failover server")
+    );
+    let a = site.server("a").unwrap();
+    assert_eq!(
+        a.failover.inaccessible_period,
+        std::time::Duration::from_secs(5400)
+    );
+    let err = parse(&two_servers(
+        "[server.failover]\ninaccessible_period = \"soon\"",
+        "",
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("not a duration"), "{err}");
+}
+
+#[test]
+fn passwords_resolve_from_inline_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();
+    let path = dir.path().join("site.toml");
+    let text = two_servers("", "")
+        .replacen("password = \"x\"", "password = { file = \"pw\" }", 1)
+        .replacen(
+            "password = \"x\"",
+            "password = { env = \"MCRELAY_TEST_UNSET_VARIABLE\" }",
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let site = Site::load(&path).unwrap();
+    let a = site.password(site.server("a").unwrap()).unwrap().unwrap();
+    assert_eq!(a.expose(), "from-file");
+    assert_eq!(format!("{a:?}"), "<redacted>");
+    let err = site
+        .password(site.server("b").unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("MCRELAY_TEST_UNSET_VARIABLE is not set"),
+        "{err}"
+    );
+    let err =
+        parse(&two_servers("", "").replacen("password = \"x\"", "password = { path = \"p\" }", 1))
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("expected a string, { file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let err = Site::load(Path::new("/nonexistent/site.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/site.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}

@@ -1,0 +1,364 @@
+//! The site file's types, named after the VMS server settings they model
+//! (server name, description, password, protocol, multicast address,
+//! failover settings, material disks).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::source::Source;
+use crate::media::Codec;
+use crate::media::time::TimingPolicy;
+
+/// The whole file: every server of a site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    #[serde(default)]
+    pub site: SiteInfo,
+    #[serde(default, rename = "server")]
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteInfo {
+    #[serde(default)]
+    pub name: String,
+}
+
+/// One VMS server: a recorder, or a failover server in standby.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// "VMS server name": unique in the site.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Protects the control API's state-changing and material endpoints
+    /// (and RTSP for workstations).
+    pub password: Option<PasswordSource>,
+    /// "Protocol": TCP (default) or RTP multicast.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Control API listen address (health, status, SDP, metrics).
+    pub control: SocketAddr,
+    /// "Multicast address" and how the server's channels use it.
+    pub multicast: Option<MulticastConfig>,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Workstations pull each stream over TCP (the VMS default).
+    #[default]
+    Tcp,
+    /// Each channel is sent to the LAN once, on the server's multicast group.
+    RtpMulticast,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MulticastConfig {
+    /// The server's multicast address (first of its range when `groups` > 1).
+    pub address: Ipv4Addr,
+    /// Base UDP port: with one group, channel n uses port + 2n (RTCP + 1).
+    pub port: u16,
+    /// Local IPv4 address of the interface to send on (IP_MULTICAST_IF).
+    pub interface: Ipv4Addr,
+    #[serde(default = "default_ttl")]
+    pub ttl: u32,
+    /// Deliver the server's own multicast to local receivers too.
+    #[serde(default = "default_true", rename = "loop")]
+    pub loopback: bool,
+    /// 1 (default): all channels share the server's group. N > 1: one group
+    /// per channel, from address to address + N - 1 (channel id modulo N).
+    #[serde(default = "default_groups")]
+    pub groups: u32,
+}
+
+fn default_ttl() -> u32 {
+    16
+}
+fn default_true() -> bool {
+    true
+}
+fn default_groups() -> u32 {
+    1
+}
+
+/// "VMS server failover settings".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// "Use as a failover VMS server": a standby that takes over the duties
+    /// of a broken server.
+    #[serde(default)]
+    pub use_as_failover_server: bool,
+    /// "VMS Server failover is enabled for this VMS server": this server's
+    /// role moves to a failover server when it breaks.
+    #[serde(default)]
+    pub failover_enabled: bool,
+    /// Inaccessible for longer than this means broken (the seed's example: 2 hours).
+    #[serde(default = "default_inaccessible", deserialize_with = "de_duration")]
+    pub inaccessible_period: Duration,
+    /// "Delay failover to prevent data loss" ("Wait for the recorder to
+    /// apply settings"): a restored server copies only missing material
+    /// before taking its role back.
+    #[serde(default)]
+    pub delay_failover: bool,
+    /// "Use automatic failback".
+    #[serde(default)]
+    pub automatic_failback: bool,
+    /// "Use automatic material copying".
+    #[serde(default)]
+    pub automatic_material_copying: bool,
+}
+
+fn default_inaccessible() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            use_as_failover_server: false,
+            failover_enabled: false,
+            inaccessible_period: default_inaccessible(),
+            delay_failover: false,
+            automatic_failback: false,
+            automatic_material_copying: false,
+        }
+    }
+}
+
+/// The server's material disks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub disks: Vec<PathBuf>,
+}
+
+/// How the server talks to its cameras.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A camera that delivers no picture for this long is reconnected.
+    #[serde(default = "default_stall", deserialize_with = "de_duration")]
+    pub stall_timeout: Duration,
+    /// First reconnect delay; doubles per failure up to `reconnect_max`.
+    #[serde(default = "default_reconnect_min", deserialize_with = "de_duration")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", deserialize_with = "de_duration")]
+    pub reconnect_max: Duration,
+    /// Largest RTP payload in bytes (the packetizer's MTU).
+    #[serde(default = "default_payload_size")]
+    pub payload_size: usize,
+}
+
+fn default_stall() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_payload_size() -> usize {
+    crate::rtp::packetizer::DEFAULT_MAX_PAYLOAD
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            stall_timeout: default_stall(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            payload_size: default_payload_size(),
+        }
+    }
+}
+
+/// One camera channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Unique in the site: a failover server may carry several servers' channels.
+    pub id: u32,
+    #[serde(default)]
+    pub name: String,
+    /// `rtsp://[user:pass@]host[:port]/path`, `tcp://host:port` (connect and
+    /// read raw Annex-B) or `tcp-listen://addr:port` (accept an encoder that
+    /// pushes raw Annex-B).
+    pub source: Source,
+    /// Required for raw Annex-B sources; learned from the camera for RTSP.
+    pub codec: Option<Codec>,
+    /// Timestamps of raw Annex-B sources: "auto", "arrival" or a frame rate.
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// The site file's spelling of [`TimingPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Timing(pub TimingPolicy);
+
+impl<'de> Deserialize<'de> for Timing {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Fps(f64),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected \"auto\", \"arrival\" or a frame rate such as 25")
+        })? {
+            Raw::Name(s) if s == "auto" => Ok(Timing(TimingPolicy::Auto)),
+            Raw::Name(s) if s == "arrival" => Ok(Timing(TimingPolicy::Arrival)),
+            Raw::Fps(f) if f > 0.0 && f <= 1000.0 => Ok(Timing(TimingPolicy::Fps(f))),
+            _ => Err(serde::de::Error::custom(
+                "expected \"auto\", \"arrival\" or a frame rate between 0 and 1000",
+            )),
+        }
+    }
+}
+
+/// Where a secret comes from: inline, a file, or an environment variable.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Inline(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            PasswordSource::File(p) => write!(f, "File({p:?})"),
+            PasswordSource::Env(v) => write!(f, "Env({v:?})"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PasswordSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Reference {
+            file: Option<PathBuf>,
+            env: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Inline(String),
+            Reference(Reference),
+        }
+        const EXPECTED: &str = "expected a string, { file = \"path\" } or { env = \"VARIABLE\" }";
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(EXPECTED))? {
+            Raw::Inline(s) => Ok(PasswordSource::Inline(s)),
+            Raw::Reference(Reference {
+                file: Some(f),
+                env: None,
+            }) => Ok(PasswordSource::File(f)),
+            Raw::Reference(Reference {
+                file: None,
+                env: Some(v),
+            }) => Ok(PasswordSource::Env(v)),
+            Raw::Reference(_) => Err(serde::de::Error::custom(EXPECTED)),
+        }
+    }
+}
+
+/// A resolved secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Parses durations such as "500ms", "30s", "5m", "2h", "1d" or "1h30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || {
+        format!(
+            "{s:?} is not a duration: write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"1h30m\""
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86400),
+            _ => return Err(err()),
+        };
+        let n = u32::try_from(n).map_err(|_| err())?;
+        total = total
+            .checked_add(unit.checked_mul(n).ok_or_else(err)?)
+            .ok_or_else(err)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "2", "h", "2 hours", "-1s", "99999999999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

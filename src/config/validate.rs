@@ -1,0 +1,414 @@
+//! Validation of a whole site file, once, at start: every problem found,
+//! each naming its key and the fix.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::plan::{self, group_range};
+use super::source::Source;
+use super::types::{PasswordSource, Protocol, ServerConfig, SiteFile};
+use crate::rtp::packetizer::MIN_MAX_PAYLOAD;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem in a site file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issue {
+    pub severity: Severity,
+    /// Where: e.g. `server "recorder-1" multicast.address`.
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Issue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{sev}: {}: {}; fix: {}",
+            self.key, self.message, self.fix
+        )
+    }
+}
+
+struct Issues(Vec<Issue>);
+
+impl Issues {
+    fn error(
+        &mut self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(Severity::Error, key, message, fix);
+    }
+    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) {
+        self.push(Severity::Warning, key, message, fix);
+    }
+    fn push(
+        &mut self,
+        severity: Severity,
+        key: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.0.push(Issue {
+            severity,
+            key: key.into(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+fn key(server: &ServerConfig, k: &str) -> String {
+    format!("server {:?} {k}", server.name)
+}
+
+fn ch_key(server: &ServerConfig, id: u32, k: &str) -> String {
+    format!("server {:?} channel {id} {k}", server.name)
+}
+
+/// The largest payload size: a UDP datagram carries at most 65507 bytes over
+/// IPv4, minus the 12-byte RTP header.
+pub const MAX_PAYLOAD_SIZE: usize = 65_507 - 12;
+
+/// Checks everything that can be checked without the network.
+pub fn validate(site: &SiteFile) -> Vec<Issue> {
+    let mut out = Issues(Vec::new());
+    if site.servers.is_empty() {
+        out.error(
+            "server",
+            "the site has no servers",
+            "add a [[server]] table",
+        );
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut channel_owner: HashMap<u32, &str> = HashMap::new();
+    let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
+
+    for s in &site.servers {
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            out.error(
+                format!("server {:?} name", s.name),
+                "a server name must be non-empty and use only letters, digits, '-', '_' and '.'",
+                "rename the server",
+            );
+        }
+        if names.insert(&s.name, 0).is_some() {
+            out.error(
+                format!("server {:?} name", s.name),
+                "two servers have this name",
+                "give every server its own name",
+            );
+        }
+        check_listener(&mut out, &mut listeners, s.control, key(s, "control"));
+        check_password(&mut out, s);
+        check_multicast(&mut out, s);
+        check_failover(&mut out, s, site);
+        check_storage(&mut out, s);
+        check_ingest(&mut out, s);
+
+        for c in &s.channels {
+            if let Some(other) = channel_owner.insert(c.id, &s.name) {
+                out.error(
+                    ch_key(s, c.id, "id"),
+                    format!("channel id {} is also used by server {other:?}", c.id),
+                    "channel ids are unique in the site (a failover server may carry both servers' channels): renumber one",
+                );
+            }
+            if c.source.is_annexb() && c.codec.is_none() {
+                out.error(
+                    ch_key(s, c.id, "codec"),
+                    format!(
+                        "{} is a raw Annex-B stream, which does not say its codec",
+                        c.source
+                    ),
+                    "add codec = \"h264\" or codec = \"h265\"",
+                );
+            }
+            if let Source::TcpListen(addr) = c.source {
+                check_listener(&mut out, &mut listeners, addr, ch_key(s, c.id, "source"));
+            }
+        }
+    }
+
+    check_group_overlaps(&mut out, site);
+    out.0
+}
+
+/// Two listeners on one socket address (or one on the wildcard address and
+/// one on a specific address, same port) cannot both bind.
+fn check_listener(
+    out: &mut Issues,
+    seen: &mut HashMap<SocketAddr, String>,
+    addr: SocketAddr,
+    k: String,
+) {
+    for (other, other_key) in seen.iter() {
+        let same_ip =
+            other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified();
+        if other.port() == addr.port() && same_ip {
+            out.error(
+                k.clone(),
+                format!("{addr} collides with {other_key} ({other})"),
+                "use another port",
+            );
+        }
+    }
+    seen.insert(addr, k);
+}
+
+fn check_password(out: &mut Issues, s: &ServerConfig) {
+    match &s.password {
+        None => out.warn(
+            key(s, "password"),
+            "no password: the control API's material and state-changing endpoints are open",
+            "set password = { env = \"VARIABLE\" } or { file = \"path\" }",
+        ),
+        Some(PasswordSource::Inline(p)) if p.is_empty() => out.error(
+            key(s, "password"),
+            "the password is empty",
+            "set a password or remove the key",
+        ),
+        Some(PasswordSource::Env(v)) if v.is_empty() => out.error(
+            key(s, "password.env"),
+            "empty variable name",
+            "name the environment variable that holds the password",
+        ),
+        _ => {}
+    }
+}
+
+fn check_multicast(out: &mut Issues, s: &ServerConfig) {
+    let Some(mc) = &s.multicast else {
+        if s.protocol == Protocol::RtpMulticast {
+            out.error(
+                key(s, "multicast"),
+                "protocol is \"rtp-multicast\" but the server has no multicast address",
+                "add a [server.multicast] table with address, port and interface",
+            );
+        }
+        return;
+    };
+    let (first, last) = group_range(mc);
+    let multicast = |a: u32| Ipv4Addr::from(a).is_multicast();
+    if mc.groups == 0 || mc.groups > 65_536 {
+        out.error(
+            key(s, "multicast.groups"),
+            "groups must be 1 to 65536",
+            "set groups = 1 for one group per server",
+        );
+    } else if !multicast(first) || !multicast(last) || last.saturating_sub(first) + 1 != mc.groups {
+        out.error(
+            key(s, "multicast.address"),
+            format!(
+                "{}..{} is not all multicast (224.0.0.0/4)",
+                mc.address,
+                Ipv4Addr::from(last)
+            ),
+            "use an administratively scoped group such as 239.192.x.y",
+        );
+    } else if Ipv4Addr::from(first).octets()[..3] == [224, 0, 0] {
+        out.error(
+            key(s, "multicast.address"),
+            format!(
+                "{} is in 224.0.0.0/24, reserved for local network control",
+                mc.address
+            ),
+            "use an administratively scoped group such as 239.192.x.y",
+        );
+    }
+    if mc.port % 2 != 0 || mc.port == 0 {
+        out.error(
+            key(s, "multicast.port"),
+            format!(
+                "{} is odd or zero; RTP uses even ports and RTCP the next odd one (RFC 3550 11)",
+                mc.port
+            ),
+            "use an even port such as 5000",
+        );
+    }
+    if mc.ttl == 0 || mc.ttl > 255 {
+        out.error(
+            key(s, "multicast.ttl"),
+            format!("{} is not a TTL (1-255)", mc.ttl),
+            "set ttl between 1 and 255",
+        );
+    }
+    if mc.interface.is_unspecified() || mc.interface.is_multicast() {
+        out.error(
+            key(s, "multicast.interface"),
+            format!("{} does not name an interface", mc.interface),
+            "set the IPv4 address of the interface to send on",
+        );
+    }
+    let mut by_group: HashMap<Ipv4Addr, u32> = HashMap::new();
+    for c in &s.channels {
+        match plan::destination(mc, c.id) {
+            Err(e) => out.error(
+                ch_key(s, c.id, "id"),
+                e,
+                "lower multicast.port, renumber the channel, or use one group per channel (multicast.groups)",
+            ),
+            Ok(d) if mc.groups > 1 => {
+                if let Some(other) = by_group.insert(d.group, c.id) {
+                    out.error(
+                        ch_key(s, c.id, "id"),
+                        format!("channels {other} and {} both map to group {} (id modulo groups = {})", c.id, d.group, mc.groups),
+                        "widen multicast.groups or renumber a channel",
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The seed: "Each multicast address needs to be separate".
+fn check_group_overlaps(out: &mut Issues, site: &SiteFile) {
+    let ranges: Vec<(&ServerConfig, (u32, u32))> = site
+        .servers
+        .iter()
+        .filter_map(|s| s.multicast.as_ref().map(|mc| (s, group_range(mc))))
+        .collect();
+    for (i, (a, (a0, a1))) in ranges.iter().enumerate() {
+        for (b, (b0, b1)) in &ranges[..i] {
+            if a0 <= b1 && b0 <= a1 {
+                out.error(
+                    key(a, "multicast.address"),
+                    format!(
+                        "{}..{} overlaps server {:?}'s {}..{}; each server's multicast address must be separate",
+                        Ipv4Addr::from(*a0),
+                        Ipv4Addr::from(*a1),
+                        b.name,
+                        Ipv4Addr::from(*b0),
+                        Ipv4Addr::from(*b1)
+                    ),
+                    "give each server its own multicast address (or range)",
+                );
+            }
+        }
+    }
+}
+
+fn check_failover(out: &mut Issues, s: &ServerConfig, site: &SiteFile) {
+    let f = &s.failover;
+    if f.use_as_failover_server {
+        if !s.channels.is_empty() {
+            out.error(
+                key(s, "channel"),
+                "a failover server in standby has no channels of its own; it takes over broken servers' channels",
+                "move the channels to a recorder, or set failover.use_as_failover_server = false",
+            );
+        }
+        if f.failover_enabled {
+            out.error(
+                key(s, "failover.failover_enabled"),
+                "a failover server cannot itself be under failover protection",
+                "set failover_enabled = false on the failover server",
+            );
+        }
+    }
+    if f.inaccessible_period.is_zero() {
+        out.error(
+            key(s, "failover.inaccessible_period"),
+            "a zero period would declare the server broken at its first missed heartbeat",
+            "set a period such as \"2h\"",
+        );
+    }
+    if f.failover_enabled {
+        let standbys: Vec<&ServerConfig> = site
+            .servers
+            .iter()
+            .filter(|o| o.failover.use_as_failover_server)
+            .collect();
+        if standbys.is_empty() {
+            out.warn(
+                key(s, "failover.failover_enabled"),
+                "no server in the site is a failover server, so nothing can take over",
+                "add a server with failover.use_as_failover_server = true",
+            );
+        } else if !standbys.iter().any(|o| o.storage.disks == s.storage.disks) {
+            out.warn(
+                key(s, "storage.disks"),
+                "no failover server has the same material disk layout, so a takeover will be refused",
+                "give a failover server the same storage.disks",
+            );
+        }
+    }
+    if (f.delay_failover || f.automatic_material_copying) && !f.failover_enabled {
+        out.warn(
+            key(s, "failover"),
+            "delay_failover and automatic_material_copying act only when failover_enabled = true",
+            "enable failover for this server or drop those keys",
+        );
+    }
+}
+
+fn check_storage(out: &mut Issues, s: &ServerConfig) {
+    let mut seen = std::collections::HashSet::new();
+    for d in &s.storage.disks {
+        if !d.is_absolute() {
+            out.error(
+                key(s, "storage.disks"),
+                format!("{} is not an absolute path", d.display()),
+                "write each material disk as an absolute path",
+            );
+        }
+        if !seen.insert(d) {
+            out.error(
+                key(s, "storage.disks"),
+                format!("{} is listed twice", d.display()),
+                "list each material disk once",
+            );
+        }
+    }
+}
+
+fn check_ingest(out: &mut Issues, s: &ServerConfig) {
+    let i = &s.ingest;
+    if !(MIN_MAX_PAYLOAD..=MAX_PAYLOAD_SIZE).contains(&i.payload_size) {
+        out.error(
+            key(s, "ingest.payload_size"),
+            format!(
+                "{} is outside {MIN_MAX_PAYLOAD}..={MAX_PAYLOAD_SIZE}",
+                i.payload_size
+            ),
+            "use 1400 (fits a 1500-byte Ethernet MTU)",
+        );
+    } else if i.payload_size > 1472 - 12 {
+        out.warn(
+            key(s, "ingest.payload_size"),
+            format!("{} bytes of payload make IP packets larger than a 1500-byte Ethernet MTU; they will fragment", i.payload_size),
+            "use 1400 unless every link has jumbo frames",
+        );
+    }
+    if i.reconnect_min.is_zero() || i.reconnect_min > i.reconnect_max {
+        out.error(
+            key(s, "ingest.reconnect_min"),
+            "reconnect_min must be above zero and at most reconnect_max",
+            "e.g. reconnect_min = \"500ms\", reconnect_max = \"30s\"",
+        );
+    }
+    if i.stall_timeout.is_zero() {
+        out.error(
+            key(s, "ingest.stall_timeout"),
+            "zero stall timeout",
+            "set e.g. \"10s\"",
+        );
+    }
+}
