@@ -1,0 +1,265 @@
+//! Test hosts: network namespaces made by the tests themselves, so that
+//! multicast and every listener stay on a loopback nobody else sees. Needs
+//! root (CI runs as root); without it the tests fail with a clear message.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (Debian package iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace whose lo carries multicast; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "integration tests create network namespaces and need root: run scripts/test.sh as root"
+        );
+        let name = format!(
+            "mcr-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up", "multicast", "on"]);
+        ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
+        ns
+    }
+
+    /// `ip -n NAME args`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run_ip(&full);
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Moves the calling thread into the namespace: sockets it creates from
+    /// now on live there.
+    pub fn enter(&self) {
+        enter_ns(&self.name);
+    }
+
+    /// Runs `f` on a new thread inside the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            enter_ns(&name);
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+fn enter_ns(name: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A child process killed (by its PID) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, what: &str) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL and waits.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGINT and waits up to `timeout`; returns the exit status.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill();
+        }
+    }
+}
+
+/// The mcrelay binary under test.
+pub fn mcrelay() -> &'static str {
+    env!("CARGO_BIN_EXE_mcrelay")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn clip(name: &str) -> PathBuf {
+    repo().join("assets/clips").join(name)
+}
+
+/// Joins `group:port` on the namespace's lo (call inside the namespace).
+pub fn join(group: Ipv4Addr, port: u16) -> UdpSocket {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddrV4::new(group, port).into()).unwrap();
+    s.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST).unwrap();
+    let _ = s.set_recv_buffer_size(8 << 20);
+    let s: UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET over plain HTTP/1.0 from inside the calling thread's namespace.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Result of an ffmpeg decode: frames decoded and the error lines it printed.
+#[derive(Debug)]
+pub struct Decode {
+    pub frames: u64,
+    pub errors: Vec<String>,
+    pub output: Output,
+}
+
+/// Runs Debian's ffmpeg inside `ns`, decoding `input` for `seconds` to null,
+/// counting frames from its progress output and collecting error lines.
+pub fn ffmpeg_decode(ns: &Netns, pre_input: &[&str], input: &str, seconds: u32) -> Decode {
+    let mut cmd = ns.command("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-progress",
+        "pipe:1",
+        "-nostats",
+    ])
+    .args(pre_input)
+    .args(["-i", input, "-t", &seconds.to_string(), "-f", "null", "-"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let output = cmd.output().expect("run ffmpeg (Debian package ffmpeg)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let frames = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame="))
+        .filter_map(|v| v.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0);
+    let errors = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    Decode {
+        frames,
+        errors,
+        output,
+    }
+}
+
+/// Writes a site file into `dir` and returns its path.
+pub fn write_site(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("site.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
