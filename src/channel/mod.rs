@@ -1,0 +1,278 @@
+//! The per-channel hub: one camera in, RTP frames out to every sink.
+//!
+//! The camera task owns the channel's [`core::ChannelCore`] and publishes each
+//! frame once into a bounded broadcast ring. Sinks (the multicast sender now,
+//! TCP clients and the recorder later) subscribe; one that falls behind is
+//! told how many frames it missed and resumes at the next key frame. The
+//! producer never waits for a consumer.
+
+pub mod core;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, watch};
+
+use self::core::{ChannelCore, StreamIds};
+use crate::config::{
+    ChannelConfig, Destination, IngestConfig, Protocol, ServerConfig, Source, plan,
+};
+use crate::emit::SendMode;
+use crate::ingest::{IngestError, Sink};
+use crate::media::params::VideoInfo;
+use crate::media::time::TimingPolicy;
+use crate::media::{AccessUnit, Codec, MediaTime, ParamSets};
+use crate::metrics::{CameraState, ChannelMetrics};
+use crate::rtp::Frame;
+
+/// Frames kept in a channel's ring: 64 frames are 2.5 s at 25 fps, enough
+/// to ride out scheduling hiccups of a busy host; at 4 Mbit/s they hold about
+/// 1.3 MB of shared buffers per channel.
+pub const RING_FRAMES: usize = 64;
+
+/// Everything needed to run one channel on this server.
+#[derive(Clone, Debug)]
+pub struct ChannelSpec {
+    pub id: u32,
+    pub name: String,
+    /// The server whose channel this is (this one, or one it covers).
+    pub owner: String,
+    pub source: Source,
+    pub codec: Option<Codec>,
+    pub timing: TimingPolicy,
+    pub ingest: IngestConfig,
+    /// Where to send it, when the owner's protocol is RTP multicast.
+    pub multicast: Option<EmitSpec>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EmitSpec {
+    /// The owner's group and port (the address plan), so that a takeover
+    /// sends where workstations already listen.
+    pub dest: Destination,
+    /// This server's interface.
+    pub interface: Ipv4Addr,
+    pub loopback: bool,
+    pub mode: SendMode,
+}
+
+impl ChannelSpec {
+    /// The spec of `channel`, owned by `owner`, run by `local`.
+    pub fn new(
+        owner: &ServerConfig,
+        channel: &ChannelConfig,
+        local: &ServerConfig,
+        mode: SendMode,
+    ) -> Result<Self, String> {
+        let multicast = match (&owner.multicast, owner.protocol) {
+            (Some(mc), Protocol::RtpMulticast) => {
+                let dest = plan::destination(mc, channel.id)?;
+                let (interface, loopback) = local
+                    .multicast
+                    .as_ref()
+                    .map_or((mc.interface, mc.loopback), |l| (l.interface, l.loopback));
+                Some(EmitSpec {
+                    dest,
+                    interface,
+                    loopback,
+                    mode,
+                })
+            }
+            _ => None,
+        };
+        Ok(ChannelSpec {
+            id: channel.id,
+            name: channel.name.clone(),
+            owner: owner.name.clone(),
+            source: channel.source.clone(),
+            codec: channel.codec,
+            timing: channel.timing.0,
+            ingest: local.ingest.clone(),
+            multicast,
+        })
+    }
+}
+
+/// What sinks and the SDP need to know about the stream.
+#[derive(Clone, Debug, Default)]
+pub struct StreamInfo {
+    pub codec: Option<Codec>,
+    pub params: ParamSets,
+    pub video: VideoInfo,
+    pub ssrc: u32,
+    /// Bumped on every change (the SDP's session version).
+    pub version: u64,
+}
+
+/// The camera's ingest status, for `/status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CameraStatus {
+    pub state: CameraState,
+    #[serde(with = "rfc3339")]
+    pub since: SystemTime,
+    pub last_error: Option<String>,
+    #[serde(with = "rfc3339_opt")]
+    pub last_error_at: Option<SystemTime>,
+    pub reconnects: u64,
+}
+
+mod rfc3339 {
+    pub fn serialize<S: serde::Serializer>(
+        t: &std::time::SystemTime,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+}
+
+mod rfc3339_opt {
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<std::time::SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// A running channel, shared read-only with sinks and the control API.
+/// Only its camera task writes to `info` and `status`.
+pub struct Channel {
+    pub spec: ChannelSpec,
+    frames: broadcast::Sender<Arc<Frame>>,
+    pub info: watch::Sender<StreamInfo>,
+    pub status: watch::Sender<CameraStatus>,
+    pub metrics: ChannelMetrics,
+}
+
+impl Channel {
+    pub fn new(spec: ChannelSpec, metrics: ChannelMetrics, now: SystemTime) -> Arc<Channel> {
+        let (frames, _) = broadcast::channel(RING_FRAMES);
+        metrics.set_state(CameraState::Connecting);
+        Arc::new(Channel {
+            spec,
+            frames,
+            info: watch::Sender::new(StreamInfo::default()),
+            status: watch::Sender::new(CameraStatus {
+                state: CameraState::Connecting,
+                since: now,
+                last_error: None,
+                last_error_at: None,
+                reconnects: 0,
+            }),
+            metrics,
+        })
+    }
+
+    /// A new sink: receives every frame published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.frames.subscribe()
+    }
+
+    fn set_state(&self, state: CameraState) {
+        self.metrics.set_state(state);
+        self.status.send_if_modified(|s| {
+            if s.state == state {
+                return false;
+            }
+            s.state = state;
+            s.since = SystemTime::now();
+            true
+        });
+    }
+}
+
+/// The camera task's side of a channel: receives ingest events, packetizes
+/// with the channel core, publishes.
+pub struct Publisher {
+    core: ChannelCore,
+    channel: Arc<Channel>,
+    streaming: bool,
+}
+
+impl Publisher {
+    pub fn new(channel: Arc<Channel>, ids: StreamIds) -> Self {
+        let core = ChannelCore::new(ids, channel.spec.ingest.payload_size);
+        channel.info.send_modify(|i| i.ssrc = ids.ssrc);
+        Publisher {
+            core,
+            channel,
+            streaming: false,
+        }
+    }
+
+    fn publish_info(&self) {
+        let (Some(codec), Some(params)) = (self.core.codec(), self.core.params()) else {
+            return;
+        };
+        let params = params.clone();
+        self.channel.info.send_modify(|i| {
+            i.video = params.video_info(codec);
+            i.codec = Some(codec);
+            i.params = params;
+            i.version += 1;
+        });
+    }
+}
+
+impl Sink for Publisher {
+    fn session_started(&mut self, codec: Codec) {
+        self.core.start_session(codec);
+        self.streaming = false;
+        if self.channel.info.borrow().codec != Some(codec) {
+            self.publish_info();
+        }
+    }
+
+    fn parameters(&mut self, nals: Vec<Bytes>) {
+        if self.core.set_params(nals) {
+            self.publish_info();
+        }
+    }
+
+    fn access_unit(&mut self, au: AccessUnit, source_time: MediaTime, arrival: Instant) {
+        let Some((frame, params_changed)) = self.core.push(&au, source_time, arrival) else {
+            return;
+        };
+        if params_changed {
+            self.publish_info();
+        }
+        if !self.streaming {
+            self.streaming = true;
+            self.channel.set_state(CameraState::Streaming);
+        }
+        let m = &self.channel.metrics;
+        m.frames.inc();
+        if frame.key {
+            m.key_frames.inc();
+        }
+        m.packets.inc_by(frame.packets.len() as u64);
+        m.bytes.inc_by(frame.byte_len() as u64);
+        // No subscribers is fine: the frame is simply dropped.
+        let _ = self.channel.frames.send(Arc::new(frame));
+    }
+
+    fn connecting(&mut self) {
+        self.channel.set_state(CameraState::Connecting);
+    }
+
+    fn session_ended(&mut self, error: &IngestError) {
+        self.core.end_session();
+        self.streaming = false;
+        self.channel.metrics.reconnects.inc();
+        self.channel.status.send_modify(|s| {
+            s.last_error = Some(error.to_string());
+            s.last_error_at = Some(SystemTime::now());
+            s.reconnects += 1;
+        });
+        self.channel.set_state(CameraState::Backoff);
+    }
+
+    fn stopped(&mut self) {
+        self.channel.set_state(CameraState::Stopped);
+    }
+}

@@ -1,0 +1,208 @@
+//! Ingest: each camera read once, over TCP.
+//!
+//! - `rtsp://`: RTSP with RTP interleaved on the TCP connection (retina).
+//! - `tcp://host:port`: connect and read a raw Annex-B byte stream.
+//! - `tcp-listen://addr:port`: accept an encoder that pushes one.
+//!
+//! A session ends only with an error (a live stream has no normal end); the
+//! camera task then waits a backoff delay and reconnects. Everything the
+//! camera sends is validated; bad input ends the session with an error that
+//! says where, never a panic.
+
+pub mod annexb;
+pub mod backoff;
+pub mod rtsp;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::ChannelSpec;
+use crate::config::Source;
+use crate::media::annexb::AnnexBError;
+use crate::media::{AccessUnit, AuError, Codec, MediaTime};
+use backoff::{Backoff, STABLE_SESSION};
+
+/// Receives what a camera session produces.
+pub trait Sink {
+    /// A session is up and will deliver `codec`.
+    fn session_started(&mut self, codec: Codec);
+    /// Parameter sets learned out of band (the camera's SDP).
+    fn parameters(&mut self, nals: Vec<Bytes>);
+    /// One access unit; `source_time` is in 90 kHz ticks of the session's
+    /// own timeline, `arrival` when its first byte arrived.
+    fn access_unit(&mut self, au: AccessUnit, source_time: MediaTime, arrival: Instant);
+    /// Connecting (or waiting for an encoder to connect).
+    fn connecting(&mut self) {}
+    /// The session ended with `error`; a reconnect follows.
+    fn session_ended(&mut self, _error: &IngestError) {}
+    /// The camera task stopped.
+    fn stopped(&mut self) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("read error after {offset} bytes: {source}")]
+    Read { offset: u64, source: std::io::Error },
+    #[error("the camera closed the connection after {offset} bytes")]
+    Closed { offset: u64 },
+    #[error("no picture for {0:?}: the camera stalled")]
+    Stalled(Duration),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { after: Duration, what: &'static str },
+    #[error("malformed Annex-B stream: {0}")]
+    AnnexB(#[from] AnnexBError),
+    #[error("malformed access unit: {0}")]
+    Au(#[from] AuError),
+    #[error("malformed frame from the camera: {0}")]
+    Frame(String),
+    #[error("RTSP: {0}")]
+    Rtsp(String),
+    #[error("the camera offers no H.264 or H.265 video stream (it offers: {0})")]
+    NoVideo(String),
+    #[error("a new encoder connected from {peer} and replaced this one")]
+    Replaced {
+        peer: SocketAddr,
+        /// The new connection, taken over by the next session.
+        stream: Option<tokio::net::TcpStream>,
+    },
+}
+
+/// Runs a camera until `cancel`: sessions, and backoff between them.
+pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: CancellationToken) {
+    let ing = &spec.ingest;
+    let mut backoff = Backoff::new(ing.reconnect_min, ing.reconnect_max);
+    let mut listener: Option<TcpListener> = None;
+    let mut pending: Option<(tokio::net::TcpStream, SocketAddr)> = None;
+    loop {
+        sink.connecting();
+        let started = Instant::now();
+        let mut delivered = false;
+        let mut error = {
+            let mut tracker = Tracker {
+                inner: sink,
+                delivered: &mut delivered,
+            };
+            tokio::select! {
+                e = session(spec, &mut tracker, &mut listener, pending.take()) => e,
+                () = cancel.cancelled() => break,
+            }
+        };
+        tracing::warn!(channel = spec.id, source = %spec.source, %error, "camera session ended");
+        sink.session_ended(&error);
+        if let IngestError::Replaced { peer, stream } = &mut error {
+            // The newer encoder takes over at once: no backoff.
+            pending = stream.take().map(|s| (s, *peer));
+            continue;
+        }
+        if delivered && started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tracing::debug!(
+            channel = spec.id,
+            ?delay,
+            attempt = backoff.attempt(),
+            "reconnecting after backoff"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+    sink.stopped();
+}
+
+/// Notes whether a session delivered any picture (for the backoff reset).
+struct Tracker<'a, S> {
+    inner: &'a mut S,
+    delivered: &'a mut bool,
+}
+
+impl<S: Sink> Sink for Tracker<'_, S> {
+    fn session_started(&mut self, codec: Codec) {
+        self.inner.session_started(codec);
+    }
+    fn parameters(&mut self, nals: Vec<Bytes>) {
+        self.inner.parameters(nals);
+    }
+    fn access_unit(&mut self, au: AccessUnit, t: MediaTime, arrival: Instant) {
+        *self.delivered = true;
+        self.inner.access_unit(au, t, arrival);
+    }
+}
+
+async fn session(
+    spec: &ChannelSpec,
+    sink: &mut impl Sink,
+    listener: &mut Option<TcpListener>,
+    pending: Option<(tokio::net::TcpStream, SocketAddr)>,
+) -> IngestError {
+    let stall = spec.ingest.stall_timeout;
+    match &spec.source {
+        Source::Rtsp(url) => rtsp::session(url, stall, sink).await,
+        Source::TcpConnect { host, port } => {
+            let Some(codec) = spec.codec else {
+                return IngestError::Frame("raw Annex-B source without a codec".into());
+            };
+            let addr = format!("{host}:{port}");
+            let stream =
+                match tokio::time::timeout(stall, tokio::net::TcpStream::connect(&addr)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(source)) => return IngestError::Connect { addr, source },
+                    Err(_) => {
+                        return IngestError::Timeout {
+                            after: stall,
+                            what: "the TCP connection",
+                        };
+                    }
+                };
+            let _ = stream.set_nodelay(true);
+            annexb::session(stream, codec, spec.timing, stall, sink, None).await
+        }
+        Source::TcpListen(addr) => {
+            let Some(codec) = spec.codec else {
+                return IngestError::Frame("raw Annex-B source without a codec".into());
+            };
+            if listener.is_none() {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => *listener = Some(l),
+                    Err(source) => {
+                        return IngestError::Listen {
+                            addr: *addr,
+                            source,
+                        };
+                    }
+                }
+            }
+            let l = listener.as_ref().expect("bound above");
+            let (stream, peer) = match pending {
+                Some(p) => p,
+                None => match l.accept().await {
+                    Ok(s) => s,
+                    Err(source) => {
+                        return IngestError::Listen {
+                            addr: *addr,
+                            source,
+                        };
+                    }
+                },
+            };
+            tracing::info!(channel = spec.id, %peer, "encoder connected");
+            annexb::session(stream, codec, spec.timing, stall, sink, Some(l)).await
+        }
+    }
+}
