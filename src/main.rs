@@ -1,1 +1,356 @@
-fn main() {}
+//! The `mcrelay` command: clap → config → runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use mcrelay::config::{Site, plan};
+use mcrelay::emit::SendMode;
+use mcrelay::media::Codec;
+use mcrelay::runtime::{self, RunOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "mcrelay",
+    version,
+    about = "Multicast video stream relay: ingest each camera once, emit each channel once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one server of a site file.
+    Run {
+        #[arg(long)]
+        site: PathBuf,
+        #[arg(long)]
+        server: String,
+        /// Control API address (overrides the server's `control`).
+        #[arg(long)]
+        control: Option<SocketAddr>,
+        #[arg(long, value_enum, default_value = "gso")]
+        send_mode: Mode,
+    },
+    /// Validate a site file and print its address plan.
+    Check {
+        #[arg(long)]
+        site: PathBuf,
+    },
+    /// Print a channel's SDP as its server sends it (group and port from the
+    /// address plan; parameter sets come from the live server's /channels/{id}.sdp).
+    Sdp {
+        #[arg(long)]
+        site: PathBuf,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        channel: u32,
+    },
+    /// Run the embedded demo site on loopback: two simulated cameras, one
+    /// recorder sending both channels to multicast on 127.0.0.1.
+    Demo {
+        /// Control API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        control: SocketAddr,
+        #[arg(long, value_enum, default_value = "gso")]
+        send_mode: Mode,
+    },
+    /// Serve a clip as a live camera, paced in real time and looping.
+    Camera {
+        /// An H.264 or H.265 Annex-B file (e.g. assets/clips/demo-h264.h264).
+        #[arg(long)]
+        clip: PathBuf,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, value_enum, default_value = "annexb")]
+        format: CameraFormat,
+        /// Codec of the clip, if it cannot be detected.
+        #[arg(long, value_enum)]
+        codec: Option<ClipCodec>,
+        /// Frame rate, if the clip does not state one (default 25).
+        #[arg(long)]
+        fps: Option<f64>,
+    },
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum Mode {
+    Gso,
+    Sendmmsg,
+    PerPacket,
+}
+
+impl From<Mode> for SendMode {
+    fn from(m: Mode) -> SendMode {
+        match m {
+            Mode::Gso => SendMode::Gso,
+            Mode::Sendmmsg => SendMode::Sendmmsg,
+            Mode::PerPacket => SendMode::PerPacket,
+        }
+    }
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum CameraFormat {
+    /// Raw Annex-B byte stream over TCP (connect with tcp://host:port).
+    Annexb,
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum ClipCodec {
+    H264,
+    H265,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check { site } => check(&site),
+        Command::Sdp {
+            site,
+            server,
+            channel,
+        } => sdp(&site, &server, channel),
+        Command::Run {
+            site,
+            server,
+            control,
+            send_mode,
+        } => {
+            let site = Site::load(&site)?;
+            with_runtime(|shutdown| async move {
+                raise_fd_limit();
+                let opts = RunOptions {
+                    control,
+                    send_mode: send_mode.into(),
+                };
+                runtime::start(&site, &server, opts)
+                    .await?
+                    .run_until(shutdown)
+                    .await
+            })
+        }
+        Command::Demo { control, send_mode } => with_runtime(|shutdown| async move {
+            raise_fd_limit();
+            let opts = mcrelay::demo::DemoOptions {
+                control,
+                run: RunOptions {
+                    control: Some(control),
+                    send_mode: send_mode.into(),
+                },
+            };
+            mcrelay::demo::run(opts, shutdown).await
+        }),
+        Command::Camera {
+            clip,
+            listen,
+            format: CameraFormat::Annexb,
+            codec,
+            fps,
+        } => {
+            let codec = codec.map(|c| match c {
+                ClipCodec::H264 => Codec::H264,
+                ClipCodec::H265 => Codec::H265,
+            });
+            let clip = mcrelay::camera::Clip::load(&clip, codec, fps)?;
+            with_runtime(|shutdown| async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listen on {listen}"))?;
+                eprintln!(
+                    "camera: serving {} ({} frames at {} fps, looping) as raw Annex-B on tcp://{}",
+                    clip.codec,
+                    clip.access_units.len(),
+                    clip.fps,
+                    listener.local_addr()?
+                );
+                mcrelay::camera::serve_annexb(Arc::new(clip), listener, shutdown).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Runs `f` on a multi-threaded runtime with Ctrl-C / SIGTERM handling: the
+/// first signal starts a clean shutdown, a second exits at once.
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut count = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+                count += 1;
+                if count == 1 {
+                    tracing::info!("stopping (send the signal again to exit at once)");
+                    trigger.cancel();
+                } else {
+                    std::process::exit(130);
+                }
+            }
+        });
+        f(shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each channel holds two UDP sockets and a TCP connection: hundreds of
+/// channels need more than the usual soft limit of 1024 descriptors.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let site = match Site::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &site.warnings {
+        eprintln!("{}: {w}", path.display());
+    }
+    let mut channels = 0;
+    for s in site.servers() {
+        let role = if s.failover.use_as_failover_server {
+            "failover server"
+        } else {
+            "recorder"
+        };
+        let mc = s
+            .multicast
+            .as_ref()
+            .map_or("no multicast address".to_string(), |m| {
+                if m.groups > 1 {
+                    format!("groups {}+{} on {}", m.address, m.groups - 1, m.interface)
+                } else {
+                    format!("group {} on {}", m.address, m.interface)
+                }
+            });
+        let protocol = match s.protocol {
+            mcrelay::config::Protocol::Tcp => "tcp",
+            mcrelay::config::Protocol::RtpMulticast => "rtp-multicast",
+        };
+        println!(
+            "server {:?} ({role}, {protocol}, {mc}, control {})",
+            s.name, s.control
+        );
+        if let Err(e) = site.password(s) {
+            eprintln!("  warning: {e}");
+        }
+        for c in &s.channels {
+            channels += 1;
+            let dest = s
+                .multicast
+                .as_ref()
+                .and_then(|m| plan::destination(m, c.id).ok())
+                .map_or("-".to_string(), |d| {
+                    format!("{} (RTCP {})", d.rtp(), d.rtcp().port())
+                });
+            println!(
+                "  channel {} -> {dest}  from {}",
+                mcrelay::config::channel_label(c),
+                c.source
+            );
+        }
+    }
+    println!(
+        "{}: OK ({} servers, {channels} channels)",
+        path.display(),
+        site.servers().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<ExitCode> {
+    let site = Site::load(path)?;
+    let local = site
+        .server(server)
+        .with_context(|| format!("{}: no server named {server:?}", path.display()))?;
+    let (owner, ch) = site
+        .channel(channel)
+        .with_context(|| format!("{}: no channel {channel}", path.display()))?;
+    if owner.name != local.name && !local.failover.use_as_failover_server {
+        anyhow::bail!(
+            "channel {channel} belongs to server {:?}, not {server:?}",
+            owner.name
+        );
+    }
+    let spec = mcrelay::channel::ChannelSpec::new(owner, ch, local, SendMode::Gso)
+        .map_err(anyhow::Error::msg)?;
+    let emit = spec.multicast.with_context(|| {
+        format!(
+            "server {:?} uses protocol \"tcp\": channel {channel} has no multicast SDP",
+            owner.name
+        )
+    })?;
+    let codec = ch.codec.with_context(|| {
+        format!(
+            "channel {channel}'s codec is learned from the camera at run time: set `codec` in the site file, or fetch the live SDP from http://{}/channels/{channel}.sdp",
+            local.control
+        )
+    })?;
+    let info = mcrelay::media::params::VideoInfo::default();
+    print!(
+        "{}",
+        mcrelay::control::sdp::channel_sdp(&mcrelay::control::sdp::ChannelDescription {
+            channel_id: channel,
+            name: &ch.name,
+            origin: emit.interface,
+            dest: emit.dest,
+            codec,
+            params: &Default::default(),
+            video: &info,
+            version: 0,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

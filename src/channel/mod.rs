@@ -32,6 +32,10 @@ use crate::rtp::Frame;
 /// 1.3 MB of shared buffers per channel.
 pub const RING_FRAMES: usize = 64;
 
+/// The channels a server runs, by id: an immutable snapshot, republished
+/// whenever the set changes (at start, and when failover hands over channels).
+pub type Directory = Arc<std::collections::BTreeMap<u32, Arc<Channel>>>;
+
 /// Everything needed to run one channel on this server.
 #[derive(Clone, Debug)]
 pub struct ChannelSpec {

@@ -1,0 +1,226 @@
+//! A simulated camera: serves a clip (an Annex-B file) as a live stream,
+//! paced in real time and looping. Used by `mcrelay camera`, the demo and
+//! the tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::media::annexb::{AnnexBSplitter, DEFAULT_MAX_NAL};
+use crate::media::{AccessUnit, AuAssembler, Codec, ParamSets};
+
+/// Frame rate when the clip's parameter sets state none.
+pub const DEFAULT_FPS: f64 = 25.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot tell the codec of the clip (no H.264 SPS/AUD or H.265 VPS at its start): pass --codec"
+    )]
+    UnknownCodec,
+    #[error("malformed clip: {0}")]
+    Malformed(String),
+    #[error("the clip has no pictures")]
+    Empty,
+    #[error("the clip must start with a key frame (with its parameter sets) so that it can loop")]
+    NoKeyFrameFirst,
+}
+
+/// A clip split into access units, ready to serve.
+#[derive(Debug)]
+pub struct Clip {
+    pub codec: Codec,
+    pub fps: f64,
+    pub access_units: Vec<AccessUnit>,
+    /// Each access unit as Annex-B bytes (4-byte start codes).
+    pub annexb: Vec<Bytes>,
+}
+
+impl Clip {
+    pub fn load(path: &Path, codec: Option<Codec>, fps: Option<f64>) -> Result<Clip, ClipError> {
+        let data = std::fs::read(path).map_err(|source| ClipError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Clip::parse(Bytes::from(data), codec, fps)
+    }
+
+    pub fn parse(data: Bytes, codec: Option<Codec>, fps: Option<f64>) -> Result<Clip, ClipError> {
+        let codec = codec
+            .or_else(|| detect_codec(&data))
+            .ok_or(ClipError::UnknownCodec)?;
+        let mut splitter = AnnexBSplitter::new(DEFAULT_MAX_NAL);
+        splitter.push(&data);
+        let mut asm = AuAssembler::new(codec);
+        let mut params = ParamSets::default();
+        let mut aus = Vec::new();
+        let bad = |e: &dyn std::fmt::Display| ClipError::Malformed(e.to_string());
+        let mut feed = |nal: Bytes, aus: &mut Vec<AccessUnit>| -> Result<(), ClipError> {
+            params.update(codec, &nal);
+            if let Some((au, ())) = asm.push(nal, ()).map_err(|e| bad(&e))? {
+                aus.push(au);
+            }
+            Ok(())
+        };
+        while let Some(nal) = splitter.next_nal().map_err(|e| bad(&e))? {
+            feed(nal, &mut aus)?;
+        }
+        if let Some(nal) = splitter.finish().map_err(|e| bad(&e))? {
+            feed(nal, &mut aus)?;
+        }
+        aus.extend(asm.flush().map(|(au, ())| au));
+        let first = aus.first().ok_or(ClipError::Empty)?;
+        if !first.key
+            || !first
+                .nals
+                .iter()
+                .any(|n| codec.classify(n) == crate::media::NalKind::Sps)
+        {
+            return Err(ClipError::NoKeyFrameFirst);
+        }
+        let fps = fps
+            .or(params.video_info(codec).fps)
+            .filter(|f| f.is_finite() && *f > 0.0)
+            .unwrap_or(DEFAULT_FPS);
+        let annexb = aus
+            .iter()
+            .map(|au| {
+                let mut b = BytesMut::with_capacity(au.byte_len() + 4 * au.nals.len());
+                for n in &au.nals {
+                    b.extend_from_slice(&[0, 0, 0, 1]);
+                    b.extend_from_slice(n);
+                }
+                b.freeze()
+            })
+            .collect();
+        Ok(Clip {
+            codec,
+            fps,
+            access_units: aus,
+            annexb,
+        })
+    }
+
+    pub fn frame_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.fps)
+    }
+}
+
+/// Guesses the codec from the first NAL unit: an H.265 VPS (type 32, layer
+/// 0) or an H.264 SPS/AUD.
+pub fn detect_codec(data: &[u8]) -> Option<Codec> {
+    let mut s = AnnexBSplitter::new(DEFAULT_MAX_NAL);
+    s.push(&data[..data.len().min(64 * 1024)]);
+    let nal = s.next_nal().ok().flatten()?;
+    if nal.len() >= 2 && (nal[0] >> 1) & 0x3f == 32 && nal[1] == 1 {
+        Some(Codec::H265)
+    } else if matches!(nal[0] & 0x1f, 7 | 9) {
+        Some(Codec::H264)
+    } else {
+        None
+    }
+}
+
+/// Pacing: access unit `i` of a connection is due `i` frame periods after it
+/// started. A sender that fell more than this far behind (a suspended
+/// process) restarts its schedule instead of bursting to catch up.
+const MAX_LAG: Duration = Duration::from_secs(1);
+
+/// Serves the clip as a raw Annex-B stream to every connection on `listener`.
+pub async fn serve_annexb(clip: Arc<Clip>, listener: TcpListener, cancel: CancellationToken) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "camera: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        tracing::debug!(%peer, "camera: client connected");
+        let clip = clip.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                r = stream_annexb(&clip, sock) => {
+                    tracing::debug!(%peer, result = ?r, "camera: client gone");
+                }
+                () = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn stream_annexb(clip: &Clip, mut sock: TcpStream) -> std::io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    let period = clip.frame_period();
+    let mut start = Instant::now();
+    let mut i: u64 = 0;
+    loop {
+        let due = start + period.mul_f64(i as f64);
+        let now = Instant::now();
+        if now > due + MAX_LAG {
+            start = now;
+            i = 0;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        sock.write_all(&clip.annexb[(i % clip.annexb.len() as u64) as usize])
+            .await?;
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_clips_parse() {
+        for (data, codec) in [
+            (
+                &include_bytes!("../../assets/clips/demo-h264.h264")[..],
+                Codec::H264,
+            ),
+            (
+                &include_bytes!("../../assets/clips/demo-h265.h265")[..],
+                Codec::H265,
+            ),
+        ] {
+            assert_eq!(detect_codec(data), Some(codec));
+            let clip = Clip::parse(Bytes::from_static(data), None, None).unwrap();
+            assert_eq!(clip.codec, codec);
+            assert_eq!(clip.access_units.len(), 250);
+            assert_eq!(clip.fps, 25.0);
+            assert!(clip.access_units[0].key);
+        }
+    }
+
+    #[test]
+    fn clips_that_cannot_loop_are_refused() {
+        static P_FRAME_FIRST: [u8; 8] = [0, 0, 0, 1, 0x41, 0x9a, 1, 2];
+        let err =
+            Clip::parse(Bytes::from_static(&P_FRAME_FIRST), Some(Codec::H264), None).unwrap_err();
+        assert!(matches!(err, ClipError::NoKeyFrameFirst), "{err}");
+        assert!(matches!(
+            Clip::parse(Bytes::new(), Some(Codec::H264), None),
+            Err(ClipError::Empty)
+        ));
+        assert!(matches!(
+            Clip::parse(Bytes::from_static(b"hello"), None, None),
+            Err(ClipError::UnknownCodec)
+        ));
+    }
+}

@@ -1,0 +1,198 @@
+//! The control API (HTTP): health, status, each channel's SDP, metrics.
+
+pub mod sdp;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::channel::{Channel, Directory};
+use crate::config::Protocol;
+use crate::metrics::{CameraState, Metrics};
+
+/// Who this server is, for status and SDP.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub name: String,
+    pub description: String,
+    pub protocol: Protocol,
+    pub failover_server: bool,
+    /// The address the SDP names as origin (the multicast interface).
+    pub origin: Ipv4Addr,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub server: Arc<ServerInfo>,
+    pub channels: watch::Receiver<Directory>,
+    pub metrics: Metrics,
+    pub started: SystemTime,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/channels/{file}", get(channel_sdp))
+        .with_state(state)
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn json_response(code: StatusCode, v: serde_json::Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    let dir = st.channels.borrow().clone();
+    let streaming = dir
+        .values()
+        .filter(|c| c.status.borrow().state == CameraState::Streaming)
+        .count();
+    let status = if streaming == dir.len() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    json_response(
+        StatusCode::OK,
+        json!({
+            "status": status,
+            "server": st.server.name,
+            "channels": dir.len(),
+            "streaming": streaming,
+        }),
+    )
+}
+
+fn channel_json(c: &Channel) -> serde_json::Value {
+    let info = c.info.borrow().clone();
+    let camera = c.status.borrow().clone();
+    let m = &c.metrics;
+    json!({
+        "id": c.spec.id,
+        "name": c.spec.name,
+        "owner": c.spec.owner,
+        "source": c.spec.source.redacted(),
+        "codec": info.codec.or(c.spec.codec),
+        "video": info.video,
+        "camera": camera,
+        "multicast": c.spec.multicast.map(|e| json!({
+            "group": e.dest.group,
+            "port": e.dest.port,
+            "rtcp_port": e.dest.rtcp().port(),
+            "ttl": e.dest.ttl,
+            "interface": e.interface,
+            "send_mode": e.mode,
+        })),
+        "frames": m.frames.get(),
+        "key_frames": m.key_frames.get(),
+        "packets": m.packets.get(),
+        "bytes": m.bytes.get(),
+        "multicast_packets": m.mc_packets.get(),
+        "multicast_bytes": m.mc_bytes.get(),
+        "multicast_skipped_frames": m.mc_skipped.get(),
+    })
+}
+
+async fn status(State(st): State<AppState>) -> Response {
+    let dir = st.channels.borrow().clone();
+    let uptime = SystemTime::now()
+        .duration_since(st.started)
+        .unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "server": {
+                "name": st.server.name,
+                "description": st.server.description,
+                "protocol": st.server.protocol,
+                "role": if st.server.failover_server { "failover" } else { "recorder" },
+            },
+            "uptime_seconds": uptime.as_secs(),
+            "channels": dir.values().map(|c| channel_json(c)).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn channel_sdp(State(st): State<AppState>, Path(file): Path<String>) -> Response {
+    let Some(id) = file
+        .strip_suffix(".sdp")
+        .and_then(|i| i.parse::<u32>().ok())
+    else {
+        return text(StatusCode::NOT_FOUND, "not found: use /channels/{id}.sdp\n");
+    };
+    let Some(c) = st.channels.borrow().get(&id).cloned() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("channel {id} is not emitted by server {}\n", st.server.name),
+        );
+    };
+    let Some(emit) = c.spec.multicast else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "channel {id} is not sent by multicast: server {} uses protocol \"tcp\"\n",
+                c.spec.owner
+            ),
+        );
+    };
+    let info = c.info.borrow().clone();
+    let Some(codec) = info.codec.or(c.spec.codec) else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "channel {id}: the camera has not connected yet, so its codec is unknown; retry shortly\n"
+            ),
+        );
+    };
+    let body = sdp::channel_sdp(&sdp::ChannelDescription {
+        channel_id: id,
+        name: &c.spec.name,
+        origin: st.server.origin,
+        dest: emit.dest,
+        codec,
+        params: &info.params,
+        video: &info.video,
+        version: info.version,
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/sdp")],
+        body,
+    )
+        .into_response()
+}

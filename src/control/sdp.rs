@@ -1,0 +1,156 @@
+//! The SDP (RFC 4566) of a channel on its multicast group: what a
+//! workstation opens to receive it (`ffplay -i http://.../channels/1.sdp`).
+
+use std::net::Ipv4Addr;
+
+use sdp_types::{Attribute, Connection, MediaType, Origin, Session, Time, TransportProto};
+
+use crate::config::Destination;
+use crate::media::Codec;
+use crate::media::params::{ParamSets, VideoInfo};
+use crate::rtp::VIDEO_PAYLOAD_TYPE;
+
+/// Everything the SDP says about one channel.
+#[derive(Clone, Debug)]
+pub struct ChannelDescription<'a> {
+    pub channel_id: u32,
+    pub name: &'a str,
+    /// The sending server's address (the `o=` line).
+    pub origin: Ipv4Addr,
+    pub dest: Destination,
+    pub codec: Codec,
+    pub params: &'a ParamSets,
+    pub video: &'a VideoInfo,
+    /// Bumped whenever the description changes (parameter sets).
+    pub version: u64,
+}
+
+/// Writes the SDP: `c=IN IP4 group/ttl`, `m=video port RTP/AVP 96`,
+/// `a=rtcp`, `a=rtpmap`, and `a=fmtp` with the parameter sets.
+pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
+    let pt = VIDEO_PAYLOAD_TYPE;
+    let mut origin = Origin::with_ip_addr(d.channel_id, d.version, d.origin);
+    origin.set_username("-");
+    let mut s = Session::new(
+        origin,
+        if d.name.is_empty() {
+            format!("Channel {}", d.channel_id)
+        } else {
+            d.name.to_string()
+        },
+    );
+    s.connection = Some(Connection::from_ip_addr_ttl(
+        d.dest.group,
+        Some(d.dest.ttl.min(255) as u8),
+    ));
+    s.times.push(Time::new(0, 0));
+    s.attributes.push(Attribute::with_value(
+        "tool",
+        concat!("mcrelay ", env!("CARGO_PKG_VERSION")),
+    ));
+    s.attributes.push(Attribute::new("recvonly"));
+
+    let mut m = sdp_types::Media::new(MediaType::Video, d.dest.port, TransportProto::RtpAvp, pt);
+    m.add_attribute_with_value(
+        "rtcp",
+        format!("{} IN IP4 {}", d.dest.rtcp().port(), d.dest.group),
+    );
+    m.add_attribute_with_value("rtpmap", format!("{pt} {}/90000", d.codec.encoding_name()));
+    let fmtp = d.params.fmtp(d.codec);
+    if !fmtp.is_empty() {
+        m.add_attribute_with_value("fmtp", format!("{pt} {fmtp}"));
+    }
+    if let Some(fps) = d.video.fps {
+        m.add_attribute_with_value("framerate", format_fps(fps));
+    }
+    s.medias.push(m);
+
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = s.write(&mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn format_fps(fps: f64) -> String {
+    if (fps - fps.round()).abs() < 1e-6 {
+        format!("{}", fps.round() as u64)
+    } else {
+        format!("{fps:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn h264_multicast_sdp() {
+        let mut params = ParamSets::default();
+        params.update(
+            Codec::H264,
+            &Bytes::from_static(&[0x67, 0x4d, 0x40, 0x1e, 0xd9]),
+        );
+        params.update(Codec::H264, &Bytes::from_static(&[0x68, 0xeb, 0xcc, 0xb2]));
+        let video = VideoInfo {
+            width: Some(640),
+            height: Some(360),
+            fps: Some(25.0),
+        };
+        let sdp = channel_sdp(&ChannelDescription {
+            channel_id: 1,
+            name: "Entrance",
+            origin: Ipv4Addr::LOCALHOST,
+            dest: Destination {
+                group: Ipv4Addr::new(239, 255, 77, 1),
+                port: 5002,
+                ttl: 1,
+            },
+            codec: Codec::H264,
+            params: &params,
+            video: &video,
+            version: 3,
+        });
+        for line in [
+            "v=0\r\n",
+            "o=- 1 3 IN IP4 127.0.0.1\r\n",
+            "s=Entrance\r\n",
+            "c=IN IP4 239.255.77.1/1\r\n",
+            "t=0 0\r\n",
+            "m=video 5002 RTP/AVP 96\r\n",
+            "a=rtcp:5003 IN IP4 239.255.77.1\r\n",
+            "a=rtpmap:96 H264/90000\r\n",
+            "a=fmtp:96 packetization-mode=1;profile-level-id=4D401E;sprop-parameter-sets=Z01AHtk=,aOvMsg==\r\n",
+            "a=framerate:25\r\n",
+        ] {
+            assert!(sdp.contains(line), "missing {line:?} in\n{sdp}");
+        }
+        // An independent parser reads it back.
+        let parsed = Session::parse(sdp.as_bytes()).unwrap();
+        assert_eq!(parsed.medias[0].port, 5002);
+        assert!(parsed.connection.unwrap().is_multicast());
+    }
+
+    #[test]
+    fn h265_sdp_without_known_parameter_sets_is_still_valid() {
+        let sdp = channel_sdp(&ChannelDescription {
+            channel_id: 2,
+            name: "",
+            origin: Ipv4Addr::LOCALHOST,
+            dest: Destination {
+                group: Ipv4Addr::new(239, 255, 77, 1),
+                port: 5004,
+                ttl: 4,
+            },
+            codec: Codec::H265,
+            params: &ParamSets::default(),
+            video: &VideoInfo::default(),
+            version: 0,
+        });
+        assert!(sdp.contains("s=Channel 2\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:96 H265/90000\r\n"), "{sdp}");
+        assert!(!sdp.contains("a=fmtp"), "{sdp}");
+        assert!(Session::parse(sdp.as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,104 @@
+//! `mcrelay demo`: a self-contained site on loopback. Two simulated cameras
+//! (the shipped H.264 and H.265 clips) stream to recorder-1 over TCP; it
+//! emits each channel once on its multicast group on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::camera::{self, Clip};
+use crate::config::{Site, Source};
+use crate::runtime::{self, RunOptions};
+
+pub const DEMO_SITE: &str = include_str!("../config/demo.toml");
+pub const DEMO_SERVER: &str = "recorder-1";
+const CLIP_H264: &[u8] = include_bytes!("../assets/clips/demo-h264.h264");
+const CLIP_H265: &[u8] = include_bytes!("../assets/clips/demo-h265.h265");
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub control: SocketAddr,
+    pub run: RunOptions,
+}
+
+/// The embedded demo site.
+pub fn demo_site() -> anyhow::Result<Site> {
+    Site::parse(DEMO_SITE, Path::new("config/demo.toml (embedded)"))
+        .context("the embedded demo site is invalid")
+}
+
+pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut site = demo_site()?;
+    let server = site
+        .file
+        .servers
+        .iter_mut()
+        .find(|s| s.name == DEMO_SERVER)
+        .context("demo site has no recorder-1")?;
+
+    // Start the cameras on free loopback ports and point the channels at them.
+    for (channel, data) in server.channels.iter_mut().zip([CLIP_H264, CLIP_H265]) {
+        let clip =
+            Clip::parse(Bytes::from_static(data), channel.codec, None).context("embedded clip")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("camera listener")?;
+        let addr = listener.local_addr()?;
+        channel.source = Source::TcpConnect {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        tracing::info!(channel = channel.id, camera = %addr, codec = %clip.codec, "simulated camera streaming its clip");
+        tokio::spawn(camera::serve_annexb(
+            Arc::new(clip),
+            listener,
+            shutdown.child_token(),
+        ));
+    }
+    let channels: Vec<(u32, String, Option<String>)> = server
+        .channels
+        .iter()
+        .map(|c| {
+            let dest = server
+                .multicast
+                .as_ref()
+                .and_then(|m| crate::config::plan::destination(m, c.id).ok())
+                .map(|d| d.rtp().to_string());
+            (c.id, c.name.clone(), dest)
+        })
+        .collect();
+
+    let run = RunOptions {
+        control: Some(opts.control),
+        ..opts.run
+    };
+    let handle = runtime::start(&site, DEMO_SERVER, run).await?;
+    let base = format!("http://{}", handle.control_addr);
+    println!(
+        "mcrelay demo: {DEMO_SERVER} relays {} cameras, each sent once to multicast on 127.0.0.1 (lo)",
+        channels.len()
+    );
+    for (id, name, dest) in &channels {
+        println!();
+        println!(
+            "  channel {id} {name:?} -> {}",
+            dest.as_deref().unwrap_or("-")
+        );
+        println!("    SDP:  {base}/channels/{id}.sdp");
+        println!(
+            "    play: ffplay -protocol_whitelist file,http,tcp,udp,rtp -i {base}/channels/{id}.sdp"
+        );
+    }
+    println!();
+    println!("  status: {base}/status   metrics: {base}/metrics   health: {base}/health");
+    println!(
+        "  A player joins the group on the interface its route names: run it where lo carries"
+    );
+    println!("  multicast, e.g. in a network namespace (README: \"Watching the demo\").");
+    println!("  Ctrl-C stops.");
+    handle.run_until(shutdown).await
+}

@@ -1,0 +1,263 @@
+//! The runtime: the only place with tokio tasks, listeners and the clock.
+//!
+//! One server of the site runs here. For each channel it emits there is a
+//! camera task (ingest + packetize + publish) and, in multicast mode, a
+//! sender task. The set of channels can change while running ([`Server::apply`]):
+//! failover hands a server another server's channels, on that server's groups.
+
+mod emitter;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::channel::core::StreamIds;
+use crate::channel::{Channel, ChannelSpec, Directory, Publisher};
+use crate::config::{ServerConfig, Site};
+use crate::control::{self, AppState, ServerInfo};
+use crate::emit::SendMode;
+use crate::metrics::Metrics;
+
+/// How long a shutdown waits for tasks to say goodbye (RTCP BYE, RTSP
+/// TEARDOWN) before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Overrides the server's `control` address.
+    pub control: Option<SocketAddr>,
+    pub send_mode: SendMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            control: None,
+            send_mode: SendMode::Gso,
+        }
+    }
+}
+
+struct Running {
+    spec: ChannelSpec,
+    cancel: CancellationToken,
+}
+
+/// The channel supervisor of one server.
+pub struct Server {
+    local: ServerConfig,
+    metrics: Metrics,
+    directory: watch::Sender<Directory>,
+    running: HashMap<u32, Running>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    send_mode: SendMode,
+}
+
+impl Server {
+    pub fn new(site: &Site, name: &str, send_mode: SendMode) -> anyhow::Result<Server> {
+        let local = site.server(name).cloned().with_context(|| {
+            let names: Vec<&str> = site.servers().iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "{}: no server named {name:?} (servers: {})",
+                site.path.display(),
+                names.join(", ")
+            )
+        })?;
+        Ok(Server {
+            local,
+            metrics: Metrics::new(),
+            directory: watch::Sender::new(Arc::new(BTreeMap::new())),
+            running: HashMap::new(),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            send_mode,
+        })
+    }
+
+    /// The server's own channels.
+    pub fn own_channels(&self) -> anyhow::Result<Vec<ChannelSpec>> {
+        self.local
+            .channels
+            .iter()
+            .map(|c| {
+                ChannelSpec::new(&self.local, c, &self.local, self.send_mode).map_err(|e| {
+                    anyhow::anyhow!("server {:?} channel {}: {e}", self.local.name, c.id)
+                })
+            })
+            .collect()
+    }
+
+    /// Runs exactly `specs`: stops channels no longer wanted (or changed),
+    /// starts new ones.
+    pub fn apply(&mut self, specs: Vec<ChannelSpec>) {
+        let wanted: HashMap<u32, ChannelSpec> = specs.into_iter().map(|s| (s.id, s)).collect();
+        let stale: Vec<u32> = self
+            .running
+            .iter()
+            .filter(|(id, r)| wanted.get(id).is_none_or(|w| !same_spec(w, &r.spec)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.stop_channel(id);
+        }
+        for (id, spec) in wanted {
+            if !self.running.contains_key(&id) {
+                self.start_channel(spec);
+            }
+        }
+    }
+
+    fn start_channel(&mut self, spec: ChannelSpec) {
+        let id = spec.id;
+        let channel = Channel::new(spec.clone(), self.metrics.channel(id), SystemTime::now());
+        let cancel = self.cancel.child_token();
+        let ids = StreamIds {
+            ssrc: rand::random(),
+            initial_seq: rand::random(),
+            rtp_base: rand::random(),
+        };
+        let mut publisher = Publisher::new(channel.clone(), ids);
+        if let Some(emit) = spec.multicast {
+            let cname = format!("{}/{}@{}", self.local.name, id, emit.interface);
+            self.tasks
+                .spawn(emitter::run(channel.clone(), emit, cname, cancel.clone()));
+        }
+        let camera_spec = spec.clone();
+        let camera_cancel = cancel.clone();
+        self.tasks.spawn(async move {
+            crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel).await;
+        });
+        tracing::info!(channel = id, name = %spec.name, source = %spec.source, owner = %spec.owner, "channel started");
+        self.running.insert(id, Running { spec, cancel });
+        self.directory.send_modify(|d| {
+            Arc::make_mut(d).insert(id, channel);
+        });
+    }
+
+    fn stop_channel(&mut self, id: u32) {
+        if let Some(r) = self.running.remove(&id) {
+            r.cancel.cancel();
+            self.directory.send_modify(|d| {
+                Arc::make_mut(d).remove(&id);
+            });
+            self.metrics.remove_channel(id);
+            tracing::info!(channel = id, "channel stopped");
+        }
+    }
+
+    pub fn app_state(&self) -> AppState {
+        let origin = self
+            .local
+            .multicast
+            .as_ref()
+            .map(|m| m.interface)
+            .or(match self.local.control.ip() {
+                std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        AppState {
+            server: Arc::new(ServerInfo {
+                name: self.local.name.clone(),
+                description: self.local.description.clone(),
+                protocol: self.local.protocol,
+                failover_server: self.local.failover.use_as_failover_server,
+                origin,
+            }),
+            channels: self.directory.subscribe(),
+            metrics: self.metrics.clone(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Stops every channel and waits (bounded) for the tasks to finish.
+    pub async fn shutdown(&mut self) {
+        self.cancel.cancel();
+        self.running.clear();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some channel tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+    }
+}
+
+/// Two specs describe the same running channel (a change restarts it).
+fn same_spec(a: &ChannelSpec, b: &ChannelSpec) -> bool {
+    a.source == b.source
+        && a.codec == b.codec
+        && a.owner == b.owner
+        && a.multicast
+            .map(|m| (m.dest, m.interface, m.loopback, m.mode))
+            == b.multicast
+                .map(|m| (m.dest, m.interface, m.loopback, m.mode))
+}
+
+/// A server started by [`start`].
+pub struct Handle {
+    pub control_addr: SocketAddr,
+    pub server: Server,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    http_stop: CancellationToken,
+}
+
+/// Binds the control API and starts the server's own channels.
+pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<Handle> {
+    let mut server = Server::new(site, name, opts.send_mode)?;
+    for w in &site.warnings {
+        tracing::warn!("{}: {w}", site.path.display());
+    }
+    let addr = opts.control.unwrap_or(server.local.control);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("server {name:?}: cannot listen on control address {addr} (in use? change `control` or pass --control)"))?;
+    let control_addr = listener.local_addr()?;
+    let own = server.own_channels()?;
+    server.apply(own);
+    let app = control::router(server.app_state());
+    let http_stop = CancellationToken::new();
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(server = name, control = %control_addr, "control API listening");
+    Ok(Handle {
+        control_addr,
+        server,
+        http,
+        http_stop,
+    })
+}
+
+impl Handle {
+    /// Runs until `shutdown` is cancelled, then stops cleanly.
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            r = &mut self.http => {
+                self.server.shutdown().await;
+                return match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::Error::from(e).context("control API failed")),
+                    Err(e) => Err(anyhow::Error::from(e).context("control API task failed")),
+                };
+            }
+        }
+        tracing::info!("shutting down");
+        self.server.shutdown().await;
+        self.http_stop.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.http).await;
+        Ok(())
+    }
+}
