@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,7 +21,7 @@ pub struct StateLabel {
 }
 
 /// What a camera's ingest is doing.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CameraState {
     /// Opening the connection or the RTSP session.
@@ -35,12 +35,28 @@ pub enum CameraState {
 }
 
 impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Streaming => "streaming",
+            CameraState::Backoff => "backoff",
+            CameraState::Stopped => "stopped",
+        }
+    }
+
     pub const ALL: [CameraState; 4] = [
         CameraState::Connecting,
         CameraState::Streaming,
         CameraState::Backoff,
         CameraState::Stopped,
     ];
+}
+
+impl EncodeLabelValue for CameraState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.as_str())
+    }
 }
 
 /// The registry and every metric family.

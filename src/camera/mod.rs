@@ -189,20 +189,39 @@ mod tests {
 
     #[test]
     fn shipped_clips_parse() {
-        for (data, codec) in [
+        // (clip, codec, pictures, key frames)
+        let clips: [(&'static [u8], Codec, usize, usize); 4] = [
             (
-                &include_bytes!("../../assets/clips/demo-h264.h264")[..],
+                include_bytes!("../../assets/clips/demo-h264.h264"),
                 Codec::H264,
+                250,
+                25,
             ),
             (
-                &include_bytes!("../../assets/clips/demo-h265.h265")[..],
+                include_bytes!("../../assets/clips/demo-h265.h265"),
                 Codec::H265,
+                100,
+                100,
             ),
-        ] {
+            (
+                include_bytes!("../../assets/clips/camera-h264.h264"),
+                Codec::H264,
+                250,
+                10,
+            ),
+            (
+                include_bytes!("../../assets/clips/camera-h265.h265"),
+                Codec::H265,
+                250,
+                10,
+            ),
+        ];
+        for (data, codec, pictures, keys) in clips {
             assert_eq!(detect_codec(data), Some(codec));
             let clip = Clip::parse(Bytes::from_static(data), None, None).unwrap();
             assert_eq!(clip.codec, codec);
-            assert_eq!(clip.access_units.len(), 250);
+            assert_eq!(clip.access_units.len(), pictures);
+            assert_eq!(clip.access_units.iter().filter(|a| a.key).count(), keys);
             assert_eq!(clip.fps, 25.0);
             assert!(clip.access_units[0].key);
         }

@@ -159,7 +159,7 @@ mod tests {
         }
     }
 
-    const CLIP: &[u8] = include_bytes!("../../assets/clips/demo-h264.h264");
+    const CLIP: &[u8] = include_bytes!("../../assets/clips/camera-h264.h264");
 
     #[tokio::test]
     async fn reads_the_shipped_clip_into_access_units() {

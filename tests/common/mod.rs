@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -212,54 +212,147 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// Result of an ffmpeg decode: frames decoded and the error lines it printed.
-#[derive(Debug)]
-pub struct Decode {
-    pub frames: u64,
-    pub errors: Vec<String>,
-    pub output: Output,
-}
-
-/// Runs Debian's ffmpeg inside `ns`, decoding `input` for `seconds` to null,
-/// counting frames from its progress output and collecting error lines.
-pub fn ffmpeg_decode(ns: &Netns, pre_input: &[&str], input: &str, seconds: u32) -> Decode {
-    let mut cmd = ns.command("ffmpeg");
-    cmd.args([
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-progress",
-        "pipe:1",
-        "-nostats",
-    ])
-    .args(pre_input)
-    .args(["-i", input, "-t", &seconds.to_string(), "-f", "null", "-"])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let output = cmd.output().expect("run ffmpeg (Debian package ffmpeg)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let frames = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("frame="))
-        .filter_map(|v| v.trim().parse().ok())
-        .next_back()
-        .unwrap_or(0);
-    let errors = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .map(str::to_string)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    Decode {
-        frames,
-        errors,
-        output,
-    }
-}
-
 /// Writes a site file into `dir` and returns its path.
 pub fn write_site(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("site.toml");
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// A temporary directory for a test's files (site file, logs).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mcrelay-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Starts `mcrelay run` in `ns` and waits until its control API answers.
+pub fn start_mcrelay(ns: &Netns, dir: &Path, site: &Path, server: &str) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("mcrelay-{server}.log"))).unwrap();
+    let mut cmd = ns.command(mcrelay());
+    cmd.args(["run", "--site"])
+        .arg(site)
+        .args(["--server", server])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut p = Proc::spawn(cmd, "mcrelay run");
+    wait_http(ns, "127.0.0.1:8080", &mut p, dir);
+    p
+}
+
+/// Waits until GET /health answers in `ns`, failing with the log if the
+/// process died first.
+pub fn wait_http(ns: &Netns, addr: &str, p: &mut Proc, dir: &Path) {
+    let addr = addr.to_string();
+    let ok = wait_for(Duration::from_secs(20), || {
+        if !p.is_running() {
+            return Some(false);
+        }
+        let a = addr.clone();
+        ns.run(move || http_get(&a, "/health").ok()).map(|_| true)
+    });
+    if ok != Some(true) {
+        let logs = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| {
+                format!(
+                    "{}:\n{}",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!("{} did not come up on {addr}:\n{logs}", p.what);
+    }
+}
+
+/// Starts `mcrelay camera` serving `clip` as raw Annex-B on `listen` in `ns`.
+pub fn start_camera(ns: &Netns, clip_name: &str, listen: &str) -> Proc {
+    let mut cmd = ns.command(mcrelay());
+    cmd.args(["camera", "--format", "annexb", "--clip"])
+        .arg(clip(clip_name))
+        .args(["--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Proc::spawn(cmd, "mcrelay camera")
+}
+
+/// GET `path` from the control API at 127.0.0.1:8080 in `ns`, as JSON.
+pub fn get_json(ns: &Netns, path: &str) -> serde_json::Value {
+    let path = path.to_string();
+    let (code, body) = ns
+        .run(move || http_get("127.0.0.1:8080", &path))
+        .expect("control API");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// An ffmpeg decode started in the background.
+pub struct Decoder {
+    proc: Proc,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Decoder {
+    /// `ffmpeg -v error -progress ... [pre_input] -i INPUT -t SECONDS -f null -` in `ns`.
+    pub fn start(
+        ns: &Netns,
+        dir: &Path,
+        tag: &str,
+        pre_input: &[&str],
+        input: &str,
+        seconds: u32,
+    ) -> Decoder {
+        let out = dir.join(format!("ffmpeg-{tag}.out"));
+        let err = dir.join(format!("ffmpeg-{tag}.err"));
+        let mut cmd = ns.command("ffmpeg");
+        cmd.args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-progress",
+            "pipe:1",
+            "-nostats",
+        ])
+        .args(pre_input)
+        .args(["-i", input, "-t", &seconds.to_string(), "-f", "null", "-"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+        Decoder {
+            proc: Proc::spawn(cmd, "ffmpeg"),
+            out,
+            err,
+        }
+    }
+
+    /// Waits (at most `timeout`) and returns frames decoded and error lines.
+    pub fn finish(mut self, timeout: Duration) -> (u64, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        while self.proc.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.proc.kill();
+        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let frames = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .filter_map(|v| v.trim().parse().ok())
+            .next_back()
+            .unwrap_or(0);
+        let errors = std::fs::read_to_string(&self.err)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        (frames, errors)
+    }
 }
