@@ -57,8 +57,12 @@ pub enum IngestError {
     },
     #[error("read error after {offset} bytes: {source}")]
     Read { offset: u64, source: std::io::Error },
-    #[error("the camera closed the connection after {offset} bytes")]
-    Closed { offset: u64 },
+    #[error("the camera closed the connection after {offset} bytes{}", unfinished_note(*.discarded))]
+    Closed {
+        offset: u64,
+        /// Bytes of an unfinished access unit dropped at the close.
+        discarded: usize,
+    },
     #[error("no picture for {0:?}: the camera stalled")]
     Stalled(Duration),
     #[error("timed out after {after:?} waiting for {what}")]
@@ -79,6 +83,14 @@ pub enum IngestError {
         /// The new connection, taken over by the next session.
         stream: Option<tokio::net::TcpStream>,
     },
+}
+
+fn unfinished_note(discarded: usize) -> String {
+    if discarded == 0 {
+        String::new()
+    } else {
+        format!(" (an unfinished picture of {discarded} bytes was dropped, not relayed)")
+    }
 }
 
 /// Runs a camera until `cancel`: sessions, and backoff between them.

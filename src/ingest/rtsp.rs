@@ -122,7 +122,12 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
     loop {
         let item = match tokio::time::timeout(stall, demuxed.next()).await {
             Err(_) => return Err(IngestError::Stalled(stall)),
-            Ok(None) => return Err(IngestError::Closed { offset: 0 }),
+            Ok(None) => {
+                return Err(IngestError::Closed {
+                    offset: 0,
+                    discarded: 0,
+                });
+            }
             Ok(Some(Err(e))) => return Err(IngestError::Rtsp(e.to_string())),
             Ok(Some(Ok(item))) => item,
         };

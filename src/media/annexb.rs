@@ -83,6 +83,14 @@ impl AnnexBSplitter {
         self.buf.len()
     }
 
+    /// The first bytes of the NAL unit being received (not yet terminated by
+    /// a start code), once at least `n` of them are buffered. They tell
+    /// whether it starts a new picture, so the previous one can be released
+    /// without waiting for this unit to end.
+    pub fn pending_head(&self, n: usize) -> Option<&[u8]> {
+        (self.in_nal && self.buf.len() >= n).then(|| &self.buf[..n])
+    }
+
     /// The next complete NAL unit, if the buffer holds one.
     pub fn next_nal(&mut self) -> Result<Option<Bytes>, AnnexBError> {
         loop {
@@ -249,6 +257,18 @@ mod tests {
                 first: 0xe5
             }
         );
+    }
+
+    #[test]
+    fn pending_head_shows_the_unit_being_received() {
+        let mut s = AnnexBSplitter::new(1024);
+        s.push(&[0, 0, 1, 0x65, 1, 0, 0, 1, 0x41]);
+        assert!(s.pending_head(1).is_none(), "not scanned yet");
+        assert_eq!(s.next_nal().unwrap().unwrap().as_ref(), &[0x65, 1]);
+        assert_eq!(s.pending_head(1), Some(&[0x41][..]));
+        assert!(s.pending_head(2).is_none());
+        s.push(&[0x9a]);
+        assert_eq!(s.pending_head(2), Some(&[0x41, 0x9a][..]));
     }
 
     #[test]

@@ -65,6 +65,18 @@ fn invalid_nal(codec: Codec, nal: &[u8], index: usize) -> AuError {
     }
 }
 
+/// Whether a NAL unit of this kind, following a picture's VCL units, begins
+/// the next access unit (H.264 7.4.1.2.3, H.265 7.4.2.4.4).
+fn starts_access_unit(kind: NalKind) -> bool {
+    match kind {
+        NalKind::Vcl {
+            first_in_picture, ..
+        } => first_in_picture,
+        NalKind::Aud | NalKind::Vps | NalKind::Sps | NalKind::Pps | NalKind::PrefixNonVcl => true,
+        NalKind::OtherNonVcl | NalKind::Invalid => false,
+    }
+}
+
 /// Limits on one access unit. A 4K picture in 8 slices with SEI is a few
 /// dozen NAL units and a few MB; these bounds only stop runaway input.
 pub const MAX_AU_NALS: usize = 1024;
@@ -98,16 +110,10 @@ impl<T: Copy> AuAssembler<T> {
     /// new picture.
     pub fn push(&mut self, nal: Bytes, at: T) -> Result<Option<(AccessUnit, T)>, AuError> {
         let kind = self.codec.classify(&nal);
-        let starts_new = match kind {
-            NalKind::Invalid => return Err(invalid_nal(self.codec, &nal, self.nals.len())),
-            NalKind::Vcl {
-                first_in_picture, ..
-            } => self.has_vcl && first_in_picture,
-            NalKind::Aud | NalKind::Vps | NalKind::Sps | NalKind::Pps | NalKind::PrefixNonVcl => {
-                self.has_vcl
-            }
-            NalKind::OtherNonVcl => false,
-        };
+        if kind == NalKind::Invalid {
+            return Err(invalid_nal(self.codec, &nal, self.nals.len()));
+        }
+        let starts_new = self.has_vcl && starts_access_unit(kind);
         let done = if starts_new { self.take() } else { None };
         if self.nals.len() >= MAX_AU_NALS {
             return Err(AuError::TooLarge {
@@ -131,23 +137,42 @@ impl<T: Copy> AuAssembler<T> {
         Ok(done)
     }
 
+    /// Bytes of a NAL unit's start needed by [`AuAssembler::boundary_ahead`]:
+    /// the header and the first byte of a slice header.
+    pub fn head_len(&self) -> usize {
+        self.codec.nal_header_len() + 1
+    }
+
+    /// Looks at the start of the next NAL unit (still being received): if it
+    /// begins a new access unit, the current one is complete and returned
+    /// now rather than when that unit ends.
+    pub fn boundary_ahead(&mut self, head: &[u8]) -> Option<(AccessUnit, T)> {
+        if self.has_vcl && starts_access_unit(self.codec.classify(head)) {
+            self.take()
+        } else {
+            None
+        }
+    }
+
     /// At end of stream: the last access unit, if it has a picture.
     pub fn flush(&mut self) -> Option<(AccessUnit, T)> {
         if self.has_vcl {
             self.take()
         } else {
-            self.reset();
+            let _ = self.reset();
             None
         }
     }
 
-    /// Forgets a partial access unit (after a reconnect).
-    pub fn reset(&mut self) {
+    /// Forgets a partial access unit; returns how many bytes it held.
+    pub fn reset(&mut self) -> usize {
+        let bytes = self.bytes;
         self.nals.clear();
         self.bytes = 0;
         self.has_vcl = false;
         self.key = false;
         self.started = None;
+        bytes
     }
 
     fn take(&mut self) -> Option<(AccessUnit, T)> {
@@ -157,7 +182,7 @@ impl<T: Copy> AuAssembler<T> {
             nals: std::mem::take(&mut self.nals),
             key: self.key,
         };
-        self.reset();
+        let _ = self.reset();
         Some((au, at))
     }
 }
@@ -221,6 +246,23 @@ mod tests {
         out.extend(a.flush());
         let shape: Vec<(usize, bool)> = out.iter().map(|(au, _)| (au.nals.len(), au.key)).collect();
         assert_eq!(shape, vec![(7, true), (1, false)]);
+    }
+
+    #[test]
+    fn boundary_ahead_releases_the_picture_early() {
+        let mut a = AuAssembler::new(Codec::H264);
+        assert!(a.push(b(&[0x65, 0x88]), 1).unwrap().is_none());
+        assert!(
+            a.boundary_ahead(&[0x65, 0x08]).is_none(),
+            "second slice of the same picture"
+        );
+        let (au, t) = a
+            .boundary_ahead(&[0x41, 0x9a])
+            .expect("a new picture begins");
+        assert_eq!((au.nals.len(), t), (1, 1));
+        // When that unit completes, it starts a fresh access unit.
+        assert!(a.push(b(&[0x41, 0x9a, 7]), 2).unwrap().is_none());
+        assert_eq!(a.flush().unwrap().1, 2);
     }
 
     #[test]

@@ -80,6 +80,20 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Spawns a thread inside the namespace (fake cameras, receivers).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            enter_ns(&name);
+            f()
+        })
+    }
+}
+
 fn enter_ns(name: &str) {
     use std::os::fd::AsRawFd;
     let path = format!("/run/netns/{name}");
@@ -355,4 +369,52 @@ impl Decoder {
             .collect();
         (frames, errors)
     }
+}
+
+/// Starts GStreamer's RTSP server (tests/support/gst_rtsp_camera.py) in `ns`
+/// on 127.0.0.1:`port`/`path`, and waits until it listens.
+pub fn start_gst_camera(
+    ns: &Netns,
+    port: u16,
+    path: &str,
+    codec: &str,
+    auth: Option<(&str, &str)>,
+) -> Proc {
+    use std::io::BufRead;
+    let mut cmd = ns.command("/usr/bin/python3");
+    cmd.arg(repo().join("tests/support/gst_rtsp_camera.py"))
+        .args([port.to_string().as_str(), path, codec]);
+    if let Some((u, p)) = auth {
+        cmd.args([u, p]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut p = Proc::spawn(cmd, "GStreamer RTSP camera");
+    let out = p.child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("GStreamer camera did not start (Debian packages gstreamer1.0-rtsp, gir1.2-gst-rtsp-server-1.0, python3-gi, gstreamer1.0-plugins-ugly/bad)");
+    assert_eq!(line.trim(), "ready", "GStreamer camera: {line}");
+    p
+}
+
+/// Polls /status until channel `id`'s camera is in `state`.
+pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let found = wait_for(timeout, || {
+        let st = get_json(ns, "/status");
+        let ch = st["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == id)?
+            .clone();
+        last = ch.clone();
+        (ch["camera"]["state"] == state).then_some(ch)
+    });
+    found.unwrap_or_else(|| panic!("channel {id} never reached state {state}; last status: {last}"))
 }
