@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test of mcrelay: formatting, lints, unit and integration tests
+# (network namespaces, Debian's ffmpeg, GStreamer's RTSP server), a criterion
+# smoke run and the fuzz targets. Installs what the tests need when it is
+# missing. Needs root: the integration tests make their own network
+# namespaces, and nothing they send leaves them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: run as root (the tests create network namespaces)" >&2
+    exit 1
+fi
+
+# Debian packages: ffmpeg (the workstation decoder), iproute2 (namespaces),
+# GStreamer's RTSP server with x264/x265 (a camera that is not ours).
+packages=(
+    ffmpeg iproute2 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly gstreamer1.0-tools
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "== installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== cargo test (unit and integration)"
+cargo test --quiet
+
+echo "== benches (one pass each, as a smoke test)"
+cargo bench --quiet --bench packetize -- --test
+
+echo "== fuzz targets (${FUZZ_SECONDS}s each)"
+for target in $(cargo fuzz list); do
+    cargo fuzz run -s none "$target" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1
+done
+
+echo "== all tests passed"
