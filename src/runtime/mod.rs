@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::channel::core::StreamIds;
 use crate::channel::{Channel, ChannelSpec, Directory, Publisher};
@@ -124,16 +125,20 @@ impl Server {
             rtp_base: rand::random(),
         };
         let mut publisher = Publisher::new(channel.clone(), ids);
+        let span = tracing::info_span!("channel", id, owner = %spec.owner);
         if let Some(emit) = spec.multicast {
             let cname = format!("{}/{}@{}", self.local.name, id, emit.interface);
+            let task = emitter::run(channel.clone(), emit, cname, cancel.clone());
             self.tasks
-                .spawn(emitter::run(channel.clone(), emit, cname, cancel.clone()));
+                .spawn(task.instrument(tracing::info_span!(parent: &span, "multicast")));
         }
         let camera_spec = spec.clone();
         let camera_cancel = cancel.clone();
-        self.tasks.spawn(async move {
+        let camera = async move {
             crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel).await;
-        });
+        };
+        self.tasks
+            .spawn(camera.instrument(tracing::info_span!(parent: &span, "camera")));
         tracing::info!(channel = id, name = %spec.name, source = %spec.source, owner = %spec.owner, "channel started");
         self.running.insert(id, Running { spec, cancel });
         self.directory.send_modify(|d| {
