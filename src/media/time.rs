@@ -40,13 +40,32 @@ impl std::ops::Add<i64> for MediaTime {
 /// Maps each ingest session's timestamps onto one continuous output timeline,
 /// so that RTP timestamps continue across camera reconnects: the first frame
 /// of a new session is placed after the last frame sent by the real time
-/// elapsed between them.
-#[derive(Debug, Default)]
+/// elapsed between them, and at least one frame interval after it (an
+/// encoder that replaces another may start within milliseconds, and two
+/// frames closer than a frame interval collide in players' frame-rate
+/// time bases).
+#[derive(Debug)]
 pub struct Timeline {
     /// output = source + offset, for the current session.
     offset: i64,
     anchored: bool,
     last: Option<(MediaTime, Instant)>,
+    /// The last step between two frames, for the gap at a session change.
+    step: i64,
+}
+
+/// Frame interval assumed before two frames were seen: 25 fps.
+const DEFAULT_STEP: i64 = CLOCK_RATE as i64 / 25;
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline {
+            offset: 0,
+            anchored: false,
+            last: None,
+            step: DEFAULT_STEP,
+        }
+    }
 }
 
 impl Timeline {
@@ -65,12 +84,19 @@ impl Timeline {
             let target = match self.last {
                 Some((t, at)) => {
                     let gap = MediaTime::from_duration(now.saturating_duration_since(at)).0;
-                    t + gap.max(1)
+                    t + gap.max(self.step)
                 }
                 None => MediaTime(0),
             };
             self.offset = target.0.saturating_sub(source.0);
             self.anchored = true;
+        } else if let Some((t, _)) = self.last {
+            let step = source.0.saturating_add(self.offset) - t.0;
+            // Plausible frame steps only (1 ms .. 1 s): not B-frame reordering
+            // or a camera's clock jump.
+            if (90..=i64::from(CLOCK_RATE)).contains(&step) {
+                self.step = step;
+            }
         }
         let out = MediaTime(source.0.saturating_add(self.offset));
         if self.last.is_none_or(|(t, _)| out >= t) {
