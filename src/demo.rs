@@ -2,7 +2,6 @@
 //! (the shipped H.264 and H.265 clips) stream to recorder-1 over TCP; it
 //! emits each channel once on its multicast group on 127.0.0.1.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,12 +15,14 @@ use crate::runtime::{self, RunOptions};
 
 pub const DEMO_SITE: &str = include_str!("../config/demo.toml");
 pub const DEMO_SERVER: &str = "recorder-1";
+/// Path of the simulated cameras' streams.
+const CAMERA_PATH: &str = "stream";
 const CLIP_H264: &[u8] = include_bytes!("../assets/clips/demo-h264.h264");
 const CLIP_H265: &[u8] = include_bytes!("../assets/clips/demo-h265.h265");
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    pub control: SocketAddr,
+    /// Control and RTSP addresses (the demo sets both).
     pub run: RunOptions,
 }
 
@@ -40,7 +41,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         .find(|s| s.name == DEMO_SERVER)
         .context("demo site has no recorder-1")?;
 
-    // Start the cameras on free loopback ports and point the channels at them.
+    // Start the RTSP cameras on free loopback ports and point the channels
+    // at them: the relay ingests RTSP over TCP, as a real site does.
     for (channel, data) in server.channels.iter_mut().zip([CLIP_H264, CLIP_H265]) {
         let clip =
             Clip::parse(Bytes::from_static(data), channel.codec, None).context("embedded clip")?;
@@ -48,16 +50,17 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             .await
             .context("camera listener")?;
         let addr = listener.local_addr()?;
-        channel.source = Source::TcpConnect {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        };
-        tracing::info!(channel = channel.id, camera = %addr, codec = %clip.codec, "simulated camera streaming its clip");
-        tokio::spawn(camera::serve_annexb(
-            Arc::new(clip),
-            listener,
-            shutdown.child_token(),
-        ));
+        let url = format!("rtsp://{addr}/{CAMERA_PATH}");
+        channel.source = url.parse::<Source>().map_err(anyhow::Error::msg)?;
+        tracing::info!(channel = channel.id, camera = %url, codec = %clip.codec, "simulated RTSP camera streaming its clip");
+        let cancel = shutdown.child_token();
+        tokio::spawn(async move {
+            if let Err(e) =
+                camera::serve_rtsp(Arc::new(clip), listener, CAMERA_PATH, None, cancel).await
+            {
+                tracing::error!(error = %e, "simulated camera failed");
+            }
+        });
     }
     let channels: Vec<(u32, String, Option<String>)> = server
         .channels
@@ -72,14 +75,10 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         })
         .collect();
 
-    let run = RunOptions {
-        control: Some(opts.control),
-        ..opts.run
-    };
-    let handle = runtime::start(&site, DEMO_SERVER, run).await?;
+    let handle = runtime::start(&site, DEMO_SERVER, opts.run).await?;
     let base = format!("http://{}", handle.control_addr);
     println!(
-        "mcrelay demo: {DEMO_SERVER} relays {} cameras, each sent once to multicast on 127.0.0.1 (lo)",
+        "mcrelay demo: {DEMO_SERVER} relays {} RTSP cameras, each sent once to multicast on 127.0.0.1 (lo)",
         channels.len()
     );
     for (id, name, dest) in &channels {
@@ -92,6 +91,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         println!(
             "    play: ffplay -protocol_whitelist file,http,tcp,udp,rtp -i {base}/channels/{id}.sdp"
         );
+        if let Some(rtsp) = handle.rtsp_addr {
+            println!(
+                "    RTSP: ffplay -rtsp_transport tcp rtsp://admin:demo@{rtsp}/{id}   (or -rtsp_transport udp_multicast)"
+            );
+        }
     }
     println!();
     println!("  status: {base}/status   metrics: {base}/metrics   health: {base}/health");

@@ -10,3 +10,4 @@ pub mod media;
 pub mod metrics;
 pub mod rtp;
 pub mod runtime;
+pub mod serve;

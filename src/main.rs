@@ -35,6 +35,9 @@ enum Command {
         /// Control API address (overrides the server's `control`).
         #[arg(long)]
         control: Option<SocketAddr>,
+        /// RTSP address (overrides the server's `rtsp.listen`).
+        #[arg(long)]
+        rtsp: Option<SocketAddr>,
         #[arg(long, value_enum, default_value = "gso")]
         send_mode: Mode,
     },
@@ -59,6 +62,9 @@ enum Command {
         /// Control API address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         control: SocketAddr,
+        /// RTSP address for workstations.
+        #[arg(long, default_value = "127.0.0.1:8554")]
+        rtsp: SocketAddr,
         #[arg(long, value_enum, default_value = "gso")]
         send_mode: Mode,
     },
@@ -70,8 +76,17 @@ enum Command {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
-        #[arg(long, value_enum, default_value = "annexb")]
+        #[arg(long, value_enum, default_value = "rtsp")]
         format: CameraFormat,
+        /// RTSP path: the camera is rtsp://LISTEN/PATH.
+        #[arg(long, default_value = "stream")]
+        path: String,
+        /// Require Digest authentication with this user (RTSP).
+        #[arg(long, requires = "password")]
+        user: Option<String>,
+        /// The password for --user.
+        #[arg(long, requires = "user")]
+        password: Option<String>,
         /// Codec of the clip, if it cannot be detected.
         #[arg(long, value_enum)]
         codec: Option<ClipCodec>,
@@ -100,6 +115,8 @@ impl From<Mode> for SendMode {
 
 #[derive(Copy, Clone, ValueEnum)]
 enum CameraFormat {
+    /// RTSP with RTP interleaved on the TCP connection (rtsp://host:port/path).
+    Rtsp,
     /// Raw Annex-B byte stream over TCP (connect with tcp://host:port).
     Annexb,
 }
@@ -140,6 +157,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             site,
             server,
             control,
+            rtsp,
             send_mode,
         } => {
             let site = Site::load(&site)?;
@@ -147,6 +165,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 raise_fd_limit();
                 let opts = RunOptions {
                     control,
+                    rtsp,
                     send_mode: send_mode.into(),
                 };
                 runtime::start(&site, &server, opts)
@@ -155,12 +174,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
             })
         }
-        Command::Demo { control, send_mode } => with_runtime(|shutdown| async move {
+        Command::Demo {
+            control,
+            rtsp,
+            send_mode,
+        } => with_runtime(|shutdown| async move {
             raise_fd_limit();
             let opts = mcrelay::demo::DemoOptions {
-                control,
                 run: RunOptions {
                     control: Some(control),
+                    rtsp: Some(rtsp),
                     send_mode: send_mode.into(),
                 },
             };
@@ -169,7 +192,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Camera {
             clip,
             listen,
-            format: CameraFormat::Annexb,
+            format,
+            path,
+            user,
+            password,
             codec,
             fps,
         } => {
@@ -182,14 +208,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("listen on {listen}"))?;
-                eprintln!(
-                    "camera: serving {} ({} frames at {} fps, looping) as raw Annex-B on tcp://{}",
+                let what = format!(
+                    "{} ({} frames at {} fps, looping)",
                     clip.codec,
                     clip.access_units.len(),
-                    clip.fps,
-                    listener.local_addr()?
+                    clip.fps
                 );
-                mcrelay::camera::serve_annexb(Arc::new(clip), listener, shutdown).await;
+                let addr = listener.local_addr()?;
+                match format {
+                    CameraFormat::Annexb => {
+                        eprintln!("camera: serving {what} as raw Annex-B on tcp://{addr}");
+                        mcrelay::camera::serve_annexb(Arc::new(clip), listener, shutdown).await;
+                    }
+                    CameraFormat::Rtsp => {
+                        eprintln!("camera: serving {what} on rtsp://{addr}/{path}");
+                        let creds = user.zip(password);
+                        mcrelay::camera::serve_rtsp(
+                            Arc::new(clip),
+                            listener,
+                            &path,
+                            creds,
+                            shutdown,
+                        )
+                        .await?;
+                    }
+                }
                 Ok(())
             })
         }
@@ -345,7 +388,7 @@ fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<Exi
             channel_id: channel,
             name: &ch.name,
             origin: emit.interface,
-            dest: emit.dest,
+            delivery: mcrelay::control::sdp::Delivery::Multicast(emit.dest),
             codec,
             params: &Default::default(),
             video: &info,

@@ -75,6 +75,19 @@ pub struct Metrics {
     mc_errors: Family<ChannelLabel, Counter>,
     mc_skipped: Family<ChannelLabel, Counter>,
     rtcp_reports: Family<ChannelLabel, Counter>,
+    clients: Family<TransportLabel, Gauge>,
+    tcp_packets: Family<ChannelLabel, Counter>,
+    tcp_bytes: Family<ChannelLabel, Counter>,
+    key_frame_skips: Family<ChannelLabel, Counter>,
+    stall_disconnects: Family<ChannelLabel, Counter>,
+    rtsp_unauthorized: Counter,
+    rtsp_refused: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub channel: String,
+    pub transport: String,
 }
 
 impl Default for Metrics {
@@ -98,6 +111,48 @@ impl Metrics {
         let mc_errors = Family::default();
         let mc_skipped = Family::default();
         let rtcp_reports = Family::default();
+        let clients = Family::default();
+        let tcp_packets = Family::default();
+        let tcp_bytes = Family::default();
+        let key_frame_skips = Family::default();
+        let stall_disconnects = Family::default();
+        let rtsp_unauthorized = Counter::default();
+        let rtsp_refused = Counter::default();
+        r.register(
+            "rtsp_clients",
+            "Workstations playing the channel, by transport (tcp, multicast)",
+            clients.clone(),
+        );
+        r.register(
+            "tcp_packets",
+            "RTP packets written to TCP (interleaved) clients",
+            tcp_packets.clone(),
+        );
+        r.register(
+            "tcp_bytes",
+            "Bytes written to TCP (interleaved) clients, framing included",
+            tcp_bytes.clone(),
+        );
+        r.register(
+            "tcp_key_frame_skips",
+            "Times a TCP client fell behind and skipped to the next key frame",
+            key_frame_skips.clone(),
+        );
+        r.register(
+            "tcp_stall_disconnects",
+            "TCP clients dropped because their socket accepted nothing for the stall time",
+            stall_disconnects.clone(),
+        );
+        r.register(
+            "rtsp_unauthorized",
+            "RTSP requests answered 401",
+            rtsp_unauthorized.clone(),
+        );
+        r.register(
+            "rtsp_refused",
+            "RTSP clients refused over a limit (503)",
+            rtsp_refused.clone(),
+        );
         r.register(
             "channel_frames",
             "Access units received from the camera and packetized",
@@ -172,7 +227,22 @@ impl Metrics {
             mc_errors,
             mc_skipped,
             rtcp_reports,
+            clients,
+            tcp_packets,
+            tcp_bytes,
+            key_frame_skips,
+            stall_disconnects,
+            rtsp_unauthorized,
+            rtsp_refused,
         }
+    }
+
+    pub fn rtsp_unauthorized(&self) -> &Counter {
+        &self.rtsp_unauthorized
+    }
+
+    pub fn rtsp_refused(&self) -> &Counter {
+        &self.rtsp_refused
     }
 
     /// The counters of one channel, created on first use.
@@ -180,27 +250,48 @@ impl Metrics {
         let l = ChannelLabel {
             channel: id.to_string(),
         };
+        // Each lookup returns a read guard on its family; taking them one
+        // function call at a time drops each guard before the next lookup
+        // (two lookups in one family within one statement deadlock when the
+        // second must insert).
+        let c = |f: &Family<ChannelLabel, Counter>| get(f, &l);
+        let clients = |transport: &str| {
+            get(
+                &self.clients,
+                &TransportLabel {
+                    channel: l.channel.clone(),
+                    transport: transport.into(),
+                },
+            )
+        };
         let states = CameraState::ALL.map(|state| {
-            self.camera_state
-                .get_or_create(&StateLabel {
+            get(
+                &self.camera_state,
+                &StateLabel {
                     channel: l.channel.clone(),
                     state,
-                })
-                .clone()
+                },
+            )
         });
         ChannelMetrics {
-            frames: self.frames.get_or_create(&l).clone(),
-            key_frames: self.key_frames.get_or_create(&l).clone(),
-            packets: self.packets.get_or_create(&l).clone(),
-            bytes: self.bytes.get_or_create(&l).clone(),
-            reconnects: self.reconnects.get_or_create(&l).clone(),
+            frames: c(&self.frames),
+            key_frames: c(&self.key_frames),
+            packets: c(&self.packets),
+            bytes: c(&self.bytes),
+            reconnects: c(&self.reconnects),
             states,
-            mc_packets: self.mc_packets.get_or_create(&l).clone(),
-            mc_bytes: self.mc_bytes.get_or_create(&l).clone(),
-            mc_syscalls: self.mc_syscalls.get_or_create(&l).clone(),
-            mc_errors: self.mc_errors.get_or_create(&l).clone(),
-            mc_skipped: self.mc_skipped.get_or_create(&l).clone(),
-            rtcp_reports: self.rtcp_reports.get_or_create(&l).clone(),
+            mc_packets: c(&self.mc_packets),
+            mc_bytes: c(&self.mc_bytes),
+            mc_syscalls: c(&self.mc_syscalls),
+            mc_errors: c(&self.mc_errors),
+            mc_skipped: c(&self.mc_skipped),
+            rtcp_reports: c(&self.rtcp_reports),
+            clients_tcp: clients("tcp"),
+            clients_multicast: clients("multicast"),
+            tcp_packets: c(&self.tcp_packets),
+            tcp_bytes: c(&self.tcp_bytes),
+            key_frame_skips: c(&self.key_frame_skips),
+            stall_disconnects: c(&self.stall_disconnects),
         }
     }
 
@@ -221,8 +312,18 @@ impl Metrics {
             &self.mc_errors,
             &self.mc_skipped,
             &self.rtcp_reports,
+            &self.tcp_packets,
+            &self.tcp_bytes,
+            &self.key_frame_skips,
+            &self.stall_disconnects,
         ] {
             f.remove(&l);
+        }
+        for transport in ["tcp", "multicast"] {
+            self.clients.remove(&TransportLabel {
+                channel: l.channel.clone(),
+                transport: transport.into(),
+            });
         }
         for state in CameraState::ALL {
             self.camera_state.remove(&StateLabel {
@@ -241,7 +342,43 @@ impl Metrics {
     }
 }
 
+/// A family member, cloned out of its read guard (which this call drops).
+fn get<L, M>(family: &Family<L, M>, label: &L) -> M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone + prometheus_client::metrics::TypedMetric + Default,
+{
+    family.get_or_create(label).clone()
+}
+
 /// One channel's counters.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_can_be_created_and_removed_repeatedly() {
+        // Guards of one family must not overlap: this deadlocked once.
+        let m = Metrics::new();
+        for round in 0..3 {
+            for id in 1..=4 {
+                let c = m.channel(id);
+                c.set_state(CameraState::Streaming);
+                c.clients_tcp.inc();
+            }
+            let text = m.encode();
+            assert!(
+                text.contains("mcrelay_rtsp_clients{channel=\"4\",transport=\"tcp\"} 1"),
+                "round {round}: {text}"
+            );
+            for id in 1..=4 {
+                m.remove_channel(id);
+            }
+            assert!(!m.encode().contains("channel=\"4\""));
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ChannelMetrics {
     pub frames: Counter,
@@ -256,6 +393,12 @@ pub struct ChannelMetrics {
     pub mc_errors: Counter,
     pub mc_skipped: Counter,
     pub rtcp_reports: Counter,
+    pub clients_tcp: Gauge,
+    pub clients_multicast: Gauge,
+    pub tcp_packets: Counter,
+    pub tcp_bytes: Counter,
+    pub key_frame_skips: Counter,
+    pub stall_disconnects: Counter,
 }
 
 impl ChannelMetrics {

@@ -131,6 +131,104 @@ pub fn detect_codec(data: &[u8]) -> Option<Codec> {
     }
 }
 
+/// Serves the clip as a live RTSP camera at `rtsp://listen/path`, with RTP
+/// interleaved on the TCP connection: the same RTSP server and fan-out as
+/// the relay's, fed by a paced player instead of a camera. Timestamps and
+/// sequence numbers continue across loops.
+pub async fn serve_rtsp(
+    clip: Arc<Clip>,
+    listener: TcpListener,
+    path: &str,
+    credentials: Option<(String, String)>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use crate::channel::core::StreamIds;
+    use crate::channel::{Channel, ChannelSpec, Publisher};
+    use crate::config::{IngestConfig, RtspConfig, Secret, Source};
+    use crate::runtime::rtsp::{Clients, RtspShared};
+
+    let addr = listener.local_addr()?;
+    let url = format!("rtsp://{addr}/{path}");
+    let spec = ChannelSpec {
+        id: 1,
+        name: path.to_string(),
+        owner: "camera".to_string(),
+        // The stream itself: a simulator has no upstream.
+        source: url.parse::<Source>().map_err(std::io::Error::other)?,
+        codec: Some(clip.codec),
+        timing: crate::media::time::TimingPolicy::Auto,
+        ingest: IngestConfig::default(),
+        multicast: None,
+    };
+    let metrics = crate::metrics::Metrics::new();
+    let channel = Channel::new(spec, metrics.channel(1), std::time::SystemTime::now());
+    let ids = StreamIds {
+        ssrc: rand::random(),
+        initial_seq: rand::random(),
+        rtp_base: rand::random(),
+    };
+    let publisher = Publisher::new(channel.clone(), ids);
+    let directory =
+        tokio::sync::watch::Sender::new(Arc::new(std::collections::BTreeMap::from([(1, channel)])));
+    let cfg = RtspConfig::new(addr);
+    let auth = credentials.map(|(user, pw)| {
+        Arc::new(crate::serve::auth::Authenticator::new(
+            user,
+            Secret::new(pw),
+            false,
+            rand::random(),
+        ))
+    });
+    let shared = Arc::new(RtspShared {
+        clients: Clients::new(cfg.max_clients, cfg.max_clients_per_channel),
+        cfg,
+        multicast_allowed: false,
+        auth,
+        channels: directory.subscribe(),
+        origin: match addr.ip() {
+            std::net::IpAddr::V4(a) if !a.is_unspecified() => a,
+            _ => std::net::Ipv4Addr::LOCALHOST,
+        },
+        metrics,
+    });
+    tokio::spawn(play(clip, publisher, cancel.clone()));
+    crate::runtime::rtsp::serve(listener, shared, cancel).await;
+    drop(directory);
+    Ok(())
+}
+
+/// Feeds the clip's access units at its frame rate, forever, with
+/// timestamps that keep counting across loops.
+async fn play(
+    clip: Arc<Clip>,
+    mut publisher: crate::channel::Publisher,
+    cancel: CancellationToken,
+) {
+    use crate::ingest::Sink;
+    publisher.session_started(clip.codec);
+    let period = clip.frame_period();
+    let ticks = f64::from(crate::media::time::CLOCK_RATE) / clip.fps;
+    let mut start = Instant::now();
+    let mut i: u64 = 0;
+    let mut base: u64 = 0;
+    loop {
+        let due = start + period.mul_f64((i - base) as f64);
+        let now = Instant::now();
+        if now > due + MAX_LAG {
+            start = now;
+            base = i;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => {}
+            () = cancel.cancelled() => return,
+        }
+        let au = clip.access_units[(i % clip.access_units.len() as u64) as usize].clone();
+        let t = crate::media::MediaTime((i as f64 * ticks).round() as i64);
+        publisher.access_unit(au, t, Instant::now());
+        i += 1;
+    }
+}
+
 /// Pacing: access unit `i` of a connection is due `i` frame periods after it
 /// started. A sender that fell more than this far behind (a suspended
 /// process) restarts its schedule instead of bursting to catch up.

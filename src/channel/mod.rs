@@ -27,6 +27,9 @@ use crate::media::{AccessUnit, Codec, MediaTime, ParamSets};
 use crate::metrics::{CameraState, ChannelMetrics};
 use crate::rtp::Frame;
 
+#[cfg(test)]
+mod tests;
+
 /// Frames kept in a channel's ring: 64 frames are 2.5 s at 25 fps, enough
 /// to ride out scheduling hiccups of a busy host; at 4 Mbit/s they hold about
 /// 1.3 MB of shared buffers per channel.
@@ -143,11 +146,60 @@ mod rfc3339_opt {
     }
 }
 
+/// Bounds on the key-frame cache: 300 frames is 12 s at 25 fps, longer than
+/// any GOP a camera feeding live viewing should use; 16 MB holds a GOP of a
+/// 10 Mbit/s camera with room. Beyond either, new clients wait for the next
+/// key frame live instead.
+pub const GOP_MAX_FRAMES: usize = 300;
+pub const GOP_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// The frames since the last key frame, so that a new TCP client starts
+/// with a picture at once.
+#[derive(Default)]
+struct GopCache {
+    frames: Vec<Arc<Frame>>,
+    bytes: usize,
+    /// The current GOP outgrew the bounds (or did not start with a key frame).
+    broken: bool,
+}
+
+impl GopCache {
+    fn push(&mut self, frame: &Arc<Frame>) {
+        if frame.key {
+            self.frames.clear();
+            self.bytes = 0;
+            self.broken = false;
+        } else if self.frames.is_empty() {
+            self.broken = true;
+        }
+        if self.broken {
+            return;
+        }
+        if self.frames.len() >= GOP_MAX_FRAMES || self.bytes + frame.byte_len() > GOP_MAX_BYTES {
+            self.frames.clear();
+            self.bytes = 0;
+            self.broken = true;
+            return;
+        }
+        self.bytes += frame.byte_len();
+        self.frames.push(frame.clone());
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.broken = true;
+    }
+}
+
 /// A running channel, shared read-only with sinks and the control API.
 /// Only its camera task writes to `info` and `status`.
 pub struct Channel {
     pub spec: ChannelSpec,
     frames: broadcast::Sender<Arc<Frame>>,
+    /// Held only to push a frame and send it, or to subscribe and copy the
+    /// cache: never across an await.
+    gop: std::sync::Mutex<GopCache>,
     pub info: watch::Sender<StreamInfo>,
     pub status: watch::Sender<CameraStatus>,
     pub metrics: ChannelMetrics,
@@ -160,6 +212,7 @@ impl Channel {
         Arc::new(Channel {
             spec,
             frames,
+            gop: std::sync::Mutex::new(GopCache::default()),
             info: watch::Sender::new(StreamInfo::default()),
             status: watch::Sender::new(CameraStatus {
                 state: CameraState::Connecting,
@@ -175,6 +228,27 @@ impl Channel {
     /// A new sink: receives every frame published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
         self.frames.subscribe()
+    }
+
+    /// A new sink that starts at a key frame: the frames of the current GOP
+    /// (empty if none is cached), and a receiver for every frame after them.
+    /// No frame is in both, none is missing between them.
+    pub fn subscribe_from_key_frame(&self) -> (Vec<Arc<Frame>>, broadcast::Receiver<Arc<Frame>>) {
+        let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+        (gop.frames.clone(), self.frames.subscribe())
+    }
+
+    /// Publishes a frame to every sink.
+    fn publish(&self, frame: Frame) {
+        let frame = Arc::new(frame);
+        let mut gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+        gop.push(&frame);
+        // No subscribers is fine: the frame is simply dropped.
+        let _ = self.frames.send(frame);
+    }
+
+    fn clear_gop(&self) {
+        self.gop.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     fn set_state(&self, state: CameraState) {
@@ -226,6 +300,8 @@ impl Publisher {
 impl Sink for Publisher {
     fn session_started(&mut self, codec: Codec) {
         self.core.start_session(codec);
+        // The new session's pictures do not follow the old GOP.
+        self.channel.clear_gop();
         self.streaming = false;
         if self.channel.info.borrow().codec != Some(codec) {
             self.publish_info();
@@ -256,8 +332,7 @@ impl Sink for Publisher {
         }
         m.packets.inc_by(frame.packets.len() as u64);
         m.bytes.inc_by(frame.byte_len() as u64);
-        // No subscribers is fine: the frame is simply dropped.
-        let _ = self.channel.frames.send(Arc::new(frame));
+        self.channel.publish(frame);
     }
 
     fn connecting(&mut self) {

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub control: SocketAddr,
     /// "Multicast address" and how the server's channels use it.
     pub multicast: Option<MulticastConfig>,
+    /// The RTSP server for workstations (multicast or TCP interleaved).
+    pub rtsp: Option<RtspConfig>,
     #[serde(default)]
     pub failover: FailoverConfig,
     #[serde(default)]
@@ -95,6 +97,97 @@ fn default_true() -> bool {
 }
 fn default_groups() -> u32 {
     1
+}
+
+/// The RTSP server workstations use to discover channels and, without
+/// multicast, to receive them over TCP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtspConfig {
+    /// Listen address, e.g. "0.0.0.0:554".
+    pub listen: SocketAddr,
+    /// User name for the server password (Digest authentication).
+    #[serde(default = "default_rtsp_user")]
+    pub user: String,
+    /// Also accept Basic authentication (the password crosses the network
+    /// in clear text; only for clients that cannot do Digest).
+    #[serde(default)]
+    pub basic_auth: bool,
+    /// Workstations playing over TCP, on the whole server.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// Workstations playing one channel over TCP.
+    #[serde(default = "default_max_clients_per_channel")]
+    pub max_clients_per_channel: usize,
+    /// A TCP client whose socket accepts nothing for this long is dropped.
+    #[serde(default = "default_client_stall", deserialize_with = "de_duration")]
+    pub stall_timeout: Duration,
+    /// A session without requests for this long expires (TCP sessions live
+    /// while their connection does).
+    #[serde(default = "default_session_timeout", deserialize_with = "de_duration")]
+    pub session_timeout: Duration,
+    /// A connection without a session and without requests is closed after this.
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Largest request (headers and body), bytes.
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: usize,
+    /// Most header lines in a request.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Kernel send buffer of each TCP client's socket, bytes: with the
+    /// channel's ring, all a slow client can hold up (512 KiB is one second
+    /// of a 4 Mbit/s camera).
+    #[serde(default = "default_send_buffer")]
+    pub send_buffer: usize,
+}
+
+fn default_send_buffer() -> usize {
+    512 * 1024
+}
+
+fn default_rtsp_user() -> String {
+    "admin".to_string()
+}
+fn default_max_clients() -> usize {
+    200
+}
+fn default_max_clients_per_channel() -> usize {
+    50
+}
+fn default_client_stall() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_request() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+
+impl RtspConfig {
+    /// Defaults for a listen address (the camera simulator, tests).
+    pub fn new(listen: SocketAddr) -> Self {
+        RtspConfig {
+            listen,
+            user: default_rtsp_user(),
+            basic_auth: false,
+            max_clients: default_max_clients(),
+            max_clients_per_channel: default_max_clients_per_channel(),
+            stall_timeout: default_client_stall(),
+            session_timeout: default_session_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_request_bytes: default_max_request(),
+            max_headers: default_max_headers(),
+            send_buffer: default_send_buffer(),
+        }
+    }
 }
 
 /// "VMS server failover settings".

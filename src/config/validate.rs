@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use super::plan::{self, group_range};
 use super::source::Source;
-use super::types::{PasswordSource, Protocol, ServerConfig, SiteFile};
+use super::types::{PasswordSource, Protocol, RtspConfig, ServerConfig, SiteFile};
 use crate::rtp::packetizer::MIN_MAX_PAYLOAD;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -116,6 +116,10 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
             );
         }
         check_listener(&mut out, &mut listeners, s.control, key(s, "control"));
+        if let Some(r) = &s.rtsp {
+            check_listener(&mut out, &mut listeners, r.listen, key(s, "rtsp.listen"));
+            check_rtsp(&mut out, s, r);
+        }
         check_password(&mut out, s);
         check_multicast(&mut out, s);
         check_failover(&mut out, s, site);
@@ -170,6 +174,57 @@ fn check_listener(
         }
     }
     seen.insert(addr, k);
+}
+
+fn check_rtsp(out: &mut Issues, s: &ServerConfig, r: &RtspConfig) {
+    if r.user.is_empty() || r.user.contains([':', '"']) {
+        out.error(
+            key(s, "rtsp.user"),
+            "the user name is empty or contains ':' or '\"'",
+            "use a plain name such as \"admin\"",
+        );
+    }
+    if r.max_clients == 0 || r.max_clients_per_channel == 0 {
+        out.error(
+            key(s, "rtsp.max_clients"),
+            "a limit of 0 refuses every workstation",
+            "set max_clients and max_clients_per_channel above 0",
+        );
+    }
+    if r.max_request_bytes < 1024 || r.max_headers < 8 {
+        out.error(
+            key(s, "rtsp.max_request_bytes"),
+            "requests this small or with this few headers cannot carry a SETUP with authentication",
+            "keep max_request_bytes >= 1024 and max_headers >= 8",
+        );
+    }
+    for (k, d) in [
+        ("stall_timeout", r.stall_timeout),
+        ("session_timeout", r.session_timeout),
+        ("idle_timeout", r.idle_timeout),
+    ] {
+        if d.is_zero() {
+            out.error(
+                key(s, &format!("rtsp.{k}")),
+                "zero timeout",
+                "set a duration such as \"10s\"",
+            );
+        }
+    }
+    if s.password.is_none() {
+        out.warn(
+            key(s, "rtsp"),
+            "without a server password, anyone who reaches the RTSP port can watch every channel",
+            "set the server's password",
+        );
+    }
+    if r.basic_auth {
+        out.warn(
+            key(s, "rtsp.basic_auth"),
+            "Basic authentication sends the password in clear text",
+            "leave basic_auth off unless a client cannot do Digest",
+        );
+    }
 }
 
 fn check_password(out: &mut Issues, s: &ServerConfig) {

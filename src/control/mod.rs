@@ -35,6 +35,8 @@ pub struct AppState {
     pub channels: watch::Receiver<Directory>,
     pub metrics: Metrics,
     pub started: SystemTime,
+    /// The RTSP server's clients, when the server has one.
+    pub clients: Option<Arc<crate::runtime::rtsp::Clients>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -86,7 +88,7 @@ async fn health(State(st): State<AppState>) -> Response {
     )
 }
 
-fn channel_json(c: &Channel) -> serde_json::Value {
+fn channel_json(c: &Channel, clients: Option<&crate::runtime::rtsp::Clients>) -> serde_json::Value {
     let info = c.info.borrow().clone();
     let camera = c.status.borrow().clone();
     let m = &c.metrics;
@@ -113,6 +115,15 @@ fn channel_json(c: &Channel) -> serde_json::Value {
         "multicast_packets": m.mc_packets.get(),
         "multicast_bytes": m.mc_bytes.get(),
         "multicast_skipped_frames": m.mc_skipped.get(),
+        "clients": {
+            "tcp": m.clients_tcp.get(),
+            "multicast": m.clients_multicast.get(),
+            "list": clients.map(|cl| cl.of_channel(c.spec.id)).unwrap_or_default(),
+        },
+        "tcp_bytes": m.tcp_bytes.get(),
+        "tcp_packets": m.tcp_packets.get(),
+        "tcp_key_frame_skips": m.key_frame_skips.get(),
+        "tcp_stall_disconnects": m.stall_disconnects.get(),
     })
 }
 
@@ -131,7 +142,7 @@ async fn status(State(st): State<AppState>) -> Response {
                 "role": if st.server.failover_server { "failover" } else { "recorder" },
             },
             "uptime_seconds": uptime.as_secs(),
-            "channels": dir.values().map(|c| channel_json(c)).collect::<Vec<_>>(),
+            "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref())).collect::<Vec<_>>(),
         }),
     )
 }
@@ -183,7 +194,7 @@ async fn channel_sdp(State(st): State<AppState>, Path(file): Path<String>) -> Re
         channel_id: id,
         name: &c.spec.name,
         origin: st.server.origin,
-        dest: emit.dest,
+        delivery: sdp::Delivery::Multicast(emit.dest),
         codec,
         params: &info.params,
         video: &info.video,

@@ -10,6 +10,15 @@ use crate::media::Codec;
 use crate::media::params::{ParamSets, VideoInfo};
 use crate::rtp::VIDEO_PAYLOAD_TYPE;
 
+/// How the described stream reaches the workstation.
+#[derive(Clone, Copy, Debug)]
+pub enum Delivery {
+    /// A file for players that join the group directly.
+    Multicast(Destination),
+    /// The answer to an RTSP DESCRIBE: transport comes with SETUP.
+    Rtsp,
+}
+
 /// Everything the SDP says about one channel.
 #[derive(Clone, Debug)]
 pub struct ChannelDescription<'a> {
@@ -17,7 +26,7 @@ pub struct ChannelDescription<'a> {
     pub name: &'a str,
     /// The sending server's address (the `o=` line).
     pub origin: Ipv4Addr,
-    pub dest: Destination,
+    pub delivery: Delivery,
     pub codec: Codec,
     pub params: &'a ParamSets,
     pub video: &'a VideoInfo,
@@ -25,36 +34,50 @@ pub struct ChannelDescription<'a> {
     pub version: u64,
 }
 
-/// Writes the SDP: `c=IN IP4 group/ttl`, `m=video port RTP/AVP 96`,
-/// `a=rtcp`, `a=rtpmap`, and `a=fmtp` with the parameter sets.
+/// The track's control URL, relative to the DESCRIBE's Content-Base.
+pub const TRACK_CONTROL: &str = "trackID=0";
+
+/// Writes the SDP. Multicast: `c=IN IP4 group/ttl`, `m=video port RTP/AVP
+/// 96`, `a=rtcp`. RTSP: `c=IN IP4 0.0.0.0`, port 0 and `a=control`. Both:
+/// `a=rtpmap`, and `a=fmtp` with the parameter sets.
 pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
     let pt = VIDEO_PAYLOAD_TYPE;
     let mut origin = Origin::with_ip_addr(d.channel_id, d.version, d.origin);
     origin.set_username("-");
-    let mut s = Session::new(
-        origin,
-        if d.name.is_empty() {
-            format!("Channel {}", d.channel_id)
-        } else {
-            d.name.to_string()
-        },
-    );
-    s.connection = Some(Connection::from_ip_addr_ttl(
-        d.dest.group,
-        Some(d.dest.ttl.min(255) as u8),
-    ));
+    let name = if d.name.is_empty() {
+        format!("Channel {}", d.channel_id)
+    } else {
+        d.name.to_string()
+    };
+    let mut s = Session::new(origin, name);
+    s.connection = Some(match d.delivery {
+        Delivery::Multicast(dest) => {
+            Connection::from_ip_addr_ttl(dest.group, Some(dest.ttl.min(255) as u8))
+        }
+        Delivery::Rtsp => Connection::from_ip_addr(Ipv4Addr::UNSPECIFIED),
+    });
     s.times.push(Time::new(0, 0));
     s.attributes.push(Attribute::with_value(
         "tool",
         concat!("mcrelay ", env!("CARGO_PKG_VERSION")),
     ));
     s.attributes.push(Attribute::new("recvonly"));
-
-    let mut m = sdp_types::Media::new(MediaType::Video, d.dest.port, TransportProto::RtpAvp, pt);
-    m.add_attribute_with_value(
-        "rtcp",
-        format!("{} IN IP4 {}", d.dest.rtcp().port(), d.dest.group),
-    );
+    if let Delivery::Rtsp = d.delivery {
+        s.attributes.push(Attribute::with_value("control", "*"));
+        s.attributes
+            .push(Attribute::with_value("range", "npt=now-"));
+    }
+    let port = match d.delivery {
+        Delivery::Multicast(dest) => dest.port,
+        Delivery::Rtsp => 0,
+    };
+    let mut m = sdp_types::Media::new(MediaType::Video, port, TransportProto::RtpAvp, pt);
+    if let Delivery::Multicast(dest) = d.delivery {
+        m.add_attribute_with_value(
+            "rtcp",
+            format!("{} IN IP4 {}", dest.rtcp().port(), dest.group),
+        );
+    }
     m.add_attribute_with_value("rtpmap", format!("{pt} {}/90000", d.codec.encoding_name()));
     let fmtp = d.params.fmtp(d.codec);
     if !fmtp.is_empty() {
@@ -62,6 +85,9 @@ pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
     }
     if let Some(fps) = d.video.fps {
         m.add_attribute_with_value("framerate", format_fps(fps));
+    }
+    if let Delivery::Rtsp = d.delivery {
+        m.add_attribute_with_value("control", TRACK_CONTROL);
     }
     s.medias.push(m);
 
@@ -102,11 +128,11 @@ mod tests {
             channel_id: 1,
             name: "Entrance",
             origin: Ipv4Addr::LOCALHOST,
-            dest: Destination {
+            delivery: Delivery::Multicast(Destination {
                 group: Ipv4Addr::new(239, 255, 77, 1),
                 port: 5002,
                 ttl: 1,
-            },
+            }),
             codec: Codec::H264,
             params: &params,
             video: &video,
@@ -138,11 +164,11 @@ mod tests {
             channel_id: 2,
             name: "",
             origin: Ipv4Addr::LOCALHOST,
-            dest: Destination {
+            delivery: Delivery::Multicast(Destination {
                 group: Ipv4Addr::new(239, 255, 77, 1),
                 port: 5004,
                 ttl: 4,
-            },
+            }),
             codec: Codec::H265,
             params: &ParamSets::default(),
             video: &VideoInfo::default(),
@@ -151,6 +177,30 @@ mod tests {
         assert!(sdp.contains("s=Channel 2\r\n"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:96 H265/90000\r\n"), "{sdp}");
         assert!(!sdp.contains("a=fmtp"), "{sdp}");
+        assert!(Session::parse(sdp.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn rtsp_describe_sdp() {
+        let sdp = channel_sdp(&ChannelDescription {
+            channel_id: 2,
+            name: "Gate",
+            origin: Ipv4Addr::LOCALHOST,
+            delivery: Delivery::Rtsp,
+            codec: Codec::H264,
+            params: &ParamSets::default(),
+            video: &VideoInfo::default(),
+            version: 1,
+        });
+        for line in [
+            "c=IN IP4 0.0.0.0\r\n",
+            "a=control:*\r\n",
+            "m=video 0 RTP/AVP 96\r\n",
+            "a=control:trackID=0\r\n",
+        ] {
+            assert!(sdp.contains(line), "missing {line:?} in\n{sdp}");
+        }
+        assert!(!sdp.contains("a=rtcp"), "{sdp}");
         assert!(Session::parse(sdp.as_bytes()).is_ok());
     }
 }

@@ -6,6 +6,7 @@
 //! failover hands a server another server's channels, on that server's groups.
 
 mod emitter;
+pub mod rtsp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -33,6 +34,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct RunOptions {
     /// Overrides the server's `control` address.
     pub control: Option<SocketAddr>,
+    /// Overrides the server's `rtsp.listen` address.
+    pub rtsp: Option<SocketAddr>,
     pub send_mode: SendMode,
 }
 
@@ -40,6 +43,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             control: None,
+            rtsp: None,
             send_mode: SendMode::Gso,
         }
     }
@@ -157,9 +161,10 @@ impl Server {
         }
     }
 
-    pub fn app_state(&self) -> AppState {
-        let origin = self
-            .local
+    /// The address SDPs name as origin: the multicast interface, else the
+    /// control address.
+    fn origin(&self) -> Ipv4Addr {
+        self.local
             .multicast
             .as_ref()
             .map(|m| m.interface)
@@ -167,7 +172,11 @@ impl Server {
                 std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
                 _ => None,
             })
-            .unwrap_or(Ipv4Addr::LOCALHOST);
+            .unwrap_or(Ipv4Addr::LOCALHOST)
+    }
+
+    pub fn app_state(&self, clients: Option<Arc<rtsp::Clients>>) -> AppState {
+        let origin = self.origin();
         AppState {
             server: Arc::new(ServerInfo {
                 name: self.local.name.clone(),
@@ -179,6 +188,7 @@ impl Server {
             channels: self.directory.subscribe(),
             metrics: self.metrics.clone(),
             started: SystemTime::now(),
+            clients,
         }
     }
 
@@ -210,6 +220,8 @@ fn same_spec(a: &ChannelSpec, b: &ChannelSpec) -> bool {
 /// A server started by [`start`].
 pub struct Handle {
     pub control_addr: SocketAddr,
+    /// Where the RTSP server listens, if the server has one.
+    pub rtsp_addr: Option<SocketAddr>,
     pub server: Server,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     http_stop: CancellationToken,
@@ -226,9 +238,44 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
         .await
         .with_context(|| format!("server {name:?}: cannot listen on control address {addr} (in use? change `control` or pass --control)"))?;
     let control_addr = listener.local_addr()?;
+    let (rtsp_addr, clients) = match server.local.rtsp.clone() {
+        Some(mut cfg) => {
+            if let Some(a) = opts.rtsp {
+                cfg.listen = a;
+            }
+            let l = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
+                format!("server {name:?}: cannot listen on RTSP address {} (in use? change rtsp.listen)", cfg.listen)
+            })?;
+            let addr = l.local_addr()?;
+            let auth = site.password(&server.local)?.map(|pw| {
+                Arc::new(crate::serve::auth::Authenticator::new(
+                    cfg.user.clone(),
+                    pw,
+                    cfg.basic_auth,
+                    rand::random(),
+                ))
+            });
+            let clients = rtsp::Clients::new(cfg.max_clients, cfg.max_clients_per_channel);
+            let shared = Arc::new(rtsp::RtspShared {
+                multicast_allowed: server.local.protocol == crate::config::Protocol::RtpMulticast,
+                auth,
+                channels: server.directory.subscribe(),
+                origin: server.origin(),
+                clients: clients.clone(),
+                metrics: server.metrics.clone(),
+                cfg,
+            });
+            server
+                .tasks
+                .spawn(rtsp::serve(l, shared, server.cancel.child_token()));
+            tracing::info!(server = name, rtsp = %addr, "RTSP server listening");
+            (Some(addr), Some(clients))
+        }
+        None => (None, None),
+    };
     let own = server.own_channels()?;
     server.apply(own);
-    let app = control::router(server.app_state());
+    let app = control::router(server.app_state(clients));
     let http_stop = CancellationToken::new();
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {
@@ -239,6 +286,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     tracing::info!(server = name, control = %control_addr, "control API listening");
     Ok(Handle {
         control_addr,
+        rtsp_addr,
         server,
         http,
         http_stop,

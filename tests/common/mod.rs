@@ -418,3 +418,76 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
     });
     found.unwrap_or_else(|| panic!("channel {id} never reached state {state}; last status: {last}"))
 }
+
+pub mod rtsp;
+
+/// Starts `mcrelay camera` serving `clip` over RTSP at rtsp://LISTEN/stream.
+pub fn start_rtsp_camera(ns: &Netns, clip: &Path, listen: &str) -> Proc {
+    let mut cmd = ns.command(mcrelay());
+    cmd.args(["camera", "--clip"])
+        .arg(clip)
+        .args(["--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Proc::spawn(cmd, "mcrelay camera (RTSP)")
+}
+
+/// Encodes a test clip with Debian's ffmpeg: H.264, 25 fps, 1 s GOP.
+pub fn make_clip(dir: &Path, size: &str, bitrate: &str, seconds: u32) -> PathBuf {
+    let out = dir.join(format!("clip-{size}-{bitrate}.h264"));
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size={size}:rate=25"))
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-bf",
+            "0",
+        ])
+        .args([
+            "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-pix_fmt", "yuv420p", "-f",
+            "h264",
+        ])
+        .arg(&out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not make a clip");
+    out
+}
+
+/// Sums a metric's samples from /metrics text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l.as_bytes().get(name.len()) == Some(&b'{')
+                    || l.as_bytes().get(name.len()) == Some(&b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,96 @@
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+
+use super::core::StreamIds;
+use super::*;
+use crate::config::{IngestConfig, Source};
+use crate::ingest::Sink;
+use crate::media::{AccessUnit, Codec, MediaTime};
+use crate::metrics::Metrics;
+
+fn channel() -> Arc<Channel> {
+    let spec = ChannelSpec {
+        id: 1,
+        name: String::new(),
+        owner: "s".into(),
+        source: Source::TcpConnect {
+            host: "h".into(),
+            port: 1,
+        },
+        codec: Some(Codec::H264),
+        timing: TimingPolicy::Auto,
+        ingest: IngestConfig::default(),
+        multicast: None,
+    };
+    Channel::new(spec, Metrics::new().channel(1), SystemTime::now())
+}
+
+fn au(key: bool) -> AccessUnit {
+    let nal = if key {
+        vec![0x65, 0x88, 1]
+    } else {
+        vec![0x41, 0x9a, 1]
+    };
+    AccessUnit::new(Codec::H264, vec![Bytes::from(nal)]).unwrap()
+}
+
+#[test]
+fn new_sinks_start_at_the_last_key_frame_without_gap_or_overlap() {
+    let ch = channel();
+    let mut p = Publisher::new(
+        ch.clone(),
+        StreamIds {
+            ssrc: 1,
+            initial_seq: 0,
+            rtp_base: 0,
+        },
+    );
+    p.session_started(Codec::H264);
+    let t = Instant::now();
+    // Before any key frame: nothing to start from.
+    p.access_unit(au(false), MediaTime(0), t);
+    assert!(ch.subscribe_from_key_frame().0.is_empty());
+    for i in 1..=7 {
+        p.access_unit(au(i == 3), MediaTime(i * 3600), t);
+    }
+    let (gop, mut rx) = ch.subscribe_from_key_frame();
+    let times: Vec<i64> = gop.iter().map(|f| f.time.0).collect();
+    assert!(gop[0].key);
+    assert_eq!(gop.len(), 5, "key frame 3 and frames 4..=7: {times:?}");
+    p.access_unit(au(false), MediaTime(8 * 3600), t);
+    let next = rx.try_recv().unwrap();
+    assert_eq!(
+        next.time.0 - gop.last().unwrap().time.0,
+        3600,
+        "the frame right after the cache"
+    );
+    // A new camera session invalidates the cache until its first key frame.
+    p.session_started(Codec::H264);
+    p.access_unit(au(false), MediaTime(0), t);
+    assert!(ch.subscribe_from_key_frame().0.is_empty());
+    p.access_unit(au(true), MediaTime(3600), t);
+    assert_eq!(ch.subscribe_from_key_frame().0.len(), 1);
+}
+
+#[test]
+fn an_overlong_gop_is_not_cached() {
+    let ch = channel();
+    let mut p = Publisher::new(
+        ch.clone(),
+        StreamIds {
+            ssrc: 1,
+            initial_seq: 0,
+            rtp_base: 0,
+        },
+    );
+    p.session_started(Codec::H264);
+    let t = Instant::now();
+    p.access_unit(au(true), MediaTime(0), t);
+    for i in 1..=GOP_MAX_FRAMES as i64 {
+        p.access_unit(au(false), MediaTime(i), t);
+    }
+    assert!(ch.subscribe_from_key_frame().0.is_empty());
+    p.access_unit(au(true), MediaTime(1_000_000), t);
+    assert_eq!(ch.subscribe_from_key_frame().0.len(), 1);
+}

@@ -1,0 +1,623 @@
+//! The RTSP server's runtime: accepts workstations, drives each connection's
+//! state machine ([`crate::serve::session`]) and writes the channel's shared
+//! packets to TCP clients as interleaved frames.
+//!
+//! A TCP client reads the channel's broadcast ring from its own position:
+//! the ring is its bounded queue. It starts with the cached GOP (a picture at
+//! once), receives each batch of frames in one vectored write (`$`, channel,
+//! length, then the packet's header part and body, shared with every other
+//! sink), skips to the next key frame when it falls a ring behind (counted),
+//! and is dropped when its socket accepts nothing for the stall time. Nothing
+//! it does reaches the camera task, the multicast sender or another client.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::IoSlice;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::channel::{Channel, Directory};
+use crate::config::RtspConfig;
+use crate::control::sdp::{self, ChannelDescription, Delivery};
+use crate::metrics::{ChannelMetrics, Metrics};
+use crate::rtp::Frame;
+use crate::serve::auth::Authenticator;
+use crate::serve::request::{Incoming, RequestError, RequestReader};
+use crate::serve::session::{Action, Catalog, ChannelEntry, Connection, Refusal, SessionTransport};
+
+/// Frames written in one go when a client has several waiting: bounded so a
+/// client that caught up after a hiccup does not hold one huge write.
+const MAX_BATCH_FRAMES: usize = 16;
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// writev takes at most IOV_MAX (1024 on Linux) slices.
+const IOV_MAX: usize = 1024;
+/// Connections beyond the client limit, for DESCRIBE probes and setups.
+const EXTRA_CONNECTIONS: usize = 64;
+
+/// Everything a connection needs, shared by all of them.
+pub struct RtspShared {
+    pub cfg: RtspConfig,
+    /// The server's protocol is `rtp-multicast`.
+    pub multicast_allowed: bool,
+    pub auth: Option<Arc<Authenticator>>,
+    pub channels: watch::Receiver<Directory>,
+    /// The address the SDP names as origin.
+    pub origin: Ipv4Addr,
+    pub clients: Arc<Clients>,
+    pub metrics: Metrics,
+}
+
+/// The workstations playing, for limits and `/status`.
+pub struct Clients {
+    max_total: usize,
+    max_per_channel: usize,
+    next: AtomicU64,
+    entries: Mutex<BTreeMap<u64, ClientEntry>>,
+}
+
+struct ClientEntry {
+    channel: u32,
+    peer: SocketAddr,
+    tcp: bool,
+    since: SystemTime,
+    queue: Arc<AtomicUsize>,
+    bytes: Arc<AtomicU64>,
+}
+
+/// One client, as `/status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClientStatus {
+    pub address: SocketAddr,
+    pub transport: &'static str,
+    pub since: String,
+    /// Frames waiting for it in the channel's ring (TCP).
+    pub queue_depth: usize,
+    pub bytes_sent: u64,
+}
+
+impl Clients {
+    pub fn new(max_total: usize, max_per_channel: usize) -> Arc<Clients> {
+        Arc::new(Clients {
+            max_total,
+            max_per_channel,
+            next: AtomicU64::new(1),
+            entries: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(&self, channel: u32) -> Result<(), Refusal> {
+        let e = self.lock();
+        let total = e.values().filter(|c| c.tcp).count();
+        let here = e.values().filter(|c| c.tcp && c.channel == channel).count();
+        if total >= self.max_total {
+            Err(Refusal::ServerFull(total))
+        } else if here >= self.max_per_channel {
+            Err(Refusal::ChannelFull(here))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn add(self: &Arc<Self>, entry: ClientEntry, gauge: Gauge) -> ClientGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, entry);
+        gauge.inc();
+        ClientGuard {
+            clients: self.clone(),
+            id,
+            gauge,
+        }
+    }
+
+    /// The clients of `channel`.
+    pub fn of_channel(&self, channel: u32) -> Vec<ClientStatus> {
+        self.lock()
+            .values()
+            .filter(|c| c.channel == channel)
+            .map(|c| ClientStatus {
+                address: c.peer,
+                transport: if c.tcp { "tcp" } else { "multicast" },
+                since: humantime::format_rfc3339_seconds(c.since).to_string(),
+                queue_depth: c.queue.load(Ordering::Relaxed),
+                bytes_sent: c.bytes.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// Removes a client from the registry when its session or connection ends.
+struct ClientGuard {
+    clients: Arc<Clients>,
+    id: u64,
+    gauge: Gauge,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.id);
+        self.gauge.dec();
+    }
+}
+
+struct DirCatalog<'a> {
+    dir: &'a Directory,
+    shared: &'a RtspShared,
+}
+
+impl DirCatalog<'_> {
+    fn channel(&self, key: &str) -> Option<&Arc<Channel>> {
+        match key.parse::<u32>() {
+            Ok(id) => self.dir.get(&id),
+            Err(_) => self.dir.values().find(|c| c.spec.name == key),
+        }
+    }
+}
+
+impl Catalog for DirCatalog<'_> {
+    fn find(&self, key: &str) -> Option<ChannelEntry> {
+        let ch = self.channel(key)?;
+        let info = ch.info.borrow().clone();
+        let sdp = info.codec.or(ch.spec.codec).map(|codec| {
+            sdp::channel_sdp(&ChannelDescription {
+                channel_id: ch.spec.id,
+                name: &ch.spec.name,
+                origin: self.shared.origin,
+                delivery: Delivery::Rtsp,
+                codec,
+                params: &info.params,
+                video: &info.video,
+                version: info.version,
+            })
+        });
+        Some(ChannelEntry {
+            id: ch.spec.id,
+            sdp,
+            multicast: ch.spec.multicast.map(|e| e.dest),
+        })
+    }
+
+    fn admit(&self, id: u32) -> Result<(), Refusal> {
+        self.shared.clients.admit(id)
+    }
+}
+
+/// Accepts connections until `cancel`.
+pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: CancellationToken) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let max_connections = shared.cfg.max_clients + EXTRA_CONNECTIONS;
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, most likely: back off a little.
+                    tracing::warn!(error = %e, "RTSP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        if open.load(Ordering::Relaxed) >= max_connections {
+            shared.metrics.rtsp_refused().inc();
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"RTSP/1.0 503 Service Unavailable\r\nServer: mcrelay\r\n\r\n")
+                    .await;
+            });
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        let open = open.clone();
+        let span = tracing::info_span!("rtsp", %peer);
+        tokio::spawn(
+            async move {
+                let _ = stream.set_nodelay(true);
+                // Best effort: the kernel may round or cap it.
+                let _ =
+                    socket2::SockRef::from(&stream).set_send_buffer_size(shared.cfg.send_buffer);
+                let (rd, wr) = stream.into_split();
+                connection(rd, wr, peer, &shared, cancel).await;
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A TCP client being fed frames.
+struct Player {
+    channel: Arc<Channel>,
+    rx: broadcast::Receiver<Arc<Frame>>,
+    backlog: VecDeque<Arc<Frame>>,
+    rtp_channel: u8,
+    waiting_key: bool,
+    queue: Arc<AtomicUsize>,
+    bytes: Arc<AtomicU64>,
+    _guard: ClientGuard,
+}
+
+enum Next {
+    Frames(Vec<Arc<Frame>>),
+    /// The channel was stopped on this server.
+    Gone,
+}
+
+impl Player {
+    /// The next frames to send: the backlog first, then the ring. A client
+    /// that fell a whole ring behind resumes at the next key frame.
+    async fn next(&mut self) -> Next {
+        let m = &self.channel.metrics;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        if self.backlog.is_empty() {
+            loop {
+                match self.rx.recv().await {
+                    Ok(f) if self.waiting_key && !f.key => continue,
+                    Ok(f) => {
+                        self.waiting_key = false;
+                        bytes += f.byte_len();
+                        batch.push(f);
+                        break;
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        m.key_frame_skips.inc();
+                        tracing::debug!(
+                            frames = n,
+                            "TCP client fell behind; skipping to the next key frame"
+                        );
+                        self.waiting_key = true;
+                    }
+                    Err(RecvError::Closed) => return Next::Gone,
+                }
+            }
+        }
+        while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+            let f = match self.backlog.pop_front() {
+                Some(f) => f,
+                None => match self.rx.try_recv() {
+                    Ok(f) if self.waiting_key && !f.key => continue,
+                    Ok(f) => {
+                        self.waiting_key = false;
+                        f
+                    }
+                    Err(TryRecvError::Lagged(_)) => {
+                        m.key_frame_skips.inc();
+                        self.waiting_key = true;
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+            };
+            bytes += f.byte_len();
+            batch.push(f);
+        }
+        self.queue
+            .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
+        Next::Frames(batch)
+    }
+}
+
+async fn next_frames(player: &mut Option<Player>) -> Next {
+    match player {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes all of `bufs`; fails if the socket takes nothing for `stall`.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+    stall: Duration,
+) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        let n = bufs.len().min(IOV_MAX);
+        let written = match tokio::time::timeout(stall, w.write_vectored(&bufs[..n])).await {
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client stalled",
+                ));
+            }
+            Ok(r) => r?,
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, written);
+    }
+    Ok(())
+}
+
+/// Writes frames as interleaved data on `channel`: `$`, channel, length,
+/// then each packet's two shared parts. Returns bytes and packets written.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &[Arc<Frame>],
+    channel: u8,
+    stall: Duration,
+) -> std::io::Result<(usize, usize)> {
+    let packets: usize = frames.iter().map(|f| f.packets.len()).sum();
+    let mut framing = Vec::with_capacity(packets);
+    for p in frames.iter().flat_map(|f| &f.packets) {
+        let len = p.len() as u16;
+        framing.push([b'$', channel, (len >> 8) as u8, len as u8]);
+    }
+    let mut slices = Vec::with_capacity(packets * 3);
+    let mut total = 0;
+    for (p, f) in frames.iter().flat_map(|f| &f.packets).zip(&framing) {
+        slices.push(IoSlice::new(f));
+        slices.push(IoSlice::new(p.head()));
+        if !p.body().is_empty() {
+            slices.push(IoSlice::new(p.body()));
+        }
+        total += 4 + p.len();
+    }
+    write_all_vectored(w, &mut slices, stall).await?;
+    Ok((total, packets))
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    r: &rtsp_types::Response<Vec<u8>>,
+    stall: Duration,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512 + r.body().len());
+    r.write(&mut buf)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    match tokio::time::timeout(stall, w.write_all(&buf)).await {
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client stalled",
+        )),
+        Ok(r) => r,
+    }
+}
+
+fn error_response(status: rtsp_types::StatusCode, why: &str) -> rtsp_types::Response<Vec<u8>> {
+    rtsp_types::Response::builder(rtsp_types::Version::V1_0, status)
+        .header(rtsp_types::headers::SERVER, crate::serve::session::SERVER)
+        .header(rtsp_types::headers::CONTENT_TYPE, "text/plain")
+        .build(format!("{why}\r\n").into_bytes())
+}
+
+/// Serves one connection until it closes, fails, idles out or `cancel`.
+pub async fn connection<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    shared: &RtspShared,
+    cancel: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let cfg = &shared.cfg;
+    let stall = cfg.stall_timeout;
+    let mut reader = RequestReader::new(cfg.max_request_bytes, cfg.max_headers);
+    let mut conn = Connection::new(
+        shared.auth.clone(),
+        shared.multicast_allowed,
+        cfg.session_timeout,
+        Instant::now(),
+    );
+    let mut player: Option<Player> = None;
+    let mut viewer: Option<ClientGuard> = None;
+    loop {
+        let deadline = if player.is_some() {
+            None
+        } else {
+            Some(
+                conn.expiry()
+                    .unwrap_or(conn.last_request() + cfg.idle_timeout),
+            )
+        };
+        tokio::select! {
+            r = rd.read_buf(reader.read_buf()) => {
+                match r {
+                    Ok(0) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read failed");
+                        break;
+                    }
+                    Ok(_) => {}
+                }
+                let keep = drain_requests(&mut reader, &mut conn, &mut wr, peer, shared, &mut player, &mut viewer).await;
+                if !keep {
+                    break;
+                }
+            }
+            next = next_frames(&mut player) => {
+                let Some(p) = player.as_mut() else { continue };
+                let frames = match next {
+                    Next::Frames(f) => f,
+                    Next::Gone => break,
+                };
+                match write_frames(&mut wr, &frames, p.rtp_channel, stall).await {
+                    Ok((bytes, packets)) => {
+                        let m: &ChannelMetrics = &p.channel.metrics;
+                        m.tcp_bytes.inc_by(bytes as u64);
+                        m.tcp_packets.inc_by(packets as u64);
+                        p.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        p.channel.metrics.stall_disconnects.inc();
+                        tracing::info!(stall = ?stall, "TCP client stalled; disconnecting it");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TCP client write failed");
+                        break;
+                    }
+                }
+            }
+            () = sleep_until(deadline) => {
+                tracing::debug!("connection idle or session expired; closing");
+                break;
+            }
+            () = cancel.cancelled() => break,
+        }
+    }
+    drop(player);
+    drop(viewer);
+    let _ = wr.shutdown().await;
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handles every complete message in the buffer. Returns false to close.
+async fn drain_requests<W: AsyncWrite + Unpin>(
+    reader: &mut RequestReader,
+    conn: &mut Connection,
+    wr: &mut W,
+    peer: SocketAddr,
+    shared: &RtspShared,
+    player: &mut Option<Player>,
+    viewer: &mut Option<ClientGuard>,
+) -> bool {
+    let stall = shared.cfg.stall_timeout;
+    loop {
+        let req = match reader.next_message() {
+            Ok(None) => return true,
+            Ok(Some(Incoming::Request(r))) => r,
+            // The client's RTCP receiver reports; stray responses.
+            Ok(Some(_)) => continue,
+            Err(e) => {
+                let status = match e {
+                    RequestError::TooLarge { .. } => {
+                        rtsp_types::StatusCode::RequestMessageBodyTooLarge
+                    }
+                    _ => rtsp_types::StatusCode::BadRequest,
+                };
+                tracing::debug!(error = %e, "bad request; closing");
+                let _ = write_response(wr, &error_response(status, &e.to_string()), stall).await;
+                return false;
+            }
+        };
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let dir = shared.channels.borrow().clone();
+        let catalog = DirCatalog { dir: &dir, shared };
+        let mut out = conn.handle(&req, Instant::now(), now_unix, rand::random(), &catalog);
+        match out.response.status() {
+            rtsp_types::StatusCode::Unauthorized => {
+                shared.metrics.rtsp_unauthorized().inc();
+            }
+            rtsp_types::StatusCode::ServiceUnavailable => {
+                shared.metrics.rtsp_refused().inc();
+            }
+            _ => {}
+        }
+        let mut start = None;
+        match out.action {
+            Action::Play { channel, transport } => {
+                let Some(ch) = dir.get(&channel).cloned() else {
+                    let _ = write_response(
+                        wr,
+                        &error_response(rtsp_types::StatusCode::NotFound, "the channel stopped"),
+                        stall,
+                    )
+                    .await;
+                    return false;
+                };
+                match transport {
+                    SessionTransport::Tcp { rtp, .. } => {
+                        let (gop, rx) = ch.subscribe_from_key_frame();
+                        if let Some(first) = gop.first().and_then(|f| f.packets.first()) {
+                            let url = req.request_uri().map(|u| u.to_string()).unwrap_or_default();
+                            let track =
+                                format!("{}/{}", url.trim_end_matches('/'), sdp::TRACK_CONTROL);
+                            out.response.insert_header(
+                                rtsp_types::headers::RTP_INFO,
+                                format!(
+                                    "url={track};seq={};rtptime={}",
+                                    first.seq(),
+                                    first.timestamp()
+                                ),
+                            );
+                        }
+                        start = Some((ch, rtp, gop, rx));
+                    }
+                    SessionTransport::Multicast(_) => {
+                        let gauge = ch.metrics.clients_multicast.clone();
+                        *viewer = Some(shared.clients.add(
+                            ClientEntry {
+                                channel,
+                                peer,
+                                tcp: false,
+                                since: SystemTime::now(),
+                                queue: Arc::default(),
+                                bytes: Arc::default(),
+                            },
+                            gauge,
+                        ));
+                    }
+                }
+            }
+            Action::Stop => {
+                *player = None;
+                *viewer = None;
+            }
+            Action::None | Action::Close => {}
+        }
+        if write_response(wr, &out.response, stall).await.is_err() {
+            return false;
+        }
+        if let Some((ch, rtp, gop, rx)) = start {
+            let queue = Arc::new(AtomicUsize::new(gop.len()));
+            let bytes = Arc::new(AtomicU64::new(0));
+            let guard = shared.clients.add(
+                ClientEntry {
+                    channel: ch.spec.id,
+                    peer,
+                    tcp: true,
+                    since: SystemTime::now(),
+                    queue: queue.clone(),
+                    bytes: bytes.clone(),
+                },
+                ch.metrics.clients_tcp.clone(),
+            );
+            tracing::info!(
+                channel = ch.spec.id,
+                cached_frames = gop.len(),
+                "TCP client playing"
+            );
+            *player = Some(Player {
+                waiting_key: gop.is_empty(),
+                backlog: gop.into(),
+                channel: ch,
+                rx,
+                rtp_channel: rtp,
+                queue,
+                bytes,
+                _guard: guard,
+            });
+        }
+        if out.action == Action::Close {
+            return false;
+        }
+    }
+}

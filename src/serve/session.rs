@@ -1,0 +1,494 @@
+//! One workstation connection's RTSP state machine (RFC 2326), sans-IO:
+//! a request, the time and the channel catalog in; a response and an action
+//! for the runtime out.
+//!
+//! - SETUP with `RTP/AVP/TCP;interleaved` sets up unicast TCP fan-out.
+//! - SETUP with `RTP/AVP;multicast` answers with the server's group, port and
+//!   TTL from the address plan; a destination the client names is ignored.
+//!   When the server's protocol is `tcp`, multicast is refused with 461 and
+//!   TCP offered.
+//! - Errors: 400 malformed or no CSeq, 401 unauthenticated, 404 unknown
+//!   channel, 454 unknown session, 461 unsupported transport, 503 over a
+//!   client limit or codec not known yet.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtsp_types::headers::{self, Transport, Transports};
+use rtsp_types::{Method, Request, Response, StatusCode, Version};
+
+use super::auth::{Authenticator, Verdict};
+use crate::config::Destination;
+
+pub const SERVER: &str = concat!("mcrelay/", env!("CARGO_PKG_VERSION"));
+const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER";
+
+/// What the server knows about a channel, for one request.
+#[derive(Clone, Debug)]
+pub struct ChannelEntry {
+    pub id: u32,
+    /// The DESCRIBE body; `None` while the codec is not known yet.
+    pub sdp: Option<String>,
+    /// The channel's group, when its server sends it by multicast.
+    pub multicast: Option<Destination>,
+}
+
+/// Why a client is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ServerFull(usize),
+    ChannelFull(usize),
+}
+
+/// The channels a server offers, and its client limits.
+pub trait Catalog {
+    /// The channel a URL path names (its id, or its name).
+    fn find(&self, key: &str) -> Option<ChannelEntry>;
+    /// Whether one more TCP client may play channel `id`.
+    fn admit(&self, id: u32) -> Result<(), Refusal>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionTransport {
+    /// RTP and RTCP interleaved on the RTSP connection, on these channels.
+    Tcp {
+        rtp: u8,
+        rtcp: u8,
+    },
+    Multicast(Destination),
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: String,
+    pub channel: u32,
+    pub transport: SessionTransport,
+    pub playing: bool,
+    pub last_request: Instant,
+}
+
+/// What the runtime does after sending the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// Start sending channel `channel` (TCP), or record a multicast viewer.
+    /// The runtime adds the `RTP-Info` header to the response first.
+    Play {
+        channel: u32,
+        transport: SessionTransport,
+    },
+    /// The session ended (TEARDOWN).
+    Stop,
+    /// Close the connection after the response.
+    Close,
+}
+
+pub struct Outcome {
+    pub response: Response<Vec<u8>>,
+    pub action: Action,
+}
+
+pub struct Connection {
+    auth: Option<Arc<Authenticator>>,
+    multicast_allowed: bool,
+    session_timeout: Duration,
+    session: Option<Session>,
+    last_request: Instant,
+}
+
+impl Connection {
+    /// `multicast_allowed`: the server's protocol is `rtp-multicast`.
+    pub fn new(
+        auth: Option<Arc<Authenticator>>,
+        multicast_allowed: bool,
+        session_timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        Connection {
+            auth,
+            multicast_allowed,
+            session_timeout,
+            session: None,
+            last_request: now,
+        }
+    }
+
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    pub fn last_request(&self) -> Instant {
+        self.last_request
+    }
+
+    /// A session that is not streaming over this connection expires when no
+    /// request came for the session timeout. (A TCP session lives while its
+    /// connection does; the writer's stall timer guards it.)
+    pub fn expiry(&self) -> Option<Instant> {
+        match &self.session {
+            Some(s) if !(s.playing && matches!(s.transport, SessionTransport::Tcp { .. })) => {
+                Some(s.last_request + self.session_timeout)
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles one request. `fresh_id` names a session if one is created.
+    pub fn handle(
+        &mut self,
+        req: &Request<Vec<u8>>,
+        now: Instant,
+        now_unix: u64,
+        fresh_id: u64,
+        catalog: &impl Catalog,
+    ) -> Outcome {
+        self.last_request = now;
+        let Some(cseq) = req
+            .header(&headers::CSEQ)
+            .map(|v| v.as_str().trim().to_string())
+        else {
+            return reply(None, StatusCode::BadRequest, Action::None).text("missing CSeq header");
+        };
+        let cseq = Some(cseq.as_str());
+        if req.version() != Version::V1_0 {
+            return reply(cseq, StatusCode::RTSPVersionNotSupported, Action::None).finish();
+        }
+        let method = req.method();
+        if *method == Method::Options {
+            return reply(cseq, StatusCode::Ok, Action::None)
+                .header(headers::PUBLIC, PUBLIC)
+                .finish();
+        }
+        let known = matches!(
+            method,
+            Method::Describe
+                | Method::Setup
+                | Method::Play
+                | Method::Teardown
+                | Method::GetParameter
+        );
+        if !known {
+            let status = match method {
+                Method::Extension(_) => StatusCode::NotImplemented,
+                _ => StatusCode::MethodNotAllowed,
+            };
+            return reply(cseq, status, Action::None)
+                .header(headers::ALLOW, PUBLIC)
+                .finish();
+        }
+
+        // Session header: must name this connection's session if present.
+        let session_hdr = req.header(&headers::SESSION).map(|v| {
+            v.as_str()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        });
+        let session_ok = match (&session_hdr, &self.session) {
+            (Some(h), Some(s)) => *h == s.id,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+
+        if let Some(auth) = &self.auth {
+            let authz = req.header(&headers::AUTHORIZATION).map(|v| v.as_str());
+            match auth.check(method_name(method), authz, now_unix) {
+                Verdict::Allowed => {}
+                // A live session was authenticated at SETUP; its keep-alives
+                // may ride an old nonce.
+                Verdict::Denied { stale: true }
+                    if session_ok && session_hdr.is_some() && self.session.is_some() => {}
+                Verdict::Denied { stale } => {
+                    let mut r = reply(cseq, StatusCode::Unauthorized, Action::None);
+                    for c in auth.challenges(now_unix, stale) {
+                        r = r.append(headers::WWW_AUTHENTICATE, c);
+                    }
+                    return r.finish();
+                }
+            }
+        }
+        if !session_ok {
+            return reply(cseq, StatusCode::SessionNotFound, Action::None).finish();
+        }
+        if let Some(s) = &mut self.session {
+            s.last_request = now;
+        }
+
+        match method {
+            Method::Describe => self.describe(req, cseq, catalog),
+            Method::Setup => self.setup(req, cseq, now, fresh_id, catalog),
+            Method::Play => self.play(req, cseq, catalog),
+            Method::Teardown => {
+                let had = self.session.take().is_some();
+                reply(
+                    cseq,
+                    StatusCode::Ok,
+                    if had { Action::Stop } else { Action::None },
+                )
+                .finish()
+            }
+            // GET_PARAMETER: a keep-alive.
+            _ => self
+                .with_session(reply(cseq, StatusCode::Ok, Action::None))
+                .finish(),
+        }
+    }
+
+    fn with_session(&self, r: Reply) -> Reply {
+        match &self.session {
+            Some(s) => r.header(
+                headers::SESSION,
+                format!("{};timeout={}", s.id, self.session_timeout.as_secs()),
+            ),
+            None => r,
+        }
+    }
+
+    fn describe(
+        &self,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+        catalog: &impl Catalog,
+    ) -> Outcome {
+        let Some((key, _)) = path_key(req) else {
+            return reply(cseq, StatusCode::NotFound, Action::None)
+                .text("no channel in the URL: use rtsp://host:port/{channel id or name}");
+        };
+        let Some(ch) = catalog.find(&key) else {
+            return reply(cseq, StatusCode::NotFound, Action::None)
+                .text(&format!("no channel {key:?}"));
+        };
+        let Some(sdp) = ch.sdp else {
+            return reply(cseq, StatusCode::ServiceUnavailable, Action::None)
+                .header(headers::RETRY_AFTER, "2")
+                .text("the camera has not connected yet; retry shortly");
+        };
+        let base = content_base(req);
+        reply(cseq, StatusCode::Ok, Action::None)
+            .header(headers::CONTENT_BASE, base)
+            .header(headers::CONTENT_TYPE, "application/sdp")
+            .body(sdp.into_bytes())
+    }
+
+    fn setup(
+        &mut self,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+        now: Instant,
+        fresh_id: u64,
+        catalog: &impl Catalog,
+    ) -> Outcome {
+        let Some((key, _)) = path_key(req) else {
+            return reply(cseq, StatusCode::NotFound, Action::None).text("no channel in the URL");
+        };
+        let Some(ch) = catalog.find(&key) else {
+            return reply(cseq, StatusCode::NotFound, Action::None)
+                .text(&format!("no channel {key:?}"));
+        };
+        if let Some(s) = &self.session
+            && s.channel != ch.id
+        {
+            return reply(cseq, StatusCode::AggregateOperationNotAllowed, Action::None)
+                .text("one channel per session: TEARDOWN first or use another connection");
+        }
+        let transports = match req.typed_header::<Transports>() {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return reply(cseq, StatusCode::BadRequest, Action::None)
+                    .text("missing Transport header");
+            }
+            Err(_) => return self.unsupported(cseq, "malformed Transport header"),
+        };
+        let mut chosen = None;
+        for t in transports.iter() {
+            let Transport::Rtp(rtp) = t else { continue };
+            let tcp = rtp.lower_transport == Some(headers::transport::RtpLowerTransport::Tcp);
+            if tcp {
+                let (a, b) = rtp
+                    .params
+                    .interleaved
+                    .map_or((0, 1), |(a, b)| (a, b.unwrap_or(a.wrapping_add(1))));
+                chosen = Some(SessionTransport::Tcp { rtp: a, rtcp: b });
+                break;
+            }
+            if rtp.params.multicast
+                && self.multicast_allowed
+                && let Some(dest) = ch.multicast
+            {
+                // The server's group, never one the client names.
+                chosen = Some(SessionTransport::Multicast(dest));
+                break;
+            }
+        }
+        let Some(transport) = chosen else {
+            let why = if self.multicast_allowed {
+                "use RTP/AVP/TCP;interleaved or RTP/AVP;multicast"
+            } else {
+                "this server sends no multicast (protocol \"tcp\"): use RTP/AVP/TCP;interleaved"
+            };
+            return self.unsupported(cseq, why);
+        };
+        if matches!(transport, SessionTransport::Tcp { .. })
+            && let Err(r) = catalog.admit(ch.id)
+        {
+            return refused(cseq, r);
+        }
+        let session = self.session.get_or_insert_with(|| Session {
+            id: format!("{fresh_id:016X}"),
+            channel: ch.id,
+            transport,
+            playing: false,
+            last_request: now,
+        });
+        session.transport = transport;
+        let transport_hdr = match transport {
+            SessionTransport::Tcp { rtp, rtcp } => {
+                format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}")
+            }
+            SessionTransport::Multicast(d) => format!(
+                "RTP/AVP;multicast;destination={};port={}-{};ttl={}",
+                d.group,
+                d.port,
+                d.rtcp().port(),
+                d.ttl
+            ),
+        };
+        self.with_session(reply(cseq, StatusCode::Ok, Action::None))
+            .header(headers::TRANSPORT, transport_hdr)
+            .finish()
+    }
+
+    fn unsupported(&self, cseq: Option<&str>, why: &str) -> Outcome {
+        reply(cseq, StatusCode::UnsupportedTransport, Action::None)
+            .header(headers::TRANSPORT, "RTP/AVP/TCP;unicast;interleaved=0-1")
+            .text(why)
+    }
+
+    fn play(
+        &mut self,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+        catalog: &impl Catalog,
+    ) -> Outcome {
+        let Some(s) = &self.session else {
+            return reply(cseq, StatusCode::SessionNotFound, Action::None).text("SETUP first");
+        };
+        if req.header(&headers::SESSION).is_none() {
+            return reply(cseq, StatusCode::SessionNotFound, Action::None)
+                .text("PLAY needs the Session header");
+        }
+        let (channel, transport, was_playing) = (s.channel, s.transport, s.playing);
+        if !was_playing
+            && matches!(transport, SessionTransport::Tcp { .. })
+            && let Err(r) = catalog.admit(channel)
+        {
+            return refused(cseq, r);
+        }
+        if let Some(s) = &mut self.session {
+            s.playing = true;
+        }
+        let action = if was_playing {
+            Action::None
+        } else {
+            Action::Play { channel, transport }
+        };
+        self.with_session(reply(cseq, StatusCode::Ok, action))
+            .header(headers::RANGE, "npt=now-")
+            .finish()
+    }
+}
+
+fn refused(cseq: Option<&str>, r: Refusal) -> Outcome {
+    let msg = match r {
+        Refusal::ServerFull(n) => format!("this server already serves {n} TCP clients, its limit"),
+        Refusal::ChannelFull(n) => format!("this channel already has {n} TCP clients, its limit"),
+    };
+    reply(cseq, StatusCode::ServiceUnavailable, Action::None).text(&msg)
+}
+
+fn method_name(m: &Method) -> &str {
+    match m {
+        Method::Describe => "DESCRIBE",
+        Method::Setup => "SETUP",
+        Method::Play => "PLAY",
+        Method::Teardown => "TEARDOWN",
+        Method::GetParameter => "GET_PARAMETER",
+        Method::Options => "OPTIONS",
+        _ => "",
+    }
+}
+
+/// The channel key (first path segment, percent-decoded) and the rest.
+fn path_key(req: &Request<Vec<u8>>) -> Option<(String, String)> {
+    let url = req.request_uri()?;
+    let mut segs = url.path().trim_start_matches('/').splitn(2, '/');
+    let first = segs.next().filter(|s| !s.is_empty())?;
+    let key = percent_encoding::percent_decode_str(first)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    Some((key, segs.next().unwrap_or_default().to_string()))
+}
+
+/// The request URL with a trailing slash: relative `a=control` URLs resolve
+/// against it.
+fn content_base(req: &Request<Vec<u8>>) -> String {
+    let mut u = req.request_uri().map(|u| u.to_string()).unwrap_or_default();
+    if !u.ends_with('/') {
+        u.push('/');
+    }
+    u
+}
+
+/// A response being built.
+struct Reply {
+    response: Response<Vec<u8>>,
+    action: Action,
+}
+
+fn reply(cseq: Option<&str>, status: StatusCode, action: Action) -> Reply {
+    let mut response = Response::builder(Version::V1_0, status)
+        .header(headers::SERVER, SERVER)
+        .build(Vec::new());
+    if let Some(c) = cseq {
+        response.insert_header(headers::CSEQ, c);
+    }
+    Reply { response, action }
+}
+
+impl Reply {
+    fn header(mut self, name: rtsp_types::HeaderName, value: impl Into<String>) -> Self {
+        self.response.insert_header(name, value.into());
+        self
+    }
+
+    /// Adds a value to a header (comma-separated, RFC 7235 4.1 for challenges).
+    fn append(mut self, name: rtsp_types::HeaderName, value: impl Into<String>) -> Self {
+        self.response.append_header(name, value.into());
+        self
+    }
+
+    fn text(self, msg: &str) -> Outcome {
+        self.header(headers::CONTENT_TYPE, "text/plain")
+            .body(format!("{msg}\r\n").into_bytes())
+    }
+
+    fn body(self, body: Vec<u8>) -> Outcome {
+        Outcome {
+            response: self.response.replace_body(body),
+            action: self.action,
+        }
+    }
+
+    fn finish(self) -> Outcome {
+        Outcome {
+            response: self.response,
+            action: self.action,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+use std::net::Ipv4Addr;
+
+use md5::{Digest, Md5};
+use rtsp_types::Message;
+
+use super::*;
+use crate::config::Secret;
+
+const NOW_UNIX: u64 = 1_800_000_000;
+
+struct Cat {
+    full: Option<Refusal>,
+}
+
+fn group() -> Destination {
+    Destination {
+        group: Ipv4Addr::new(239, 255, 77, 1),
+        port: 5002,
+        ttl: 4,
+    }
+}
+
+impl Catalog for Cat {
+    fn find(&self, key: &str) -> Option<ChannelEntry> {
+        match key {
+            "1" | "Front door" => Some(ChannelEntry {
+                id: 1,
+                sdp: Some("v=0\r\n".into()),
+                multicast: Some(group()),
+            }),
+            "2" => Some(ChannelEntry {
+                id: 2,
+                sdp: None,
+                multicast: None,
+            }),
+            _ => None,
+        }
+    }
+    fn admit(&self, _: u32) -> Result<(), Refusal> {
+        self.full.map_or(Ok(()), Err)
+    }
+}
+
+fn parse(text: &str) -> Request<Vec<u8>> {
+    match Message::parse(text.as_bytes()).unwrap().0 {
+        Message::Request(r) => r,
+        _ => panic!("not a request"),
+    }
+}
+
+fn auth() -> Arc<Authenticator> {
+    Arc::new(Authenticator::new(
+        "admin".into(),
+        Secret::new("demo".into()),
+        false,
+        [9; 32],
+    ))
+}
+
+fn md5_hex(s: &str) -> String {
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An Authorization header for `method` on `uri`, from a 401's challenge.
+fn authorization(challenge: &str, method: &str, uri: &str, password: &str) -> String {
+    let nonce = challenge
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let ha1 = md5_hex(&format!("admin:mcrelay:{password}"));
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    let r = md5_hex(&format!("{ha1}:{nonce}:{ha2}"));
+    format!(
+        "Digest username=\"admin\", realm=\"mcrelay\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\""
+    )
+}
+
+struct Client {
+    conn: Connection,
+    cseq: u32,
+    authz_for: Option<String>,
+    now: Instant,
+}
+
+impl Client {
+    fn new(multicast: bool, with_auth: bool) -> Self {
+        let now = Instant::now();
+        Client {
+            conn: Connection::new(
+                with_auth.then(auth),
+                multicast,
+                Duration::from_secs(60),
+                now,
+            ),
+            cseq: 0,
+            authz_for: None,
+            now,
+        }
+    }
+
+    /// Sends `method uri` with extra header lines; authenticates on a 401.
+    fn send(&mut self, method: &str, uri: &str, extra: &str, cat: &Cat) -> Outcome {
+        self.cseq += 1;
+        let authz = self
+            .authz_for
+            .as_ref()
+            .map(|ch| {
+                format!(
+                    "Authorization: {}\r\n",
+                    authorization(ch, method, uri, "demo")
+                )
+            })
+            .unwrap_or_default();
+        let text = format!(
+            "{method} {uri} RTSP/1.0\r\nCSeq: {}\r\n{authz}{extra}\r\n",
+            self.cseq
+        );
+        let out = self
+            .conn
+            .handle(&parse(&text), self.now, NOW_UNIX, 0xabc, cat);
+        if out.response.status() == StatusCode::Unauthorized && self.authz_for.is_none() {
+            let ch = out
+                .response
+                .header(&headers::WWW_AUTHENTICATE)
+                .unwrap()
+                .as_str()
+                .to_string();
+            self.authz_for = Some(ch);
+            self.cseq -= 1;
+            return self.send(method, uri, extra, cat);
+        }
+        out
+    }
+}
+
+fn status(o: &Outcome) -> u16 {
+    o.response.status().into()
+}
+
+fn header<'a>(o: &'a Outcome, name: &rtsp_types::HeaderName) -> &'a str {
+    o.response
+        .header(name)
+        .map(|v| v.as_str())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tcp_session_lifecycle_with_digest() {
+    let cat = Cat { full: None };
+    let mut c = Client::new(false, true);
+    let o = c.send("OPTIONS", "rtsp://h:8554/1", "", &cat);
+    assert_eq!(status(&o), 200);
+    assert!(header(&o, &headers::PUBLIC).contains("SETUP"));
+    assert!(c.authz_for.is_none(), "OPTIONS needs no credentials");
+
+    let o = c.send(
+        "DESCRIBE",
+        "rtsp://h:8554/1",
+        "Accept: application/sdp\r\n",
+        &cat,
+    );
+    assert!(c.authz_for.is_some(), "DESCRIBE was challenged");
+    assert_eq!(status(&o), 200);
+    assert_eq!(header(&o, &headers::CONTENT_BASE), "rtsp://h:8554/1/");
+    assert_eq!(o.response.body(), b"v=0\r\n");
+    assert_eq!(header(&o, &headers::CSEQ), "2", "OPTIONS was 1");
+
+    let o = c.send(
+        "SETUP",
+        "rtsp://h:8554/1/trackID=0",
+        "Transport: RTP/AVP/TCP;unicast;interleaved=2-3\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+    assert_eq!(
+        header(&o, &headers::TRANSPORT),
+        "RTP/AVP/TCP;unicast;interleaved=2-3"
+    );
+    assert_eq!(header(&o, &headers::SESSION), "0000000000000ABC;timeout=60");
+
+    let o = c.send(
+        "PLAY",
+        "rtsp://h:8554/1/",
+        "Session: 0000000000000ABC\r\nRange: npt=0.000-\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+    assert_eq!(
+        o.action,
+        Action::Play {
+            channel: 1,
+            transport: SessionTransport::Tcp { rtp: 2, rtcp: 3 }
+        }
+    );
+    assert_eq!(
+        c.conn.expiry(),
+        None,
+        "a playing TCP session lives with its connection"
+    );
+
+    let o = c.send(
+        "GET_PARAMETER",
+        "rtsp://h:8554/1/",
+        "Session: 0000000000000ABC\r\n",
+        &cat,
+    );
+    assert_eq!((status(&o), &o.action), (200, &Action::None));
+    let o = c.send(
+        "TEARDOWN",
+        "rtsp://h:8554/1/",
+        "Session: 0000000000000ABC\r\n",
+        &cat,
+    );
+    assert_eq!((status(&o), &o.action), (200, &Action::Stop));
+    assert!(c.conn.session().is_none());
+}
+
+#[test]
+fn wrong_or_missing_credentials_get_401_with_a_challenge() {
+    let cat = Cat { full: None };
+    let mut conn = Connection::new(Some(auth()), false, Duration::from_secs(60), Instant::now());
+    let o = conn.handle(
+        &parse("DESCRIBE rtsp://h/1 RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+        Instant::now(),
+        NOW_UNIX,
+        1,
+        &cat,
+    );
+    assert_eq!(status(&o), 401);
+    let ch = header(&o, &headers::WWW_AUTHENTICATE).to_string();
+    assert!(ch.starts_with("Digest realm=\"mcrelay\", nonce=\""), "{ch}");
+    let bad = authorization(&ch, "DESCRIBE", "rtsp://h/1", "wrong");
+    let o = conn.handle(
+        &parse(&format!(
+            "DESCRIBE rtsp://h/1 RTSP/1.0\r\nCSeq: 2\r\nAuthorization: {bad}\r\n\r\n"
+        )),
+        Instant::now(),
+        NOW_UNIX,
+        1,
+        &cat,
+    );
+    assert_eq!(status(&o), 401);
+    assert!(o.response.body().is_empty());
+}
+
+#[test]
+fn multicast_setup_uses_the_servers_group_never_the_clients() {
+    let cat = Cat { full: None };
+    let mut c = Client::new(true, false);
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP;multicast;destination=198.18.99.1;port=7000-7001;ttl=127\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+    assert_eq!(
+        header(&o, &headers::TRANSPORT),
+        "RTP/AVP;multicast;destination=239.255.77.1;port=5002-5003;ttl=4"
+    );
+    let o = c.send("PLAY", "rtsp://h/1", "Session: 0000000000000ABC\r\n", &cat);
+    assert_eq!(
+        o.action,
+        Action::Play {
+            channel: 1,
+            transport: SessionTransport::Multicast(group())
+        }
+    );
+    // A multicast session expires without keep-alives.
+    assert_eq!(c.conn.expiry(), Some(c.now + Duration::from_secs(60)));
+}
+
+#[test]
+fn multicast_on_a_tcp_server_is_461_with_tcp_offered() {
+    let cat = Cat { full: None };
+    let mut c = Client::new(false, false);
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP;multicast\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 461);
+    assert_eq!(
+        header(&o, &headers::TRANSPORT),
+        "RTP/AVP/TCP;unicast;interleaved=0-1"
+    );
+    // Plain UDP unicast is not offered either; a list with TCP later is fine.
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP;unicast;client_port=5000-5001\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 461);
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP;multicast,RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+}
+
+#[test]
+fn status_codes() {
+    let cat = Cat { full: None };
+    let mut c = Client::new(true, false);
+    assert_eq!(status(&c.send("DESCRIBE", "rtsp://h/9", "", &cat)), 404);
+    assert_eq!(status(&c.send("DESCRIBE", "rtsp://h/", "", &cat)), 404);
+    assert_eq!(
+        status(&c.send("DESCRIBE", "rtsp://h/Front%20door", "", &cat)),
+        200,
+        "by name"
+    );
+    assert_eq!(
+        status(&c.send("DESCRIBE", "rtsp://h/2", "", &cat)),
+        503,
+        "codec not known yet"
+    );
+    assert_eq!(
+        status(&c.send("PLAY", "rtsp://h/1", "", &cat)),
+        454,
+        "no session"
+    );
+    assert_eq!(
+        status(&c.send("PLAY", "rtsp://h/1", "Session: 1234\r\n", &cat)),
+        454,
+        "unknown session"
+    );
+    assert_eq!(
+        status(&c.send("SETUP", "rtsp://h/1", "", &cat)),
+        400,
+        "no Transport"
+    );
+    assert_eq!(status(&c.send("RECORD", "rtsp://h/1", "", &cat)), 405);
+    assert_eq!(
+        status(&c.send(
+            "SETUP",
+            "rtsp://h/1",
+            "Transport: RTP/AVP/TCP;interleaved=0-1\r\n",
+            &cat
+        )),
+        200
+    );
+    assert_eq!(
+        status(&c.send(
+            "SETUP",
+            "rtsp://h/Front%20door",
+            "Transport: RTP/AVP/TCP;interleaved=0-1\r\n",
+            &cat
+        )),
+        200
+    );
+    let full = Cat {
+        full: Some(Refusal::ChannelFull(50)),
+    };
+    let mut d = Client::new(false, false);
+    let o = d.send(
+        "SETUP",
+        "rtsp://h/1",
+        "Transport: RTP/AVP/TCP;interleaved=0-1\r\n",
+        &full,
+    );
+    assert_eq!(status(&o), 503);
+    assert!(String::from_utf8_lossy(o.response.body()).contains("50 TCP clients"));
+    let mut conn = Connection::new(None, false, Duration::from_secs(60), Instant::now());
+    let o = conn.handle(
+        &parse("OPTIONS rtsp://h/1 RTSP/1.0\r\n\r\n"),
+        Instant::now(),
+        NOW_UNIX,
+        1,
+        &cat,
+    );
+    assert_eq!(status(&o), 400, "missing CSeq");
+    assert!(o.response.header(&headers::CSEQ).is_none());
+}
+
+#[test]
+fn keep_alive_with_a_stale_nonce_is_accepted_in_a_live_session() {
+    let cat = Cat { full: None };
+    let mut c = Client::new(false, true);
+    c.send(
+        "SETUP",
+        "rtsp://h/1",
+        "Transport: RTP/AVP/TCP;interleaved=0-1\r\n",
+        &cat,
+    );
+    c.send("PLAY", "rtsp://h/1", "Session: 0000000000000ABC\r\n", &cat);
+    let authz = authorization(
+        c.authz_for.as_ref().unwrap(),
+        "GET_PARAMETER",
+        "rtsp://h/1",
+        "demo",
+    );
+    let req = parse(&format!(
+        "GET_PARAMETER rtsp://h/1 RTSP/1.0\r\nCSeq: 9\r\nSession: 0000000000000ABC\r\nAuthorization: {authz}\r\n\r\n"
+    ));
+    let later = NOW_UNIX + 3600;
+    assert_eq!(status(&c.conn.handle(&req, c.now, later, 1, &cat)), 200);
+    // Without the session it is stale: 401 with stale=true.
+    let req = parse(&format!(
+        "DESCRIBE rtsp://h/1 RTSP/1.0\r\nCSeq: 10\r\nAuthorization: {}\r\n\r\n",
+        authorization(
+            c.authz_for.as_ref().unwrap(),
+            "DESCRIBE",
+            "rtsp://h/1",
+            "demo"
+        )
+    ));
+    let o = c.conn.handle(&req, c.now, later, 1, &cat);
+    assert_eq!(status(&o), 401);
+    assert!(header(&o, &headers::WWW_AUTHENTICATE).contains("stale=true"));
+}
