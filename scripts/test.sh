@@ -47,10 +47,18 @@ cargo test --quiet
 
 echo "== benches (one pass each, as a smoke test)"
 cargo bench --quiet --bench packetize -- --test
+echo "== benchmark tool (smoke run)"
+cargo build --quiet --bins
+target/debug/mcrelay-bench fanout --clients 1,3 --seconds 2 --size 640x360 --bitrate 1M
 
 echo "== fuzz targets (${FUZZ_SECONDS}s each)"
 for target in $(cargo fuzz list); do
-    cargo fuzz run -s none "$target" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1
+    # Committed seeds (fuzz/seeds/TARGET) start the search inside valid input.
+    seeds=()
+    [ -d "fuzz/seeds/$target" ] && seeds=("fuzz/corpus/$target" "fuzz/seeds/$target")
+    mkdir -p "fuzz/corpus/$target"
+    echo -n "$target: "
+    cargo fuzz run -s none "$target" "${seeds[@]}" -- -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 2>&1 | tail -n 1
 done
 
 echo "== all tests passed"

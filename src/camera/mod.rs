@@ -229,6 +229,53 @@ async fn play(
     }
 }
 
+/// Encodes a test-pattern clip with Debian's ffmpeg (libx264): `seconds`
+/// at 25 fps, a 1 s GOP of one reference frame and no B-frames, like an IP
+/// camera; for tests and benchmarks that need other sizes or bitrates than
+/// the shipped clips.
+pub fn encode_test_clip(
+    out: &Path,
+    size: &str,
+    bitrate: &str,
+    seconds: u32,
+) -> std::io::Result<()> {
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size={size}:rate=25"))
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+        ])
+        .args(["-g", "25", "-bf", "0", "-refs", "1"])
+        .args([
+            "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-pix_fmt", "yuv420p", "-f",
+            "h264",
+        ])
+        .arg(out)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ffmpeg could not encode {}",
+            out.display()
+        )))
+    }
+}
+
 /// Pacing: access unit `i` of a connection is due `i` frame periods after it
 /// started. A sender that fell more than this far behind (a suspended
 /// process) restarts its schedule instead of bursting to catch up.

@@ -154,14 +154,10 @@ impl Connection {
             return reply(cseq, StatusCode::RTSPVersionNotSupported, Action::None).finish();
         }
         let method = req.method();
-        if *method == Method::Options {
-            return reply(cseq, StatusCode::Ok, Action::None)
-                .header(headers::PUBLIC, PUBLIC)
-                .finish();
-        }
         let known = matches!(
             method,
-            Method::Describe
+            Method::Options
+                | Method::Describe
                 | Method::Setup
                 | Method::Play
                 | Method::Teardown
@@ -191,6 +187,18 @@ impl Connection {
             (Some(_), None) => false,
             (None, _) => true,
         };
+        if *method == Method::Options {
+            // OPTIONS needs no credentials, and is a keep-alive for its session.
+            if session_hdr.is_some()
+                && session_ok
+                && let Some(s) = &mut self.session
+            {
+                s.last_request = now;
+            }
+            return reply(cseq, StatusCode::Ok, Action::None)
+                .header(headers::PUBLIC, PUBLIC)
+                .finish();
+        }
 
         if let Some(auth) = &self.auth {
             let authz = req.header(&headers::AUTHORIZATION).map(|v| v.as_str());

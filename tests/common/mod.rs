@@ -435,38 +435,7 @@ pub fn start_rtsp_camera(ns: &Netns, clip: &Path, listen: &str) -> Proc {
 /// Encodes a test clip with Debian's ffmpeg: H.264, 25 fps, 1 s GOP.
 pub fn make_clip(dir: &Path, size: &str, bitrate: &str, seconds: u32) -> PathBuf {
     let out = dir.join(format!("clip-{size}-{bitrate}.h264"));
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc2=size={size}:rate=25"))
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "25",
-            "-bf",
-            "0",
-        ])
-        .args([
-            "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-pix_fmt", "yuv420p", "-f",
-            "h264",
-        ])
-        .arg(&out)
-        .status()
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg could not make a clip");
+    mcrelay::camera::encode_test_clip(&out, size, bitrate, seconds).expect("encode a test clip");
     out
 }
 

@@ -272,7 +272,16 @@ fn multicast_setup_uses_the_servers_group_never_the_clients() {
             transport: SessionTransport::Multicast(group())
         }
     );
-    // A multicast session expires without keep-alives.
+    // A multicast session expires without keep-alives; OPTIONS is one.
+    assert_eq!(c.conn.expiry(), Some(c.now + Duration::from_secs(60)));
+    c.now += Duration::from_secs(50);
+    let o = c.send(
+        "OPTIONS",
+        "rtsp://h/1",
+        "Session: 0000000000000ABC\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
     assert_eq!(c.conn.expiry(), Some(c.now + Duration::from_secs(60)));
 }
 
