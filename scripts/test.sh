@@ -14,10 +14,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages: ffmpeg (the workstation decoder), iproute2 (namespaces),
+# Debian packages: ffmpeg (the workstation decoder), iproute2 and ethtool
+# (namespaces, the benchmark's LAN),
 # GStreamer's RTSP server with x264/x265 (a camera that is not ours).
 packages=(
-    ffmpeg iproute2 python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
+    ffmpeg iproute2 ethtool python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly gstreamer1.0-tools
 )
@@ -49,7 +50,7 @@ echo "== benches (one pass each, as a smoke test)"
 cargo bench --quiet --bench packetize -- --test
 echo "== benchmark tool (smoke run)"
 cargo build --quiet --bins
-target/debug/mcrelay-bench fanout --clients 1,3 --seconds 2 --size 640x360 --bitrate 1M
+target/debug/mcrelay-bench suite --quick --out target/bench-smoke > /dev/null
 
 echo "== fuzz targets (${FUZZ_SECONDS}s each)"
 for target in $(cargo fuzz list); do

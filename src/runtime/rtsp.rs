@@ -347,7 +347,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 
 /// Writes frames as interleaved data on `channel`: `$`, channel, length,
 /// then each packet's two shared parts. Returns bytes and packets written.
-async fn write_frames<W: AsyncWrite + Unpin>(
+pub async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &[Arc<Frame>],
     channel: u8,

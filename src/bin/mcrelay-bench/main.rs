@@ -1,18 +1,33 @@
-//! `mcrelay-bench`: what relaying costs, measured on this machine with
-//! hosts the tool makes itself (network namespaces). Nothing leaves the
-//! machine.
+//! `mcrelay-bench`: what relaying costs, measured on this machine on a LAN
+//! of network namespaces the tool builds itself (a switch, a recorder, a
+//! camera, workstations on 198.18.0.0/16). Nothing leaves the machine.
+//!
+//!   mcrelay-bench suite --out bench-out     # everything BENCHMARKS.md shows
+//!   mcrelay-bench suite --quick             # a short smoke run
 
-mod fanout;
+mod floor;
 mod measure;
 mod netns;
+mod relays;
+mod report;
+mod scenario;
+mod topology;
+mod viewers;
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use relays::{Env, Relay};
+use scenario::Scenario;
+
 #[derive(Parser)]
-#[command(name = "mcrelay-bench", about = "Benchmarks for mcrelay (run as root)")]
+#[command(
+    name = "mcrelay-bench",
+    about = "Benchmarks for mcrelay (run as root, after cargo build --release)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,28 +35,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One channel fanned out over RTSP/TCP to N workstations: relay CPU per
-    /// delivered GB and memory per client.
-    Fanout {
-        /// Client counts to measure, in order.
+    /// The whole comparison: a viewer sweep on one channel (multicast and
+    /// TCP fan-out, mcrelay, the usual alternatives, the floor) and a
+    /// channel sweep in multicast mode. Writes results.md and benchmarks.svg.
+    Suite {
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// Viewer counts for the one-channel sweep.
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,200")]
-        clients: Vec<usize>,
-        /// Measurement window per client count, seconds.
-        #[arg(long, default_value_t = 15)]
+        viewers: Vec<usize>,
+        /// Channel counts for the multicast sweep (mcrelay and the floor).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,100,500")]
+        channels: Vec<usize>,
+        /// Channel counts at which the alternatives run (one process per channel).
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        alternative_channels: Vec<usize>,
+        /// Measurement window per run, seconds.
+        #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// Camera bitrate (ffmpeg syntax).
+        /// Camera bitrate and picture size (ffmpeg syntax).
         #[arg(long, default_value = "4M")]
         bitrate: String,
-        /// Picture size.
         #[arg(long, default_value = "1920x1080")]
         size: String,
+        /// Workstation hosts (viewers are spread over them).
+        #[arg(long, default_value_t = 20)]
+        hosts: usize,
+        /// A short run of a few rows, for CI.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The floor sender (run by the suite on the recorder host).
+    #[command(hide = true)]
+    Floor {
+        #[arg(long)]
+        clip: PathBuf,
+        #[arg(long)]
+        mode: String,
+        #[arg(long)]
+        channels: usize,
     },
 }
 
-/// The mcrelay binary next to this one.
-fn mcrelay_binary() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name("mcrelay");
+/// A file next to this binary.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
     anyhow::ensure!(
         p.exists(),
         "{} not found: build it first (cargo build --release)",
@@ -50,8 +88,7 @@ fn mcrelay_binary() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// A 10 s H.264 test clip at `size` and `bitrate`, made once with ffmpeg and
-/// kept in the system temp directory.
+/// A 10 s H.264 clip at `size` and `bitrate`, made once and kept.
 fn camera_clip(size: &str, bitrate: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join("mcrelay-bench");
     std::fs::create_dir_all(&dir)?;
@@ -67,27 +104,203 @@ fn camera_clip(size: &str, bitrate: &str) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let cmd = |c: &str, a: &[&str]| {
+        std::process::Command::new(c)
+            .args(a)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "not installed".into())
+    };
+    format!(
+        "- CPU: {cpu}, {cores} cores; memory {mem}\n- kernel {}\n- {}\n- {}\n- mcrelay {} (git {})\n",
+        cmd("uname", &["-r"]),
+        cmd("ffmpeg", &["-version"]),
+        cmd("gst-launch-1.0", &["--version"]),
+        env!("CARGO_PKG_VERSION"),
+        cmd(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "rev-parse",
+                "--short",
+                "HEAD"
+            ]
+        ),
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Fanout {
-            clients,
-            seconds,
-            bitrate,
-            size,
+        Command::Floor {
+            clip,
+            mode,
+            channels,
+        } => floor::run(&clip, &mode, channels),
+        Command::Suite {
+            out,
+            mut viewers,
+            mut channels,
+            mut alternative_channels,
+            mut seconds,
+            mut bitrate,
+            mut size,
+            mut hosts,
+            quick,
         } => {
-            let opts = fanout::Options {
-                clients,
-                seconds,
-                clip: camera_clip(&size, &bitrate)?,
-                mcrelay: mcrelay_binary()?,
+            let warm_up = if quick {
+                (viewers, channels, alternative_channels, seconds) = (vec![2], vec![2], vec![], 2);
+                (bitrate, size, hosts) = ("1M".into(), "640x360".into(), 2);
+                std::time::Duration::from_secs(2)
+            } else {
+                std::time::Duration::from_secs(4)
             };
-            let rows = fanout::run(&opts, &|m| eprintln!("{m}"))?;
-            println!(
-                "One {size} H.264 camera at {bitrate}bit/s, one channel, RTSP/TCP interleaved, {seconds} s per row.\n"
+            let clip = camera_clip(&size, &bitrate)?;
+            let parsed = mcrelay::camera::Clip::load(&clip, None, None)?;
+            let mut params = mcrelay::media::ParamSets::default();
+            for nal in &parsed.access_units[0].nals {
+                params.update(parsed.codec, nal);
+            }
+            let env = Env {
+                mcrelay: sibling("mcrelay")?,
+                bench: std::env::current_exe()?,
+                fmtp: params.fmtp(parsed.codec),
+                clip,
+                gst_rtsp_relay: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("benches/support/gst_rtsp_relay.py"),
+            };
+            std::fs::create_dir_all(&out)?;
+            let work = tempfile::tempdir()?;
+            let started = Instant::now();
+            eprintln!("building the LAN: switch, recorder, camera, {hosts} workstations");
+            let lan = topology::Lan::new(hosts)?;
+            let _camera = relays::camera(&lan, &env)?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+
+            let viewer_relays = [
+                Relay::McrelayMulticast,
+                Relay::FloorPerPacket,
+                Relay::FloorGso,
+                Relay::Ffmpeg,
+                Relay::Gstreamer,
+                Relay::McrelayTcp,
+                Relay::FloorTcp,
+                Relay::GstreamerRtspServer,
+            ];
+            let mut plan: Vec<(bool, Scenario)> = Vec::new();
+            for relay in viewer_relays.into_iter().filter(|r| r.available()) {
+                for &v in &viewers {
+                    plan.push((
+                        true,
+                        Scenario {
+                            relay,
+                            channels: 1,
+                            viewers: v,
+                            seconds,
+                            warm_up,
+                        },
+                    ));
+                }
+            }
+            for relay in [
+                Relay::McrelayMulticast,
+                Relay::FloorPerPacket,
+                Relay::FloorGso,
+                Relay::Ffmpeg,
+                Relay::Gstreamer,
+            ] {
+                if !relay.available() {
+                    continue;
+                }
+                let counts = if relay.is_alternative() {
+                    &alternative_channels
+                } else {
+                    &channels
+                };
+                for &c in counts {
+                    plan.push((
+                        false,
+                        Scenario {
+                            relay,
+                            channels: c,
+                            viewers: c.min(hosts),
+                            seconds,
+                            warm_up,
+                        },
+                    ));
+                }
+            }
+            let (mut by_viewers, mut by_channels) = (Vec::new(), Vec::new());
+            let total = plan.len();
+            for (i, (viewer_sweep, sc)) in plan.into_iter().enumerate() {
+                eprintln!(
+                    "[{}/{total}, {:.0} min] {}: {} channel(s), {} viewer(s), {} s",
+                    i + 1,
+                    started.elapsed().as_secs_f64() / 60.0,
+                    sc.relay.label(),
+                    sc.channels,
+                    sc.viewers,
+                    sc.seconds
+                );
+                let dir = work.path().join(format!("run{i}"));
+                std::fs::create_dir_all(&dir)?;
+                match scenario::run(&lan, &env, sc, &dir) {
+                    Ok(row) => {
+                        eprintln!(
+                            "    link {:.2} Mbit/s, CPU {:.2}% ({:.2} CPU-s/GB), loss {:.2}%",
+                            row.link_mbit(),
+                            row.cpu_percent(),
+                            row.cpu_per_gb(),
+                            100.0 * row.loss()
+                        );
+                        if viewer_sweep {
+                            by_viewers.push(row)
+                        } else {
+                            by_channels.push(row)
+                        }
+                    }
+                    Err(e) => eprintln!("    failed: {e:#}"),
+                }
+            }
+            let md = format!(
+                "## Machine\n\n{}\n## One channel, N viewers\n\nOne {size} H.264 camera at {bitrate}bit/s (1 s GOP) on the camera host, pulled over RTSP/TCP by the relay on the recorder host; viewers spread over {hosts} workstation hosts. Multicast viewers join the channel's group through the switch (IGMP snooping); TCP viewers play it over RTSP with TCP interleaved. One viewer per run is Debian's ffmpeg decoding. Each row: {seconds} s.\n\n{}\n## N channels, multicast\n\nEach channel pulls the same camera; one group per channel; a probe joins every group to count loss.\n\n{}\n## Targets\n\n{}",
+                machine(),
+                report::viewers_table(&by_viewers),
+                report::channels_table(&by_channels),
+                report::targets(&by_viewers, &by_channels),
             );
-            print!("{}", fanout::table(&rows));
+            std::fs::write(out.join("results.md"), &md)?;
+            report::plot(&out.join("benchmarks.svg"), &by_viewers, &by_channels)?;
+            println!("{md}");
+            eprintln!(
+                "wrote {} and {} in {:.1} min",
+                out.join("results.md").display(),
+                out.join("benchmarks.svg").display(),
+                started.elapsed().as_secs_f64() / 60.0
+            );
+            Ok(())
         }
     }
-    Ok(())
 }

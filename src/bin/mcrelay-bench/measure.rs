@@ -3,9 +3,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-/// CPU seconds `pid` uses over `window` (perf's task-clock when perf works
-/// here, else /proc's 10 ms ticks).
-pub fn cpu_over(pid: u32, window: Duration) -> f64 {
+/// CPU seconds the processes `pids` use over `window` (perf's task-clock
+/// when perf works here, else /proc's 10 ms ticks).
+pub fn cpu_over(pids: &[u32], window: Duration) -> f64 {
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let perf = Command::new("perf")
         .args([
             "stat",
@@ -13,7 +18,7 @@ pub fn cpu_over(pid: u32, window: Duration) -> f64 {
             "-e",
             "task-clock",
             "-p",
-            &pid.to_string(),
+            &list,
             "--",
             "sleep",
         ])
@@ -28,9 +33,9 @@ pub fn cpu_over(pid: u32, window: Duration) -> f64 {
     {
         return ms / 1000.0;
     }
-    let before = proc_cpu(pid);
+    let before: f64 = pids.iter().map(|p| proc_cpu(*p)).sum();
     std::thread::sleep(window);
-    proc_cpu(pid) - before
+    pids.iter().map(|p| proc_cpu(*p)).sum::<f64>() - before
 }
 
 fn proc_cpu(pid: u32) -> f64 {
@@ -52,12 +57,21 @@ fn proc_cpu(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Resident memory, bytes.
-pub fn rss(pid: u32) -> u64 {
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Resident memory, bytes.
+pub fn rss(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:") * 1024
+}
+
+/// Peak resident memory (VmHWM), bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:") * 1024
 }

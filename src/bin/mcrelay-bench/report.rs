@@ -1,0 +1,353 @@
+//! Tables, target verdicts and the plot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::relays::{Mode, Relay};
+use crate::scenario::Row;
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+fn decoded(r: &Row) -> String {
+    match &r.decoded {
+        Some(d) if d.errors.is_empty() => format!("{}/{}", d.frames, r.expected_frames),
+        Some(d) => format!(
+            "{}/{}, {} error lines",
+            d.frames,
+            r.expected_frames,
+            d.errors.len()
+        ),
+        None => "-".into(),
+    }
+}
+
+fn loss(r: &Row) -> String {
+    if r.crashed {
+        return "relay died".into();
+    }
+    format!("{:.2}%", 100.0 * r.loss())
+}
+
+/// The viewer sweep (one channel): bytes on the recorder link and cost.
+pub fn viewers_table(rows: &[Row]) -> String {
+    let mc: BTreeMap<usize, u64> = rows
+        .iter()
+        .filter(|r| r.scenario.relay == Relay::McrelayMulticast)
+        .map(|r| (r.scenario.viewers, r.link.tx_bytes))
+        .collect();
+    let mut s = String::from(
+        "| relay | viewers | recorder link Mbit/s | link packets/s | × mcrelay multicast | relay CPU % of a core | CPU-s per GB sent | CPU-s per channel-hour | peak RSS MB | viewer loss | frames decoded |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let ratio = mc.get(&r.scenario.viewers).map_or("-".into(), |m| {
+            format!("{:.1}", r.link.tx_bytes as f64 / *m as f64)
+        });
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |\n",
+            r.scenario.relay.label(),
+            r.scenario.viewers,
+            r.link_mbit(),
+            r.link.tx_packets as f64 / r.window,
+            ratio,
+            r.cpu_percent(),
+            r.cpu_per_gb(),
+            r.cpu_per_channel_hour(),
+            mb(r.peak_rss),
+            loss(r),
+            decoded(r),
+        ));
+    }
+    s
+}
+
+/// The channel sweep (multicast).
+pub fn channels_table(rows: &[Row]) -> String {
+    let one: BTreeMap<&str, u64> = rows
+        .iter()
+        .filter(|r| r.scenario.channels == 1)
+        .map(|r| (r.scenario.relay.label(), r.rss))
+        .collect();
+    let mut s = String::from(
+        "| relay | channels | recorder link Mbit/s | relay CPU % of a core | CPU-s per GB sent | CPU-s per channel-hour | RSS MB | RSS per added channel MB | loss | frames decoded (channel 1) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let per = match one.get(r.scenario.relay.label()) {
+            Some(base) if r.scenario.channels > 1 => {
+                format!(
+                    "{:.2}",
+                    (r.rss as f64 - *base as f64) / 1e6 / (r.scenario.channels - 1) as f64
+                )
+            }
+            _ => "-".into(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {} | {} |\n",
+            r.scenario.relay.label(),
+            r.scenario.channels,
+            r.link_mbit(),
+            r.cpu_percent(),
+            r.cpu_per_gb(),
+            r.cpu_per_channel_hour(),
+            mb(r.rss),
+            per,
+            loss(r),
+            decoded(r),
+        ));
+    }
+    s
+}
+
+fn find(rows: &[Row], relay: Relay, channels: usize, viewers: usize) -> Option<&Row> {
+    rows.iter().find(|r| {
+        r.scenario.relay == relay
+            && r.scenario.channels == channels
+            && r.scenario.viewers == viewers
+    })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**missed**" }
+}
+
+/// The issue's targets, checked against this run.
+pub fn targets(viewer_rows: &[Row], channel_rows: &[Row]) -> String {
+    let mut s = String::new();
+    // 1. Multicast bytes do not grow with viewers; within 3% of the stream.
+    let mc: Vec<&Row> = viewer_rows
+        .iter()
+        .filter(|r| r.scenario.relay == Relay::McrelayMulticast)
+        .collect();
+    if let (Some(min), Some(max)) = (
+        mc.iter()
+            .map(|r| r.link.tx_bytes as f64 / r.window)
+            .reduce(f64::min),
+        mc.iter()
+            .map(|r| r.link.tx_bytes as f64 / r.window)
+            .reduce(f64::max),
+    ) {
+        // One stream's RTP + UDP (8) + IPv4 (20) bytes, as one viewer saw it.
+        let stream = mc
+            .iter()
+            .map(|r| {
+                let n = r.scenario.viewers.max(1) as f64;
+                (r.viewers.bytes as f64 / n + 28.0 * r.viewers.packets as f64 / n) / r.window
+            })
+            .fold(f64::NAN, f64::max);
+        let over = max / stream - 1.0;
+        s.push_str(&format!(
+            "- Multicast link bytes across {} viewer counts: {:.3}–{:.3} Mbit/s (spread {:.1}%); one stream's RTP+UDP+IP is {:.3} Mbit/s, the link carries {:+.1}% (Ethernet headers, RTCP, the camera connection's ACKs): {} (target: within 3%).\n",
+            mc.len(),
+            min * 8.0 / 1e6,
+            max * 8.0 / 1e6,
+            100.0 * (max / min - 1.0),
+            stream * 8.0 / 1e6,
+            100.0 * over,
+            verdict(max / min <= 1.03 && over <= 0.03)
+        ));
+    }
+    // 2. CPU per GB in multicast mode <= 1/4 of the ffmpeg relay's.
+    let pairs: Vec<(f64, f64)> = mc
+        .iter()
+        .filter_map(|r| {
+            find(
+                viewer_rows,
+                Relay::Ffmpeg,
+                r.scenario.channels,
+                r.scenario.viewers,
+            )
+            .map(|f| (r.cpu_per_gb(), f.cpu_per_gb()))
+        })
+        .collect();
+    if !pairs.is_empty() {
+        let m: f64 = pairs.iter().map(|p| p.0).sum::<f64>() / pairs.len() as f64;
+        let f: f64 = pairs.iter().map(|p| p.1).sum::<f64>() / pairs.len() as f64;
+        s.push_str(&format!(
+            "- Multicast CPU per GB sent, mean over the viewer runs: mcrelay {m:.2}, ffmpeg relay {f:.2} CPU-s/GB: mcrelay uses {:.0}% of ffmpeg's: {} (target: at most 25%).\n",
+            100.0 * m / f,
+            verdict(m <= f / 4.0)
+        ));
+    }
+    // 3. RSS per added channel < 2 MB.
+    let chans: Vec<&Row> = channel_rows
+        .iter()
+        .filter(|r| r.scenario.relay == Relay::McrelayMulticast)
+        .collect();
+    if let (Some(one), Some(most)) = (
+        chans.iter().find(|r| r.scenario.channels == 1),
+        chans.iter().max_by_key(|r| r.scenario.channels),
+    ) && most.scenario.channels > 1
+    {
+        let per = (most.rss as f64 - one.rss as f64) / 1e6 / (most.scenario.channels - 1) as f64;
+        s.push_str(&format!(
+            "- mcrelay RSS per added channel (1 → {} channels at the camera's bitrate): {per:.2} MB: {} (target: under 2 MB).\n",
+            most.scenario.channels,
+            verdict(per < 2.0)
+        ));
+    }
+    // 4. TCP fan-out to 50 clients <= 1/3 of the GStreamer RTSP server's.
+    if let (Some(m), Some(g)) = (
+        find(viewer_rows, Relay::McrelayTcp, 1, 50),
+        find(viewer_rows, Relay::GstreamerRtspServer, 1, 50),
+    ) {
+        s.push_str(&format!(
+            "- TCP fan-out to 50 clients, CPU per GB delivered: mcrelay {:.2}, GStreamer RTSP server {:.2} CPU-s/GB: mcrelay uses {:.0}% of GStreamer's: {} (target: at most 33%).\n",
+            m.cpu_per_gb(),
+            g.cpu_per_gb(),
+            100.0 * m.cpu_per_gb() / g.cpu_per_gb(),
+            verdict(m.cpu_per_gb() <= g.cpu_per_gb() / 3.0)
+        ));
+    }
+    // 5. Distance to the floor.
+    for (relay, floor) in [
+        (Relay::McrelayMulticast, Relay::FloorPerPacket),
+        (Relay::McrelayMulticast, Relay::FloorGso),
+        (Relay::McrelayTcp, Relay::FloorTcp),
+    ] {
+        let pairs: Vec<(f64, f64)> = viewer_rows
+            .iter()
+            .filter(|r| r.scenario.relay == relay)
+            .filter_map(|r| {
+                find(viewer_rows, floor, 1, r.scenario.viewers)
+                    .map(|f| (r.cpu_per_gb(), f.cpu_per_gb()))
+            })
+            .collect();
+        if !pairs.is_empty() {
+            let (a, b) = pairs
+                .iter()
+                .fold((0.0, 0.0), |acc, p| (acc.0 + p.0, acc.1 + p.1));
+            s.push_str(&format!(
+                "- {} vs {}: {:.2} vs {:.2} CPU-s/GB (mean over the viewer runs), {:.1}× the floor.\n",
+                relay.label(),
+                floor.label(),
+                a / pairs.len() as f64,
+                b / pairs.len() as f64,
+                a / b
+            ));
+        }
+    }
+    s
+}
+
+fn color(relay: Relay) -> RGBColor {
+    match relay {
+        Relay::McrelayMulticast => RGBColor(0, 114, 178),
+        Relay::McrelayTcp => RGBColor(86, 180, 233),
+        Relay::Ffmpeg => RGBColor(213, 94, 0),
+        Relay::Gstreamer => RGBColor(230, 159, 0),
+        Relay::GstreamerRtspServer => RGBColor(204, 121, 167),
+        Relay::FloorPerPacket => RGBColor(90, 90, 90),
+        Relay::FloorGso => RGBColor(150, 150, 150),
+        Relay::FloorTcp => RGBColor(0, 158, 115),
+    }
+}
+
+type Series = Vec<(Relay, Vec<(f64, f64)>)>;
+
+fn series(rows: &[Row], x: impl Fn(&Row) -> f64, y: impl Fn(&Row) -> f64) -> Series {
+    let mut by: Vec<(Relay, Vec<(f64, f64)>)> = Vec::new();
+    for r in rows {
+        if r.crashed || !y(r).is_finite() || y(r) <= 0.0 {
+            continue;
+        }
+        match by.iter_mut().find(|(rel, _)| *rel == r.scenario.relay) {
+            Some((_, pts)) => pts.push((x(r), y(r))),
+            None => by.push((r.scenario.relay, vec![(x(r), y(r))])),
+        }
+    }
+    by
+}
+
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    data: &Series,
+) -> anyhow::Result<()> {
+    let xs = data.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let ys = data.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if x0 > x1 {
+        return Ok(());
+    }
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(
+            (x0 * 0.8..x1 * 1.25).log_scale(),
+            (y0 * 0.7..y1 * 1.5).log_scale(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (relay, pts) in data {
+        let c = color(*relay);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(relay.label())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Three panels: link bytes and CPU per GB against viewers, CPU per GB
+/// against channels.
+pub fn plot(path: &Path, viewer_rows: &[Row], channel_rows: &[Row]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1000, 1260)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let areas = root.split_evenly((3, 1));
+    let v = |r: &Row| r.scenario.viewers as f64;
+    panel(
+        &areas[0],
+        "Bytes on the recorder's link, one 4 Mbit/s channel",
+        "viewers",
+        "Mbit/s sent by the recorder",
+        &series(viewer_rows, v, Row::link_mbit),
+    )?;
+    panel(
+        &areas[1],
+        "Relay CPU per GB it sends, one channel",
+        "viewers",
+        "CPU-seconds per GB",
+        &series(viewer_rows, v, Row::cpu_per_gb),
+    )?;
+    let multicast: Vec<Row> = channel_rows
+        .iter()
+        .filter(|r| r.scenario.relay.mode() == Mode::Multicast)
+        .cloned()
+        .collect();
+    panel(
+        &areas[2],
+        "Relay CPU per GB sent to multicast, by channel count",
+        "channels",
+        "CPU-seconds per GB",
+        &series(&multicast, |r| r.scenario.channels as f64, Row::cpu_per_gb),
+    )?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! One measured run: a relay, C channels, N viewers, T seconds.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::measure;
+use crate::relays::{self, Env, Mode, PORT, Relay};
+use crate::topology::{Lan, LinkCounters, RECORDER_ADDR};
+use crate::viewers::{self, Counters, Decoded, Snapshot, TcpSource};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    pub relay: Relay,
+    pub channels: usize,
+    pub viewers: usize,
+    pub seconds: u64,
+    /// Viewers connect and decoders probe before the window opens.
+    pub warm_up: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub scenario: Scenario,
+    /// Measurement window, seconds.
+    pub window: f64,
+    /// What the recorder host sent on its LAN link during the window.
+    pub link: LinkCounters,
+    pub cpu: f64,
+    pub rss: u64,
+    pub peak_rss: u64,
+    pub viewers: Snapshot,
+    /// A receiver joined to every channel (multicast runs with C > 1).
+    pub probe: Option<Snapshot>,
+    pub decoded: Option<Decoded>,
+    pub expected_frames: u64,
+    /// The relay died during the run.
+    pub crashed: bool,
+}
+
+impl Row {
+    pub fn link_mbit(&self) -> f64 {
+        self.link.tx_bytes as f64 * 8.0 / self.window / 1e6
+    }
+    /// CPU seconds per GB the recorder put on its link.
+    pub fn cpu_per_gb(&self) -> f64 {
+        self.cpu / (self.link.tx_bytes as f64 / 1e9)
+    }
+    pub fn cpu_per_channel_hour(&self) -> f64 {
+        self.cpu / (self.scenario.channels as f64 * self.window / 3600.0)
+    }
+    pub fn cpu_percent(&self) -> f64 {
+        100.0 * self.cpu / self.window
+    }
+    /// Lost packets as a share of expected, at the viewers (or the probe).
+    pub fn loss(&self) -> f64 {
+        let s = self.probe.unwrap_or(self.viewers);
+        let total = s.packets + s.lost;
+        if total == 0 {
+            1.0
+        } else {
+            s.lost as f64 / total as f64
+        }
+    }
+}
+
+fn diff(a: LinkCounters, b: LinkCounters) -> LinkCounters {
+    LinkCounters {
+        tx_bytes: b.tx_bytes - a.tx_bytes,
+        tx_packets: b.tx_packets - a.tx_packets,
+    }
+}
+
+pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row> {
+    let mut running = relays::start(sc.relay, lan, env, sc.channels, dir)?;
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = lan.workstations.len();
+    let mut threads = Vec::new();
+    for v in 0..sc.viewers {
+        let host = &lan.workstations[v % w];
+        let ch = 1 + v % sc.channels;
+        let (c, s) = (counters.clone(), stop.clone());
+        threads.push(match sc.relay.mode() {
+            Mode::Multicast => {
+                let local: Ipv4Addr = host.addr.parse()?;
+                viewers::multicast(
+                    &host.ns,
+                    local,
+                    vec![relays::group(ch, sc.channels)],
+                    PORT,
+                    c,
+                    s,
+                )
+            }
+            Mode::Tcp => {
+                let addr = format!("{RECORDER_ADDR}:{}", relays::RTSP_PORT);
+                let src = if sc.relay == Relay::FloorTcp {
+                    TcpSource::Raw { addr }
+                } else {
+                    TcpSource::Rtsp {
+                        addr,
+                        url: running.url(ch),
+                    }
+                };
+                viewers::tcp(&host.ns, src, c, s)
+            }
+        });
+    }
+    let probe = (sc.relay.mode() == Mode::Multicast && sc.channels > 1).then(|| {
+        let host = &lan.workstations[w - 1];
+        let groups = (1..=sc.channels)
+            .map(|ch| relays::group(ch, sc.channels))
+            .collect();
+        let c = Arc::new(Counters::default());
+        let local: Ipv4Addr = host.addr.parse().expect("host address");
+        threads.push(viewers::multicast(
+            &host.ns,
+            local,
+            groups,
+            PORT,
+            c.clone(),
+            stop.clone(),
+        ));
+        c
+    });
+    let decoder = {
+        let host = &lan.workstations[0];
+        let sdp = dir.join("ch1.sdp");
+        std::fs::write(&sdp, relays::plain_sdp(1, sc.channels, &env.fmtp))?;
+        let sdp_in = ["-protocol_whitelist", "file,http,tcp,udp,rtp", "-f", "sdp"];
+        let tcp_in = ["-rtsp_transport", "tcp"];
+        match sc.relay {
+            Relay::McrelayMulticast => Some(viewers::Decoder::start(
+                &host.ns,
+                dir,
+                &sdp_in,
+                &format!("http://{RECORDER_ADDR}:8080/channels/1.sdp"),
+                sc.seconds,
+            )?),
+            Relay::Ffmpeg | Relay::Gstreamer | Relay::FloorPerPacket | Relay::FloorGso => {
+                Some(viewers::Decoder::start(
+                    &host.ns,
+                    dir,
+                    &sdp_in,
+                    &sdp.to_string_lossy(),
+                    sc.seconds,
+                )?)
+            }
+            Relay::McrelayTcp | Relay::GstreamerRtspServer => Some(viewers::Decoder::start(
+                &host.ns,
+                dir,
+                &tcp_in,
+                &running.url(1),
+                sc.seconds,
+            )?),
+            Relay::FloorTcp => None,
+        }
+    };
+    std::thread::sleep(sc.warm_up);
+
+    let v0 = counters.snapshot();
+    let p0 = probe.as_ref().map(|p| p.snapshot());
+    let l0 = lan.recorder.link_counters()?;
+    let t0 = Instant::now();
+    let cpu = measure::cpu_over(&running.pids, Duration::from_secs(sc.seconds));
+    let window = t0.elapsed().as_secs_f64();
+    let l1 = lan.recorder.link_counters()?;
+    let v1 = counters.snapshot();
+    let p1 = probe.as_ref().map(|p| p.snapshot());
+    let rss = running.pids.iter().map(|p| measure::rss(*p)).sum();
+    let peak_rss = running.pids.iter().map(|p| measure::peak_rss(*p)).sum();
+    let crashed = !running.alive();
+
+    let decoded = decoder.map(|d| d.finish(Duration::from_secs(sc.seconds + 20)));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(running);
+    Ok(Row {
+        scenario: sc,
+        window,
+        link: diff(l0, l1),
+        cpu,
+        rss,
+        peak_rss,
+        viewers: v1 - v0,
+        probe: p0.zip(p1).map(|(a, b)| b - a),
+        decoded,
+        expected_frames: sc.seconds * 25,
+        crashed,
+    })
+}
