@@ -51,6 +51,7 @@ fn hub(c: &mut Criterion) {
                 initial_seq: 0,
                 rtp_base: 0,
             },
+            String::new(),
         );
         p.session_started(Codec::H264);
         let mut rx: Vec<_> = (0..subscribers).map(|_| ch.subscribe()).collect();
@@ -88,6 +89,7 @@ fn tcp_writer(c: &mut Criterion) {
             initial_seq: 0,
             rtp_base: 0,
         },
+        String::new(),
     );
     p.session_started(Codec::H264);
     let mut rx = ch.subscribe();

@@ -82,6 +82,7 @@ fn frame_packets() -> Vec<RtpPacket> {
             initial_seq: 0,
             rtp_base: 0,
         },
+        String::new(),
     );
     let mut rx = ch.subscribe();
     p.session_started(Codec::H264);

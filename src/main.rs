@@ -40,6 +40,11 @@ enum Command {
         rtsp: Option<SocketAddr>,
         #[arg(long, value_enum, default_value = "gso")]
         send_mode: Mode,
+        /// Runtime threads: 1 runs everything on one thread (no cross-thread
+        /// wake-ups: the cheapest per frame when one core is enough); 0 uses
+        /// one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Validate a site file and print its address plan.
     Check {
@@ -67,6 +72,9 @@ enum Command {
         rtsp: SocketAddr,
         #[arg(long, value_enum, default_value = "gso")]
         send_mode: Mode,
+        /// Runtime threads (see `run --threads`).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Serve a clip as a live camera, paced in real time and looping.
     Camera {
@@ -159,9 +167,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             control,
             rtsp,
             send_mode,
+            threads,
         } => {
             let site = Site::load(&site)?;
-            with_runtime(|shutdown| async move {
+            with_runtime(threads, |shutdown| async move {
                 raise_fd_limit();
                 let opts = RunOptions {
                     control,
@@ -178,7 +187,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             control,
             rtsp,
             send_mode,
-        } => with_runtime(|shutdown| async move {
+            threads,
+        } => with_runtime(threads, |shutdown| async move {
             raise_fd_limit();
             let opts = mcrelay::demo::DemoOptions {
                 run: RunOptions {
@@ -204,7 +214,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ClipCodec::H265 => Codec::H265,
             });
             let clip = mcrelay::camera::Clip::load(&clip, codec, fps)?;
-            with_runtime(|shutdown| async move {
+            with_runtime(0, |shutdown| async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("listen on {listen}"))?;
@@ -239,16 +249,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs `f` on a multi-threaded runtime with Ctrl-C / SIGTERM handling: the
-/// first signal starts a clean shutdown, a second exits at once.
-fn with_runtime<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+/// Runs `f` on a runtime of `threads` threads (1: the current thread; 0: one
+/// per CPU) with Ctrl-C / SIGTERM handling: the first signal starts a clean
+/// shutdown, a second exits at once.
+fn with_runtime<F, Fut>(threads: usize, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     rt.block_on(async {
         let shutdown = CancellationToken::new();
         let trigger = shutdown.clone();

@@ -205,7 +205,7 @@ impl Metrics {
         );
         r.register(
             "multicast_skipped_frames",
-            "Frames the multicast sender skipped because it fell behind",
+            "Frames (partly) dropped because the socket send buffer was full",
             mc_skipped.clone(),
         );
         r.register(

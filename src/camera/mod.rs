@@ -167,7 +167,7 @@ pub async fn serve_rtsp(
         initial_seq: rand::random(),
         rtp_base: rand::random(),
     };
-    let publisher = Publisher::new(channel.clone(), ids);
+    let publisher = Publisher::new(channel.clone(), ids, String::new());
     let directory =
         tokio::sync::watch::Sender::new(Arc::new(std::collections::BTreeMap::from([(1, channel)])));
     let cfg = RtspConfig::new(addr);

@@ -7,6 +7,7 @@
 //! producer never waits for a consumer.
 
 pub mod core;
+pub mod emitter;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -265,21 +266,29 @@ impl Channel {
 }
 
 /// The camera task's side of a channel: receives ingest events, packetizes
-/// with the channel core, publishes.
+/// with the channel core, sends the channel's multicast, publishes to the
+/// other sinks.
 pub struct Publisher {
     core: ChannelCore,
     channel: Arc<Channel>,
     streaming: bool,
+    emitter: Option<emitter::Emitter>,
 }
 
 impl Publisher {
-    pub fn new(channel: Arc<Channel>, ids: StreamIds) -> Self {
+    /// `cname` names the RTCP source when the channel is sent by multicast.
+    pub fn new(channel: Arc<Channel>, ids: StreamIds, cname: String) -> Self {
         let core = ChannelCore::new(ids, channel.spec.ingest.payload_size);
         channel.info.send_modify(|i| i.ssrc = ids.ssrc);
+        let emitter = channel
+            .spec
+            .multicast
+            .map(|spec| emitter::Emitter::new(channel.spec.id, spec, cname, ids.ssrc));
         Publisher {
             core,
             channel,
             streaming: false,
+            emitter,
         }
     }
 
@@ -332,6 +341,9 @@ impl Sink for Publisher {
         }
         m.packets.inc_by(frame.packets.len() as u64);
         m.bytes.inc_by(frame.byte_len() as u64);
+        if let Some(e) = &mut self.emitter {
+            e.send(&frame, m, arrival, SystemTime::now());
+        }
         self.channel.publish(frame);
     }
 
@@ -352,6 +364,9 @@ impl Sink for Publisher {
     }
 
     fn stopped(&mut self) {
+        if let Some(e) = &mut self.emitter {
+            e.bye(Instant::now(), SystemTime::now());
+        }
         self.channel.set_state(CameraState::Stopped);
     }
 }

@@ -45,6 +45,7 @@ fn new_sinks_start_at_the_last_key_frame_without_gap_or_overlap() {
             initial_seq: 0,
             rtp_base: 0,
         },
+        String::new(),
     );
     p.session_started(Codec::H264);
     let t = Instant::now();
@@ -83,6 +84,7 @@ fn an_overlong_gop_is_not_cached() {
             initial_seq: 0,
             rtp_base: 0,
         },
+        String::new(),
     );
     p.session_started(Codec::H264);
     let t = Instant::now();

@@ -115,29 +115,64 @@ impl MulticastSender {
         self.mode
     }
 
-    /// Sends the packets of one frame. On an error other than would-block the
-    /// rest of the frame is dropped and the error returned with what was sent.
+    /// Sends the packets of one frame, waiting for room in the socket's send
+    /// buffer when it is full. On any other error the rest of the frame is
+    /// dropped and the error returned with what was sent.
     pub async fn send(&mut self, packets: &[RtpPacket]) -> (SendStats, io::Result<()>) {
+        let mut total = SendStats::default();
+        loop {
+            let (stats, res) = self.send_now(&packets[total.packets..], true);
+            total.packets += stats.packets;
+            total.syscalls += stats.syscalls;
+            match res {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.rtp.writable().await {
+                        return (total, Err(e));
+                    }
+                }
+                res => return (total, res),
+            }
+        }
+    }
+
+    /// Sends the packets of one frame without waiting: if the socket's send
+    /// buffer is full the rest of the frame is dropped and `WouldBlock`
+    /// returned with what was sent. For senders that must never wait (the
+    /// camera task sends its channel's multicast itself).
+    pub fn try_send(&mut self, packets: &[RtpPacket]) -> (SendStats, io::Result<()>) {
+        self.send_now(packets, false)
+    }
+
+    /// Issues the system calls for `packets` until done or an error.
+    /// `via_reactor` goes through tokio's readiness gate (so that a later
+    /// `writable().await` sees the EAGAIN); without it the call goes straight
+    /// to the non-blocking socket, which a fresh socket needs: the gate
+    /// refuses it until the reactor has polled it once.
+    fn send_now(
+        &mut self,
+        packets: &[RtpPacket],
+        via_reactor: bool,
+    ) -> (SendStats, io::Result<()>) {
         let mut stats = SendStats::default();
         let mut runs = self.plan(packets);
         let mut next = 0;
         while next < runs.len() {
             let mode = self.mode;
             let fd = self.rtp.as_raw_fd();
-            let res = self.rtp.try_io(Interest::WRITABLE, || match mode {
+            let call = || match mode {
                 SendMode::PerPacket => send_one(fd, packets, runs[next]).map(|()| 1),
                 _ => send_runs(fd, packets, &runs[next..], mode == SendMode::Gso),
-            });
+            };
+            let res = if via_reactor {
+                self.rtp.try_io(Interest::WRITABLE, call)
+            } else {
+                call()
+            };
             match res {
                 Ok(n) => {
                     stats.syscalls += 1;
                     stats.packets += runs[next..next + n].iter().map(Run::len).sum::<usize>();
                     next += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(e) = self.rtp.writable().await {
-                        return (stats, Err(e));
-                    }
                 }
                 Err(e) if self.mode == SendMode::Gso && gso_refused(&e) => {
                     tracing::warn!(dest = %self.dest.rtp(), error = %e, "the kernel refused UDP GSO; sending one datagram per packet with sendmmsg");
@@ -150,6 +185,17 @@ impl MulticastSender {
             }
         }
         (stats, Ok(()))
+    }
+
+    /// Sends one RTCP compound packet without waiting.
+    pub fn try_send_rtcp(&self, data: &[u8]) -> io::Result<()> {
+        // SAFETY: a send from a live buffer on a socket this struct owns.
+        let n = unsafe { libc::send(self.rtcp.as_raw_fd(), data.as_ptr().cast(), data.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     fn plan(&self, packets: &[RtpPacket]) -> Vec<Run> {

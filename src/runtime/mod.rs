@@ -5,7 +5,6 @@
 //! sender task. The set of channels can change while running ([`Server::apply`]):
 //! failover hands a server another server's channels, on that server's groups.
 
-mod emitter;
 pub mod rtsp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -128,14 +127,13 @@ impl Server {
             initial_seq: rand::random(),
             rtp_base: rand::random(),
         };
-        let mut publisher = Publisher::new(channel.clone(), ids);
+        let interface = spec
+            .multicast
+            .map(|e| e.interface.to_string())
+            .unwrap_or_default();
+        let cname = format!("{}/{}@{}", self.local.name, id, interface);
+        let mut publisher = Publisher::new(channel.clone(), ids, cname);
         let span = tracing::info_span!("channel", id, owner = %spec.owner);
-        if let Some(emit) = spec.multicast {
-            let cname = format!("{}/{}@{}", self.local.name, id, emit.interface);
-            let task = emitter::run(channel.clone(), emit, cname, cancel.clone());
-            self.tasks
-                .spawn(task.instrument(tracing::info_span!(parent: &span, "multicast")));
-        }
         let camera_spec = spec.clone();
         let camera_cancel = cancel.clone();
         let camera = async move {

@@ -1,0 +1,115 @@
+//! A channel's multicast, sent by the camera task itself.
+//!
+//! The camera task that packetized a frame sends it to the group at once,
+//! with one non-blocking system call per frame (GSO). Nothing waits: a full
+//! socket buffer drops the rest of that frame (counted and logged), so
+//! multicast can never hold up ingest, and no other task has to wake for each
+//! frame: measured, that wake was the largest cost per channel. RTCP sender
+//! reports ride along: the first with the first frame, then every interval
+//! while frames flow; a BYE when the channel stops.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::EmitSpec;
+use crate::emit::MulticastSender;
+use crate::metrics::ChannelMetrics;
+use crate::rtp::Frame;
+use crate::rtp::rtcp::{DEFAULT_INTERVAL, RtcpSender};
+
+/// Delay before retrying a socket that could not be opened (interface
+/// missing, address not configured yet).
+const REOPEN_DELAY: Duration = Duration::from_secs(5);
+/// Repeated send errors are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Emitter {
+    spec: EmitSpec,
+    channel: u32,
+    sender: Option<MulticastSender>,
+    retry_at: Option<Instant>,
+    rtcp: RtcpSender,
+    last_warn: Option<Instant>,
+}
+
+impl Emitter {
+    pub fn new(channel: u32, spec: EmitSpec, cname: String, ssrc: u32) -> Self {
+        Emitter {
+            spec,
+            channel,
+            sender: None,
+            retry_at: None,
+            rtcp: RtcpSender::new(ssrc, cname, DEFAULT_INTERVAL),
+            last_warn: None,
+        }
+    }
+
+    fn sender(&mut self, now: Instant) -> Option<&mut MulticastSender> {
+        if self.sender.is_none() && self.retry_at.is_none_or(|t| now >= t) {
+            match MulticastSender::open(
+                self.spec.dest,
+                self.spec.interface,
+                self.spec.loopback,
+                self.spec.mode,
+            ) {
+                Ok(s) => {
+                    tracing::info!(channel = self.channel, group = %self.spec.dest.rtp(), interface = %self.spec.interface, mode = ?self.spec.mode, "sending to multicast group");
+                    self.sender = Some(s);
+                }
+                Err(e) => {
+                    tracing::error!(channel = self.channel, error = %e, "cannot open the multicast socket; retrying in {REOPEN_DELAY:?}");
+                    self.retry_at = Some(now + REOPEN_DELAY);
+                }
+            }
+        }
+        self.sender.as_mut()
+    }
+
+    /// Sends a frame (and an RTCP report if one is due).
+    pub fn send(&mut self, frame: &Frame, m: &ChannelMetrics, now: Instant, wall: SystemTime) {
+        let channel = self.channel;
+        let dest = self.spec.dest.rtp();
+        let Some(sender) = self.sender(now) else {
+            m.mc_errors.inc();
+            return;
+        };
+        let (stats, res) = sender.try_send(&frame.packets);
+        m.mc_packets.inc_by(stats.packets as u64);
+        m.mc_syscalls.inc_by(stats.syscalls as u64);
+        let bytes: usize = frame.packets[..stats.packets].iter().map(|p| p.len()).sum();
+        m.mc_bytes.inc_by(bytes as u64);
+        if let Err(e) = res {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                m.mc_skipped.inc();
+            } else {
+                m.mc_errors.inc();
+            }
+            if self
+                .last_warn
+                .is_none_or(|t| now.duration_since(t) >= WARN_EVERY)
+            {
+                self.last_warn = Some(now);
+                tracing::warn!(channel, group = %dest, error = %e, "multicast send failed; rest of the frame dropped");
+            }
+        }
+        if stats.packets > 0 {
+            self.rtcp.on_sent(frame, now);
+        }
+        if let Some(report) = self.rtcp.poll_report(now, wall)
+            && let Some(s) = self.sender.as_ref()
+        {
+            match s.try_send_rtcp(&report) {
+                Ok(()) => {
+                    m.rtcp_reports.inc();
+                }
+                Err(e) => tracing::debug!(channel, error = %e, "RTCP send failed"),
+            }
+        }
+    }
+
+    /// RFC 3550 6.6: say goodbye so receivers drop the source at once.
+    pub fn bye(&mut self, now: Instant, wall: SystemTime) {
+        if let Some(s) = &self.sender {
+            let _ = s.try_send_rtcp(&self.rtcp.bye(now, wall));
+        }
+    }
+}
