@@ -64,6 +64,13 @@ enum Command {
         /// A short run of a few rows, for CI.
         #[arg(long)]
         quick: bool,
+        /// Only these relays (mcrelay-multicast, mcrelay-tcp, ffmpeg,
+        /// gstreamer, gstreamer-rtsp, floor-per-packet, floor-gso, floor-tcp).
+        #[arg(long, value_delimiter = ',')]
+        relays: Vec<String>,
+        /// Runtime threads for mcrelay (it is pinned to one CPU).
+        #[arg(long, default_value_t = 1)]
+        mcrelay_threads: usize,
     },
     /// The floor sender (run by the suite on the recorder host).
     #[command(hide = true)]
@@ -153,6 +160,7 @@ fn machine() -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    netns::clean_up_on_signals();
     match cli.command {
         Command::Floor {
             clip,
@@ -169,7 +177,10 @@ fn main() -> anyhow::Result<()> {
             mut size,
             mut hosts,
             quick,
+            relays,
+            mcrelay_threads,
         } => {
+            let wanted = |r: Relay| relays.is_empty() || relays.iter().any(|k| k == r.key());
             let warm_up = if quick {
                 (viewers, channels, alternative_channels, seconds) = (vec![2], vec![2], vec![], 2);
                 (bitrate, size, hosts) = ("1M".into(), "640x360".into(), 2);
@@ -190,6 +201,7 @@ fn main() -> anyhow::Result<()> {
                 clip,
                 gst_rtsp_relay: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                     .join("benches/support/gst_rtsp_relay.py"),
+                mcrelay_threads,
             };
             std::fs::create_dir_all(&out)?;
             let work = tempfile::tempdir()?;
@@ -210,7 +222,15 @@ fn main() -> anyhow::Result<()> {
                 Relay::GstreamerRtspServer,
             ];
             let mut plan: Vec<(bool, Scenario)> = Vec::new();
-            for relay in viewer_relays.into_iter().filter(|r| r.available()) {
+            for relay in viewer_relays {
+                if !relay.available() {
+                    eprintln!("skipping {}: not installed here", relay.label());
+                }
+            }
+            for relay in viewer_relays
+                .into_iter()
+                .filter(|r| r.available() && wanted(*r))
+            {
                 for &v in &viewers {
                     plan.push((
                         true,
@@ -231,7 +251,7 @@ fn main() -> anyhow::Result<()> {
                 Relay::Ffmpeg,
                 Relay::Gstreamer,
             ] {
-                if !relay.available() {
+                if !relay.available() || !wanted(relay) {
                     continue;
                 }
                 let counts = if relay.is_alternative() {

@@ -1,6 +1,36 @@
 //! Hosts for the benchmark: network namespaces the tool makes and deletes.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+/// What a signal must clean up: namespaces made and children started.
+static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// On SIGINT or SIGTERM: kill the children this tool started, delete its
+/// namespaces, exit. Call before starting any thread.
+pub fn clean_up_on_signals() {
+    // SAFETY: signal masks and sigwait on a set this function owns.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("signal {sig}: cleaning up");
+            for pid in CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                libc::kill(*pid as i32, libc::SIGKILL);
+            }
+            for ns in NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            std::process::exit(130);
+        });
+    }
+}
 
 pub struct Netns {
     pub name: String,
@@ -26,6 +56,10 @@ impl Netns {
         );
         let name = format!("mcr-bench-{tag}-{}", std::process::id());
         ip(&["netns", "add", &name])?;
+        NAMESPACES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
         let ns = Netns { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -67,7 +101,12 @@ pub struct Proc(pub Child);
 impl Proc {
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Proc> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        Ok(Proc(cmd.spawn()?))
+        let child = cmd.spawn()?;
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        Ok(Proc(child))
     }
 
     pub fn pid(&self) -> u32 {
@@ -79,5 +118,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let id = self.0.id();
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| *p != id);
     }
 }

@@ -51,6 +51,20 @@ impl Relay {
         }
     }
 
+    /// The name `--relays` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Relay::McrelayMulticast => "mcrelay-multicast",
+            Relay::McrelayTcp => "mcrelay-tcp",
+            Relay::Ffmpeg => "ffmpeg",
+            Relay::Gstreamer => "gstreamer",
+            Relay::GstreamerRtspServer => "gstreamer-rtsp",
+            Relay::FloorPerPacket => "floor-per-packet",
+            Relay::FloorGso => "floor-gso",
+            Relay::FloorTcp => "floor-tcp",
+        }
+    }
+
     pub fn mode(self) -> Mode {
         match self {
             Relay::McrelayTcp | Relay::GstreamerRtspServer | Relay::FloorTcp => Mode::Tcp,
@@ -80,7 +94,7 @@ impl Relay {
 
 fn gst_rtsp_server_importable() -> bool {
     std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import gi; gi.require_version('GstreamerRtspServer','1.0'); from gi.repository import GstreamerRtspServer"])
+        .args(["-c", "import gi; gi.require_version('GstRtspServer','1.0'); from gi.repository import GstRtspServer"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -96,6 +110,8 @@ pub struct Env {
     /// The camera's `a=fmtp` parameters (with its parameter sets), for the
     /// SDPs of relays that serve none.
     pub fmtp: String,
+    /// `mcrelay run --threads`.
+    pub mcrelay_threads: usize,
 }
 
 /// Channel `ch`'s group (1-based channels, one group per channel): the
@@ -187,6 +203,14 @@ pub fn control_get(lan: &Lan, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A command on the recorder host, pinned to the relay's CPU.
+fn pinned(lan: &Lan, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = lan.recorder.ns.command("taskset");
+    c.args(["-c", &crate::topology::RELAY_CPU.to_string()])
+        .arg(program);
+    c
+}
+
 /// Starts `relay` for `channels` channels and waits until it relays.
 pub fn start(
     relay: Relay,
@@ -195,15 +219,17 @@ pub fn start(
     channels: usize,
     dir: &Path,
 ) -> anyhow::Result<Running> {
-    let ns = &lan.recorder.ns;
     let mut procs = Vec::new();
     match relay {
         Relay::McrelayMulticast | Relay::McrelayTcp => {
             let site = mcrelay_site(dir, channels, relay.mode())?;
-            let mut c = ns.command(&env.mcrelay);
-            c.args(["run", "--site"])
-                .arg(site)
-                .args(["--server", "bench"]);
+            let mut c = pinned(lan, &env.mcrelay);
+            c.args(["run", "--site"]).arg(site).args([
+                "--server",
+                "bench",
+                "--threads",
+                &env.mcrelay_threads.to_string(),
+            ]);
             procs.push(Proc::spawn(c)?);
             let deadline = Instant::now() + Duration::from_secs(60 + channels as u64 / 5);
             loop {
@@ -221,7 +247,7 @@ pub fn start(
         }
         Relay::Ffmpeg => {
             for ch in 1..=channels {
-                let mut c = ns.command("ffmpeg");
+                let mut c = pinned(lan, "ffmpeg");
                 c.args([
                     "-hide_banner",
                     "-nostdin",
@@ -242,7 +268,7 @@ pub fn start(
         }
         Relay::Gstreamer => {
             for ch in 1..=channels {
-                let mut c = ns.command("gst-launch-1.0");
+                let mut c = pinned(lan, "gst-launch-1.0");
                 c.arg("-q")
                     .args([
                         "rtspsrc",
@@ -275,7 +301,7 @@ pub fn start(
             }
         }
         Relay::GstreamerRtspServer => {
-            let mut c = ns.command("/usr/bin/python3");
+            let mut c = pinned(lan, "/usr/bin/python3");
             c.arg(&env.gst_rtsp_relay).args([
                 RECORDER_ADDR,
                 &RTSP_PORT.to_string(),
@@ -290,7 +316,7 @@ pub fn start(
                 Relay::FloorGso => "gso",
                 _ => "tcp",
             };
-            let mut c = ns.command(&env.bench);
+            let mut c = pinned(lan, &env.bench);
             c.args(["floor", "--clip"]).arg(&env.clip).args([
                 "--mode",
                 mode,

@@ -8,6 +8,12 @@ use std::process::Command;
 use crate::netns::Netns;
 
 pub const RECORDER_ADDR: &str = "198.18.0.1";
+
+/// The CPU the relay under test is pinned to. Everything the LAN does with
+/// the recorder's packets after they leave it (the switch's forwarding and
+/// the viewers' delivery) is steered to the other CPUs with RPS, as on a real
+/// network, where the recorder never does its viewers' work.
+pub const RELAY_CPU: usize = 0;
 pub const CAMERA_ADDR: &str = "198.18.0.2";
 
 pub struct Host {
@@ -79,6 +85,20 @@ impl Lan {
             })
         };
         let recorder = attach("rec", "p-rec", RECORDER_ADDR)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus > 1 {
+            let mask = ((1u64 << cpus.min(63)) - 1) & !(1 << RELAY_CPU);
+            let status = Command::new("ip")
+                .args(["netns", "exec", &sw, "sh", "-c"])
+                .arg(format!(
+                    "echo {mask:x} > /sys/class/net/p-rec/queues/rx-0/rps_cpus"
+                ))
+                .status();
+            anyhow::ensure!(
+                status.is_ok_and(|s| s.success()),
+                "cannot set RPS on the switch port"
+            );
+        }
         // Like a NIC without UDP segmentation offload: the kernel cuts GSO
         // datagrams into wire packets before the link, so the link counters
         // count packets and headers as they would appear on the wire (the
