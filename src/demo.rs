@@ -2,7 +2,7 @@
 //! (the shipped H.264 and H.265 clips) stream to recorder-1 over TCP; it
 //! emits each channel once on its multicast group on 127.0.0.1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -24,6 +24,9 @@ const CLIP_H265: &[u8] = include_bytes!("../assets/clips/demo-h265.h265");
 pub struct DemoOptions {
     /// Control and RTSP addresses (the demo sets both).
     pub run: RunOptions,
+    /// Record into two material disks under this directory (none: do not
+    /// record).
+    pub material: Option<PathBuf>,
 }
 
 /// The embedded demo site.
@@ -40,6 +43,21 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         .iter_mut()
         .find(|s| s.name == DEMO_SERVER)
         .context("demo site has no recorder-1")?;
+    match &opts.material {
+        Some(dir) => {
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("material directory {}", dir.display()))?;
+            let disks: Vec<PathBuf> = ["disk1", "disk2"].iter().map(|d| dir.join(d)).collect();
+            for d in &disks {
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("cannot create material disk {}", d.display()))?;
+            }
+            server.storage.disks = disks;
+            server.storage.record = true;
+        }
+        None => server.storage.record = false,
+    }
+    let material = server.storage.record.then(|| server.storage.disks.clone());
 
     // Start the RTSP cameras on free loopback ports and point the channels
     // at them: the relay ingests RTSP over TCP, as a real site does.
@@ -98,6 +116,19 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
     println!();
+    match &material {
+        Some(disks) => {
+            let list: Vec<String> = disks.iter().map(|d| d.display().to_string()).collect();
+            println!(
+                "  recording: {} (segments of {}s; --no-record turns it off)",
+                list.join(", "),
+                site.server(DEMO_SERVER)
+                    .map_or(0, |s| s.storage.segment.as_secs())
+            );
+            println!("    material: curl --digest -u admin:demo '{base}/channels/1/material'");
+        }
+        None => println!("  not recording (--no-record)"),
+    }
     println!("  status: {base}/status   metrics: {base}/metrics   health: {base}/health");
     println!(
         "  A player joins the group on the interface its route names: run it where lo carries"

@@ -8,6 +8,7 @@ pub mod emit;
 pub mod ingest;
 pub mod media;
 pub mod metrics;
+pub mod record;
 pub mod rtp;
 pub mod runtime;
 pub mod serve;

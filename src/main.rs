@@ -75,6 +75,13 @@ enum Command {
         /// Runtime threads (see `run --threads`).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Where the demo records its material (two "disks" inside);
+        /// default: mcrelay-demo-material in the temporary directory.
+        #[arg(long)]
+        material: Option<PathBuf>,
+        /// Do not record.
+        #[arg(long)]
+        no_record: bool,
     },
     /// Serve a clip as a live camera, paced in real time and looping.
     Camera {
@@ -188,6 +195,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             rtsp,
             send_mode,
             threads,
+            material,
+            no_record,
         } => with_runtime(threads, |shutdown| async move {
             raise_fd_limit();
             let opts = mcrelay::demo::DemoOptions {
@@ -196,6 +205,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     rtsp: Some(rtsp),
                     send_mode: send_mode.into(),
                 },
+                material: (!no_record).then(|| {
+                    material.unwrap_or_else(|| std::env::temp_dir().join("mcrelay-demo-material"))
+                }),
             };
             mcrelay::demo::run(opts, shutdown).await
         }),

@@ -82,6 +82,25 @@ pub struct Metrics {
     stall_disconnects: Family<ChannelLabel, Counter>,
     rtsp_unauthorized: Counter,
     rtsp_refused: Counter,
+    record: RecordFamilies,
+}
+
+/// The recorder's series, by channel.
+#[derive(Clone, Default)]
+struct RecordFamilies {
+    frames: Family<ChannelLabel, Counter>,
+    bytes: Family<ChannelLabel, Counter>,
+    segments: Family<ChannelLabel, Counter>,
+    dropped_frames: Family<ChannelLabel, Counter>,
+}
+
+/// One channel's recorder counters.
+#[derive(Clone, Default)]
+pub struct RecordMetrics {
+    pub frames: Counter,
+    pub bytes: Counter,
+    pub segments: Counter,
+    pub dropped_frames: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +137,27 @@ impl Metrics {
         let stall_disconnects = Family::default();
         let rtsp_unauthorized = Counter::default();
         let rtsp_refused = Counter::default();
+        let record = RecordFamilies::default();
+        r.register(
+            "recorded_frames",
+            "Access units written to material segments",
+            record.frames.clone(),
+        );
+        r.register(
+            "recorded_bytes",
+            "Bytes of material (MPEG-TS) written",
+            record.bytes.clone(),
+        );
+        r.register(
+            "recorded_segments",
+            "Material segments completed and indexed",
+            record.segments.clone(),
+        );
+        r.register(
+            "record_dropped_frames",
+            "Access units not recorded: disk queue full, disk broken or no usable disk",
+            record.dropped_frames.clone(),
+        );
         r.register(
             "rtsp_clients",
             "Workstations playing the channel, by transport (tcp, multicast)",
@@ -234,6 +274,20 @@ impl Metrics {
             stall_disconnects,
             rtsp_unauthorized,
             rtsp_refused,
+            record,
+        }
+    }
+
+    /// The recorder counters of one channel, created on first use.
+    pub fn record(&self, id: u32) -> RecordMetrics {
+        let l = ChannelLabel {
+            channel: id.to_string(),
+        };
+        RecordMetrics {
+            frames: get(&self.record.frames, &l),
+            bytes: get(&self.record.bytes, &l),
+            segments: get(&self.record.segments, &l),
+            dropped_frames: get(&self.record.dropped_frames, &l),
         }
     }
 
@@ -316,6 +370,10 @@ impl Metrics {
             &self.tcp_bytes,
             &self.key_frame_skips,
             &self.stall_disconnects,
+            &self.record.frames,
+            &self.record.bytes,
+            &self.record.segments,
+            &self.record.dropped_frames,
         ] {
             f.remove(&l);
         }

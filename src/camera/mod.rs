@@ -16,6 +16,8 @@ use crate::media::{AccessUnit, AuAssembler, Codec, ParamSets};
 
 /// Frame rate when the clip's parameter sets state none.
 pub const DEFAULT_FPS: f64 = 25.0;
+/// Clients one simulated camera serves.
+const CAMERA_MAX_CLIENTS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
@@ -170,7 +172,11 @@ pub async fn serve_rtsp(
     let publisher = Publisher::new(channel.clone(), ids, String::new());
     let directory =
         tokio::sync::watch::Sender::new(Arc::new(std::collections::BTreeMap::from([(1, channel)])));
-    let cfg = RtspConfig::new(addr);
+    let mut cfg = RtspConfig::new(addr);
+    // A simulated camera feeds benchmarks of hundreds of channels that all
+    // pull it; a real camera's few-client limit is not what is measured.
+    cfg.max_clients = CAMERA_MAX_CLIENTS;
+    cfg.max_clients_per_channel = CAMERA_MAX_CLIENTS;
     let auth = credentials.map(|(user, pw)| {
         Arc::new(crate::serve::auth::Authenticator::new(
             user,

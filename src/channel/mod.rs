@@ -273,6 +273,7 @@ pub struct Publisher {
     channel: Arc<Channel>,
     streaming: bool,
     emitter: Option<emitter::Emitter>,
+    recorder: Option<crate::record::ChannelRecorder>,
 }
 
 impl Publisher {
@@ -289,7 +290,13 @@ impl Publisher {
             channel,
             streaming: false,
             emitter,
+            recorder: None,
         }
+    }
+
+    /// Records the channel's material too.
+    pub fn set_recorder(&mut self, recorder: crate::record::ChannelRecorder) {
+        self.recorder = Some(recorder);
     }
 
     fn publish_info(&self) {
@@ -341,8 +348,20 @@ impl Sink for Publisher {
         }
         m.packets.inc_by(frame.packets.len() as u64);
         m.bytes.inc_by(frame.byte_len() as u64);
+        let wall = SystemTime::now();
         if let Some(e) = &mut self.emitter {
-            e.send(&frame, m, arrival, SystemTime::now());
+            e.send(&frame, m, arrival, wall);
+        }
+        if let Some(r) = &mut self.recorder {
+            let params: Vec<Bytes> = if au.key {
+                self.core
+                    .params()
+                    .map(|p| p.iter().cloned().collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            r.push(&au, &params, frame.time, wall);
         }
         self.channel.publish(frame);
     }
@@ -353,6 +372,9 @@ impl Sink for Publisher {
 
     fn session_ended(&mut self, error: &IngestError) {
         self.core.end_session();
+        if let Some(r) = &mut self.recorder {
+            r.end();
+        }
         self.streaming = false;
         self.channel.metrics.reconnects.inc();
         self.channel.status.send_modify(|s| {
@@ -364,6 +386,9 @@ impl Sink for Publisher {
     }
 
     fn stopped(&mut self) {
+        if let Some(r) = &mut self.recorder {
+            r.end();
+        }
         if let Some(e) = &mut self.emitter {
             e.bye(Instant::now(), SystemTime::now());
         }

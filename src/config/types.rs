@@ -236,11 +236,44 @@ impl Default for FailoverConfig {
 }
 
 /// The server's material disks.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
     pub disks: Vec<PathBuf>,
+    /// Record the channels this server emits (when it has disks).
+    #[serde(default = "default_true")]
+    pub record: bool,
+    /// Length of a material segment; segments rotate at the first key frame
+    /// after it.
+    #[serde(default = "default_segment", deserialize_with = "de_duration")]
+    pub segment: Duration,
+    /// Material older than this is deleted (none: kept until space runs out).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub retention: Option<Duration>,
+    /// Oldest material is deleted to keep each disk's usage below this
+    /// percentage; a disk that stays above it is full.
+    #[serde(default = "default_max_usage")]
+    pub max_usage_percent: u8,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            disks: Vec::new(),
+            record: true,
+            segment: default_segment(),
+            retention: None,
+            max_usage_percent: default_max_usage(),
+        }
+    }
+}
+
+fn default_segment() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_usage() -> u8 {
+    90
 }
 
 /// How the server talks to its cameras.
@@ -439,6 +472,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use super::plan::{self, group_range};
 use super::source::Source;
@@ -415,6 +416,28 @@ fn check_failover(out: &mut Issues, s: &ServerConfig, site: &SiteFile) {
 }
 
 fn check_storage(out: &mut Issues, s: &ServerConfig) {
+    let st = &s.storage;
+    if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&st.segment) {
+        out.error(
+            key(s, "storage.segment"),
+            format!("{:?} is outside 2s..1h", st.segment),
+            "segments of a minute or so suit copying and retention",
+        );
+    }
+    if !(10..=99).contains(&st.max_usage_percent) {
+        out.error(
+            key(s, "storage.max_usage_percent"),
+            format!("{} is outside 10..99", st.max_usage_percent),
+            "leave the file system some room, e.g. 90",
+        );
+    }
+    if st.retention.is_some_and(|r| r < st.segment) {
+        out.error(
+            key(s, "storage.retention"),
+            "retention is shorter than one segment".to_string(),
+            "keep material at least one segment long, e.g. \"30d\"",
+        );
+    }
     let mut seen = std::collections::HashSet::new();
     for d in &s.storage.disks {
         if !d.is_absolute() {

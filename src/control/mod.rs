@@ -1,5 +1,6 @@
 //! The control API (HTTP): health, status, each channel's SDP, metrics.
 
+pub mod material;
 pub mod sdp;
 
 use std::net::Ipv4Addr;
@@ -37,6 +38,10 @@ pub struct AppState {
     pub started: SystemTime,
     /// The RTSP server's clients, when the server has one.
     pub clients: Option<Arc<crate::runtime::rtsp::Clients>>,
+    /// The recorder, when the server records.
+    pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// Checks the server password where the API exposes material.
+    pub auth: Option<Arc<crate::serve::auth::Authenticator>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/channels/{file}", get(channel_sdp))
+        .route("/channels/{id}/material", get(material::list))
+        .route("/channels/{id}/material/{segment}", get(material::download))
         .with_state(state)
 }
 
@@ -72,18 +79,35 @@ async fn health(State(st): State<AppState>) -> Response {
         .values()
         .filter(|c| c.status.borrow().state == CameraState::Streaming)
         .count();
-    let status = if streaming == dir.len() {
-        "ok"
+    let disks_broken = st.recorder.as_ref().is_some_and(|r| r.all_disks_broken());
+    let (code, status) = if disks_broken {
+        // The seed's failover trigger: nothing can be recorded.
+        (StatusCode::SERVICE_UNAVAILABLE, "broken")
+    } else if streaming == dir.len() {
+        (StatusCode::OK, "ok")
     } else {
-        "degraded"
+        (StatusCode::OK, "degraded")
+    };
+    let material = match &st.recorder {
+        None => json!({ "recording": false }),
+        Some(r) => {
+            let disks = r.disks();
+            json!({
+                "recording": true,
+                "disks": disks.len(),
+                "disks_ok": disks.iter().filter(|d| !d.status.broken()).count(),
+                "all_disks_broken": disks_broken,
+            })
+        }
     };
     json_response(
-        StatusCode::OK,
+        code,
         json!({
             "status": status,
             "server": st.server.name,
             "channels": dir.len(),
             "streaming": streaming,
+            "material": material,
         }),
     )
 }
@@ -142,6 +166,11 @@ async fn status(State(st): State<AppState>) -> Response {
                 "role": if st.server.failover_server { "failover" } else { "recorder" },
             },
             "uptime_seconds": uptime.as_secs(),
+            "material": st.recorder.as_ref().map(|r| json!({
+                "all_disks_broken": r.all_disks_broken(),
+                "segment_seconds": r.segment_length().as_secs_f64(),
+                "disks": r.disks(),
+            })),
             "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref())).collect::<Vec<_>>(),
         }),
     )

@@ -24,6 +24,7 @@ use crate::config::{ServerConfig, Site};
 use crate::control::{self, AppState, ServerInfo};
 use crate::emit::SendMode;
 use crate::metrics::Metrics;
+use crate::record::Recorder;
 
 /// How long a shutdown waits for tasks to say goodbye (RTCP BYE, RTSP
 /// TEARDOWN) before giving up on them.
@@ -62,6 +63,7 @@ pub struct Server {
     cancel: CancellationToken,
     tasks: TaskTracker,
     send_mode: SendMode,
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl Server {
@@ -74,7 +76,18 @@ impl Server {
                 names.join(", ")
             )
         })?;
+        let recorder = if local.storage.record && !local.storage.disks.is_empty() {
+            let r = Recorder::start(&local.name, &local.storage)
+                .with_context(|| format!("server {name:?}: cannot start the recorder"))?;
+            for d in r.disks() {
+                tracing::info!(disk = %d.path.display(), status = ?d.status, segments = d.segments, "material disk");
+            }
+            Some(r)
+        } else {
+            None
+        };
         Ok(Server {
+            recorder,
             local,
             metrics: Metrics::new(),
             directory: watch::Sender::new(Arc::new(BTreeMap::new())),
@@ -133,6 +146,9 @@ impl Server {
             .unwrap_or_default();
         let cname = format!("{}/{}@{}", self.local.name, id, interface);
         let mut publisher = Publisher::new(channel.clone(), ids, cname);
+        if let Some(r) = &self.recorder {
+            publisher.set_recorder(r.channel(id, self.metrics.record(id)));
+        }
         let span = tracing::info_span!("channel", id, owner = %spec.owner);
         let camera_spec = spec.clone();
         let camera_cancel = cancel.clone();
@@ -173,7 +189,11 @@ impl Server {
             .unwrap_or(Ipv4Addr::LOCALHOST)
     }
 
-    pub fn app_state(&self, clients: Option<Arc<rtsp::Clients>>) -> AppState {
+    pub fn app_state(
+        &self,
+        clients: Option<Arc<rtsp::Clients>>,
+        auth: Option<Arc<crate::serve::auth::Authenticator>>,
+    ) -> AppState {
         let origin = self.origin();
         AppState {
             server: Arc::new(ServerInfo {
@@ -187,6 +207,8 @@ impl Server {
             metrics: self.metrics.clone(),
             started: SystemTime::now(),
             clients,
+            recorder: self.recorder.clone(),
+            auth,
         }
     }
 
@@ -200,6 +222,16 @@ impl Server {
             .is_err()
         {
             tracing::warn!("some channel tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        // Finish the segments being written (their threads sync and index
+        // them) so that a clean stop loses no material.
+        if let Some(r) = self.recorder.take() {
+            let done = tokio::task::spawn_blocking(move || r.shutdown());
+            if tokio::time::timeout(SHUTDOWN_GRACE, done).await.is_err() {
+                tracing::warn!(
+                    "the recorder did not finish its segments within {SHUTDOWN_GRACE:?}"
+                );
+            }
         }
     }
 }
@@ -273,7 +305,24 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     };
     let own = server.own_channels()?;
     server.apply(own);
-    let app = control::router(server.app_state(clients));
+    // The control API's material endpoints take the server password, as
+    // the RTSP user (or "admin") with Digest.
+    let api_auth = site.password(&server.local)?.map(|pw| {
+        let (user, basic) = server
+            .local
+            .rtsp
+            .as_ref()
+            .map_or(("admin".to_string(), false), |r| {
+                (r.user.clone(), r.basic_auth)
+            });
+        Arc::new(crate::serve::auth::Authenticator::new(
+            user,
+            pw,
+            basic,
+            rand::random(),
+        ))
+    });
+    let app = control::router(server.app_state(clients, api_auth));
     let http_stop = CancellationToken::new();
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

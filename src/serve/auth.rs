@@ -184,6 +184,19 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `k=v, k="v, with comma", ...` as in Authorization headers.
+/// The `uri` a Digest `Authorization` header names (HTTP checks it against
+/// the request's own).
+pub fn digest_uri(authorization: &str) -> Option<String> {
+    let (scheme, rest) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    parse_params(rest)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("uri"))
+        .map(|(_, v)| v)
+}
+
 fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();

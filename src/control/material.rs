@@ -1,0 +1,219 @@
+//! Material inventory and download: what a failover or a restored server
+//! compares and copies. Both need the server password (Digest; Basic only
+//! where the RTSP server allows it).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{AppState, json_response, text};
+use crate::record::index::{Entry, SegmentName, coverage};
+use crate::serve::auth::Verdict;
+
+/// Segments closer than this count as contiguous in the gap list.
+const GAP_TOLERANCE_MS: i64 = 100;
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse_time(v: &str) -> Result<i64, String> {
+    humantime::parse_rfc3339_weak(v)
+        .map_err(|e| format!("{v:?} is not an RFC 3339 time ({e}), e.g. 2026-11-25T10:00:00Z"))
+        .map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+}
+
+/// Checks the request's credentials; `Err` is the response to send.
+fn authorize(
+    st: &AppState,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
+    let Some(auth) = &st.auth else {
+        return Err(Box::new(text(
+            StatusCode::FORBIDDEN,
+            "material access needs the server password: set `password` for this server in the site file\n",
+        )));
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    // A Digest response is bound to the URI it names: it must be this one.
+    let uri_ok = header
+        .and_then(crate::serve::auth::digest_uri)
+        .is_none_or(|u| u == uri.path_and_query().map_or(uri.path(), |p| p.as_str()));
+    match auth.check(method, header, now) {
+        Verdict::Allowed if uri_ok => Ok(()),
+        Verdict::Allowed => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "the Digest uri does not match the request\n",
+        ))),
+        Verdict::Denied { stale } => {
+            st.metrics.rtsp_unauthorized().inc();
+            let mut r = text(StatusCode::UNAUTHORIZED, "the server password is needed\n");
+            for c in auth.challenges(now, stale) {
+                if let Ok(v) = c.parse() {
+                    r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Err(Box::new(r))
+        }
+    }
+}
+
+/// Checks the credentials of a GET and parses the channel id.
+fn authorized_channel(
+    st: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<u32, Box<Response>> {
+    authorize(st, "GET", uri, headers)?;
+    id.parse::<u32>().map_err(|_| {
+        Box::new(text(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a channel id\n"),
+        ))
+    })
+}
+
+fn entry_json(e: &Entry) -> serde_json::Value {
+    json!({
+        "segment": e.segment,
+        "start": rfc3339(e.start_ms),
+        "end": rfc3339(e.end_ms),
+        "start_ms": e.start_ms,
+        "end_ms": e.end_ms,
+        "duration_seconds": e.duration_ms() as f64 / 1000.0,
+        "bytes": e.bytes,
+        "checksum": e.checksum,
+        "recorder": e.recorder,
+    })
+}
+
+/// `GET /channels/{id}/material?from=…&to=…`
+pub async fn list(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let channel = match authorized_channel(&st, &uri, &headers, &id) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let Some(rec) = &st.recorder else {
+        return text(StatusCode::NOT_FOUND, "this server does not record\n");
+    };
+    let (mut from, mut to) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match &*k {
+            "from" => &mut from,
+            "to" => &mut to,
+            other => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {other:?}: use from and to (RFC 3339)\n"),
+                );
+            }
+        };
+        match parse_time(&v) {
+            Ok(t) => *slot = Some(t),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{k}: {e}\n")),
+        }
+    }
+    let segments = rec.segments(channel);
+    let from = from.unwrap_or_else(|| segments.first().map_or(0, |e| e.start_ms));
+    let to = to.unwrap_or_else(|| crate::record::now_ms(SystemTime::now()));
+    if to < from {
+        return text(StatusCode::BAD_REQUEST, "to is before from\n");
+    }
+    let (segs, gaps) = coverage(&segments, from, to, GAP_TOLERANCE_MS);
+    json_response(
+        StatusCode::OK,
+        json!({
+            "channel": channel,
+            "server": st.server.name,
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "segments": segs.iter().map(|e| entry_json(e)).collect::<Vec<_>>(),
+            "gaps": gaps.iter().map(|(a, b)| json!({
+                "from": rfc3339(*a),
+                "to": rfc3339(*b),
+                "from_ms": a,
+                "to_ms": b,
+            })).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// `GET /channels/{id}/material/{segment}`
+pub async fn download(
+    State(st): State<AppState>,
+    Path((id, segment)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let channel = match authorized_channel(&st, &uri, &headers, &id) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let name = match SegmentName::parse(&segment) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some((path, entry)) = st
+        .recorder
+        .as_ref()
+        .and_then(|r| r.segment_file(channel, &name))
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("channel {channel} has no segment {name}\n"),
+        );
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "indexed segment cannot be opened");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("segment {name} cannot be read: {e}\n"),
+            );
+        }
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "video/mp2t".to_string()),
+            (header::CONTENT_LENGTH, entry.bytes.to_string()),
+            (
+                header::HeaderName::from_static("x-mcrelay-checksum"),
+                entry.checksum.clone(),
+            ),
+            (
+                header::HeaderName::from_static("x-mcrelay-entry"),
+                serde_json::to_string(&entry).unwrap_or_default(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}

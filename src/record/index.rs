@@ -1,0 +1,356 @@
+//! The material index: which complete segments a disk holds. Sans-IO: the
+//! names of segments, the index's line format and its replay.
+//!
+//! Each disk keeps its own index (`mcrelay/index.jsonl`), so the material
+//! and its index fail together. The file is append-only: one JSON object per
+//! line, `{"add": ENTRY}` when a segment is complete on disk (written, synced
+//! and renamed before the line is appended), `{"remove": {...}}` when
+//! retention deletes it. Replaying the lines gives the inventory; a torn last
+//! line (a crash during the append) is ignored, a bad line elsewhere is
+//! reported and skipped, so one damaged line never hides the rest.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Segment file extension.
+pub const EXTENSION: &str = "ts";
+
+/// A segment's name: `{start_ms}-{recorder}.ts`, the start in milliseconds
+/// since the Unix epoch and the server that recorded it. Two servers that
+/// recorded the same channel at once (a failover and the restored server)
+/// thus never collide.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SegmentName {
+    pub start_ms: i64,
+    pub recorder: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name:?} is not a segment name ({why}); segments are named START_MS-SERVER.ts")]
+pub struct NameError {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Longest server name in a segment name.
+const MAX_RECORDER: usize = 64;
+
+impl SegmentName {
+    pub fn new(start_ms: i64, recorder: &str) -> Self {
+        SegmentName {
+            start_ms,
+            recorder: recorder.to_string(),
+        }
+    }
+
+    /// Parses a name from a URL or a directory listing. Only names this
+    /// module makes pass: digits, a dash, a server name of letters, digits,
+    /// `-`, `_` and `.` that starts with a letter or digit, `.ts`. Nothing
+    /// that parses can climb out of a directory.
+    pub fn parse(name: &str) -> Result<Self, NameError> {
+        let err = |why| NameError {
+            name: name.chars().take(100).collect(),
+            why,
+        };
+        let stem = name
+            .strip_suffix(".ts")
+            .ok_or_else(|| err("it does not end in .ts"))?;
+        let (start, recorder) = stem
+            .split_once('-')
+            .ok_or_else(|| err("no dash after the start time"))?;
+        if start.is_empty() || start.len() > 15 || !start.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("the start time is not 1-15 digits"));
+        }
+        if start.len() > 1 && start.starts_with('0') {
+            return Err(err("the start time has a leading zero"));
+        }
+        let start_ms = start
+            .parse()
+            .map_err(|_| err("the start time is out of range"))?;
+        let first = recorder
+            .bytes()
+            .next()
+            .ok_or_else(|| err("no server name"))?;
+        if !first.is_ascii_alphanumeric() {
+            return Err(err("the server name does not start with a letter or digit"));
+        }
+        if recorder.len() > MAX_RECORDER
+            || !recorder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(err(
+                "the server name is longer than 64 or has characters other than letters, digits, '-', '_', '.'",
+            ));
+        }
+        Ok(SegmentName {
+            start_ms,
+            recorder: recorder.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for SegmentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}.{EXTENSION}", self.start_ms, self.recorder)
+    }
+}
+
+/// One complete segment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub channel: u32,
+    /// The file name (a [`SegmentName`]).
+    pub segment: String,
+    /// First frame's presentation time, ms since the Unix epoch.
+    pub start_ms: i64,
+    /// Last frame's presentation time plus one frame interval.
+    pub end_ms: i64,
+    pub bytes: u64,
+    /// `xxh3:` and 16 hex digits, of the whole file.
+    pub checksum: String,
+    /// The server that recorded it.
+    pub recorder: String,
+}
+
+impl Entry {
+    pub fn duration_ms(&self) -> i64 {
+        self.end_ms - self.start_ms
+    }
+}
+
+/// One line of the index file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Line {
+    Add(Entry),
+    Remove { channel: u32, segment: String },
+}
+
+impl Line {
+    /// The line as written, with its newline.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// A problem found replaying an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub what: String,
+}
+
+/// The segments of one disk by (channel, segment name).
+pub type Inventory = BTreeMap<(u32, String), Entry>;
+
+/// What [`replay`] found.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub entries: Inventory,
+    pub problems: Vec<Problem>,
+    /// Bytes of the file that hold whole lines; anything after is a torn
+    /// append to cut off.
+    pub valid_len: usize,
+    /// Lines replayed (adds and removes); much more than the entries means
+    /// the file is worth compacting.
+    pub lines: usize,
+}
+
+/// Replays an index file's contents.
+pub fn replay(data: &[u8]) -> Replayed {
+    let mut r = Replayed::default();
+    let mut pos = 0;
+    let mut line_no = 0;
+    while pos < data.len() {
+        line_no += 1;
+        let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
+            // No newline: the last append was cut short.
+            r.problems.push(Problem {
+                line: line_no,
+                what: format!(
+                    "{} bytes without a newline at the end (an append cut short); ignored",
+                    data.len() - pos
+                ),
+            });
+            break;
+        };
+        let text = &data[pos..pos + nl];
+        pos += nl + 1;
+        r.valid_len = pos;
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(text) {
+            Ok(Line::Add(e)) => match check(&e) {
+                Ok(()) => {
+                    r.lines += 1;
+                    r.entries.insert((e.channel, e.segment.clone()), e);
+                }
+                Err(what) => r.problems.push(Problem {
+                    line: line_no,
+                    what,
+                }),
+            },
+            Ok(Line::Remove { channel, segment }) => {
+                r.lines += 1;
+                r.entries.remove(&(channel, segment));
+            }
+            Err(e) => r.problems.push(Problem {
+                line: line_no,
+                what: format!("not an index line ({e}); skipped"),
+            }),
+        }
+    }
+    r
+}
+
+/// An entry must name its segment properly and make sense.
+fn check(e: &Entry) -> Result<(), String> {
+    let name = SegmentName::parse(&e.segment).map_err(|err| err.to_string())?;
+    if name.recorder != e.recorder || name.start_ms != e.start_ms {
+        return Err(format!(
+            "segment {:?} does not match its start {} and recorder {:?}",
+            e.segment, e.start_ms, e.recorder
+        ));
+    }
+    if e.end_ms < e.start_ms {
+        return Err(format!("segment {:?} ends before it starts", e.segment));
+    }
+    if !e.checksum.starts_with("xxh3:") {
+        return Err(format!("segment {:?} has no xxh3 checksum", e.segment));
+    }
+    Ok(())
+}
+
+/// `xxh3:` and the hash in hex.
+pub fn checksum_string(hash: u64) -> String {
+    format!("xxh3:{hash:016x}")
+}
+
+/// The material of one channel in `[from, to)`: its segments, and the spans
+/// no segment covers (gaps shorter than `tolerance_ms` are not gaps: one
+/// segment ends where the next begins, give or take rounding).
+pub fn coverage<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    from_ms: i64,
+    to_ms: i64,
+    tolerance_ms: i64,
+) -> (Vec<&'a Entry>, Vec<(i64, i64)>) {
+    let mut segs: Vec<&Entry> = entries
+        .into_iter()
+        .filter(|e| e.end_ms > from_ms && e.start_ms < to_ms)
+        .collect();
+    segs.sort_by(|a, b| (a.start_ms, &a.segment).cmp(&(b.start_ms, &b.segment)));
+    let mut gaps = Vec::new();
+    let mut covered = from_ms;
+    for e in &segs {
+        if e.start_ms - covered > tolerance_ms {
+            gaps.push((covered, e.start_ms));
+        }
+        covered = covered.max(e.end_ms);
+    }
+    if to_ms - covered > tolerance_ms {
+        gaps.push((covered, to_ms));
+    }
+    (segs, gaps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(channel: u32, start: i64, end: i64) -> Entry {
+        Entry {
+            channel,
+            segment: SegmentName::new(start, "rec-1").to_string(),
+            start_ms: start,
+            end_ms: end,
+            bytes: 100,
+            checksum: checksum_string(7),
+            recorder: "rec-1".into(),
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_reject_traversal() {
+        let n = SegmentName::new(1_764_067_200_123, "recorder-1");
+        assert_eq!(n.to_string(), "1764067200123-recorder-1.ts");
+        assert_eq!(SegmentName::parse(&n.to_string()), Ok(n));
+        for bad in [
+            "../1-a.ts",
+            "1-../../etc/passwd.ts",
+            "1-a/b.ts",
+            "1-.hidden.ts",
+            "1-a.ts.part",
+            "01-a.ts",
+            "-a.ts",
+            "1-.ts",
+            "1-a b.ts",
+            "1234567890123456-a.ts",
+            "1-a%2f.ts",
+            "",
+        ] {
+            assert!(SegmentName::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn replay_applies_adds_and_removes_and_skips_damage() {
+        let mut text = String::new();
+        text.push_str(&Line::Add(entry(1, 0, 60_000)).to_line());
+        text.push_str(&Line::Add(entry(1, 60_000, 120_000)).to_line());
+        text.push_str("{not json}\n");
+        text.push_str(&Line::Add(entry(2, 0, 60_000)).to_line());
+        text.push_str(
+            &Line::Remove {
+                channel: 1,
+                segment: entry(1, 0, 0).segment,
+            }
+            .to_line(),
+        );
+        let whole = text.len();
+        text.push_str("{\"add\":{\"chan"); // torn append
+        let r = replay(text.as_bytes());
+        let keys: Vec<_> = r.entries.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            vec![
+                (1, "60000-rec-1.ts".to_string()),
+                (2, "0-rec-1.ts".to_string())
+            ]
+        );
+        assert_eq!(r.valid_len, whole);
+        assert_eq!(r.problems.len(), 2);
+        assert_eq!(r.problems[0].line, 3);
+    }
+
+    #[test]
+    fn an_entry_whose_name_disagrees_is_refused() {
+        let mut e = entry(1, 0, 10);
+        e.start_ms = 5;
+        let r = replay(Line::Add(e).to_line().as_bytes());
+        assert!(r.entries.is_empty());
+        assert_eq!(r.problems.len(), 1);
+    }
+
+    #[test]
+    fn coverage_finds_gaps() {
+        let es = [
+            entry(1, 0, 60_000),
+            entry(1, 60_020, 120_000),
+            entry(1, 180_000, 240_000),
+        ];
+        let (segs, gaps) = coverage(&es, 30_000, 300_000, 100);
+        assert_eq!(segs.len(), 3);
+        assert_eq!(gaps, vec![(120_000, 180_000), (240_000, 300_000)]);
+        let (segs, gaps) = coverage(&es, 130_000, 170_000, 100);
+        assert!(segs.is_empty());
+        assert_eq!(gaps, vec![(130_000, 170_000)]);
+    }
+}

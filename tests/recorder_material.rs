@@ -1,0 +1,279 @@
+//! The recorder: segments on two material disks that ffprobe decodes with
+//! the duration the index states; the material API behind the server
+//! password; an index that survives a restart and a kill -9.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::Netns;
+
+fn site(disks: &Path) -> String {
+    format!(
+        r#"
+[[server]]
+name = "rec-1"
+password = "s3cret"
+protocol = "rtp-multicast"
+control = "127.0.0.1:8080"
+[server.multicast]
+address = "239.255.40.1"
+port = 7000
+interface = "127.0.0.1"
+ttl = 1
+[server.storage]
+disks = ["{d}/disk1", "{d}/disk2"]
+segment = "3s"
+[[server.channel]]
+id = 1
+source = "tcp://127.0.0.1:9001"
+codec = "h264"
+[[server.channel]]
+id = 2
+source = "tcp://127.0.0.1:9002"
+codec = "h265"
+"#,
+        d = disks.display()
+    )
+}
+
+/// curl in `ns` with the server password (Digest); (status, body).
+fn curl(ns: &Netns, path: &str, user_pw: Option<&str>, out: Option<&Path>) -> (u16, Vec<u8>) {
+    let mut cmd = ns.command("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    if let Some(up) = user_pw {
+        cmd.args(["--digest", "-u", up]);
+    }
+    if let Some(o) = out {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg(format!("http://127.0.0.1:8080{path}"));
+    let o = cmd.stderr(Stdio::inherit()).output().expect("curl");
+    let text = o.stdout;
+    let nl = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&text[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, text[..nl].to_vec())
+}
+
+fn material(ns: &Netns, channel: u32) -> serde_json::Value {
+    let (code, body) = curl(
+        ns,
+        &format!("/channels/{channel}/material"),
+        Some("admin:s3cret"),
+        None,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn segments(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["segments"].as_array().cloned().unwrap_or_default()
+}
+
+/// The segment's file on whichever disk holds it.
+fn find(disks: &Path, channel: u32, name: &str) -> PathBuf {
+    ["disk1", "disk2"]
+        .iter()
+        .map(|d| {
+            disks
+                .join(d)
+                .join("mcrelay")
+                .join(format!("ch{channel}"))
+                .join(name)
+        })
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("segment {name} on no disk"))
+}
+
+/// ffprobe's duration and decoded frame count of a file, with any errors.
+fn probe(path: &Path) -> (f64, u64, String) {
+    let o = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "format=duration:stream=nb_read_frames"])
+        .args(["-of", "default=nw=1"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    (
+        get("duration="),
+        get("nb_read_frames=") as u64,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn start(ns: &Netns, dir: &Path) -> common::Proc {
+    let site = common::write_site(dir, &site(dir));
+    common::start_mcrelay(ns, dir, &site, "rec-1")
+}
+
+#[test]
+fn segments_decode_with_the_indexed_duration_and_need_the_password() {
+    let ns = Netns::new("record");
+    let dir = common::tempdir();
+    for d in ["disk1", "disk2"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let _cam1 = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
+    let _cam2 = common::start_camera(&ns, "camera-h265.h265", "127.0.0.1:9002");
+    let _relay = start(&ns, dir.path());
+
+    // Three complete segments per channel (3 s each, staggered first).
+    for ch in [1, 2] {
+        let got = common::wait_for(Duration::from_secs(30), || {
+            let v = material(&ns, ch);
+            (segments(&v).len() >= 3).then_some(v)
+        });
+        assert!(got.is_some(), "channel {ch}: {}", material(&ns, ch));
+    }
+    let mut used_disks = std::collections::HashSet::new();
+    for ch in [1u32, 2] {
+        let v = material(&ns, ch);
+        let segs = segments(&v);
+        for s in &segs {
+            let name = s["segment"].as_str().unwrap();
+            let path = find(dir.path(), ch, name);
+            used_disks.insert(path.parent().unwrap().parent().unwrap().to_path_buf());
+            let (duration, frames, errors) = probe(&path);
+            let indexed = s["duration_seconds"].as_f64().unwrap();
+            assert!(
+                (duration - indexed).abs() <= 0.040 + 1e-6,
+                "channel {ch} {name}: ffprobe says {duration} s, the index {indexed} s"
+            );
+            assert!(errors.trim().is_empty(), "{name}: {errors}");
+            assert_eq!(frames, (indexed * 25.0).round() as u64, "{name}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                s["bytes"].as_u64().unwrap()
+            );
+        }
+        // Consecutive segments leave no gap.
+        for w in segs.windows(2) {
+            assert_eq!(w[0]["end_ms"], w[1]["start_ms"], "{w:?}");
+        }
+        // Download one through the API: the same bytes.
+        let name = segs[0]["segment"].as_str().unwrap();
+        let out = dir.path().join("download.ts");
+        let (code, _) = curl(
+            &ns,
+            &format!("/channels/{ch}/material/{name}"),
+            Some("admin:s3cret"),
+            Some(&out),
+        );
+        assert_eq!(code, 200);
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(find(dir.path(), ch, name)).unwrap()
+        );
+    }
+    assert_eq!(used_disks.len(), 2, "segments spread over both disks");
+
+    // Without or with the wrong password: 401. Names that try to leave the
+    // disk: 400 or 404, never a file.
+    assert_eq!(curl(&ns, "/channels/1/material", None, None).0, 401);
+    assert_eq!(
+        curl(&ns, "/channels/1/material", Some("admin:wrong"), None).0,
+        401
+    );
+    for bad in [
+        "/channels/1/material/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/channels/1/material/1-rec-1.ts%2F..%2Findex.jsonl",
+        "/channels/1/material/index.jsonl",
+        "/channels/1/material/1-rec-1.ts",
+    ] {
+        let (code, body) = curl(&ns, bad, Some("admin:s3cret"), None);
+        assert!(
+            code == 400 || code == 404,
+            "{bad}: {code} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let (code, body) = curl(
+        &ns,
+        "/channels/1/material?from=yesterday",
+        Some("admin:s3cret"),
+        None,
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn the_index_survives_a_restart_and_a_kill_9() {
+    let ns = Netns::new("recidx");
+    let dir = common::tempdir();
+    for d in ["disk1", "disk2"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let _cam1 = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
+    let _cam2 = common::start_camera(&ns, "camera-h265.h265", "127.0.0.1:9002");
+
+    // A clean stop finishes the segment in progress.
+    let mut relay = start(&ns, dir.path());
+    let before = common::wait_for(Duration::from_secs(30), || {
+        let s = segments(&material(&ns, 1));
+        (s.len() >= 2).then_some(s)
+    })
+    .expect("two segments");
+    assert!(relay.interrupt(Duration::from_secs(10)).is_some());
+    let mut relay = start(&ns, dir.path());
+    let after_stop = segments(&material(&ns, 1));
+    for s in &before {
+        assert!(after_stop.contains(s), "{s} lost by a restart");
+    }
+    assert!(
+        after_stop.len() > before.len(),
+        "the segment in progress at the stop was not finished"
+    );
+
+    // kill -9 in the middle of a segment: what was listed stays listed,
+    // the segment in progress is gone, nothing half-written is listed.
+    std::thread::sleep(Duration::from_millis(4500));
+    let listed = segments(&material(&ns, 1));
+    relay.kill();
+    let parts: Vec<PathBuf> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(!parts.is_empty(), "no segment was in progress at the kill");
+    let _relay = start(&ns, dir.path());
+    let after_kill = segments(&material(&ns, 1));
+    for s in &listed {
+        assert!(after_kill.contains(s), "{s} lost by kill -9");
+    }
+    let left: Vec<&PathBuf> = parts.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "half-written segments left: {left:?}");
+    for s in &after_kill {
+        let name = s["segment"].as_str().unwrap();
+        let (duration, _, errors) = probe(&find(dir.path(), 1, name));
+        assert!(
+            duration > 0.0 && errors.trim().is_empty(),
+            "{name}: {errors}"
+        );
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
