@@ -3,7 +3,7 @@
 //! prepared before it starts: no camera, no parsing, no packetizing. Its cost
 //! is the kernel's, plus a paced loop.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,14 @@ use mcrelay::rtp::{Packetizer, PacketizerConfig, RtpPacket};
 use crate::relays::{PORT, RTSP_PORT, group};
 use crate::topology::RECORDER_ADDR;
 
-fn frames(clip: &Path) -> anyhow::Result<(Vec<Vec<RtpPacket>>, f64)> {
+/// The packets sent: long enough that a run never sees the clip loop.
+const PREPARED: Duration = Duration::from_secs(120);
+
+/// The clip packetized once, repeated for [`PREPARED`] with continuing
+/// sequence numbers and timestamps (a player drops packets whose sequence
+/// numbers jump back). Repeats share the clip's buffers: only the 12-14 byte
+/// heads are new.
+fn frames(clip: &Path) -> anyhow::Result<(Vec<Vec<RtpPacket>>, f64, usize)> {
     let clip = Clip::load(clip, None, None)?;
     let mut p = Packetizer::new(
         clip.codec,
@@ -30,18 +37,19 @@ fn frames(clip: &Path) -> anyhow::Result<(Vec<Vec<RtpPacket>>, f64)> {
         0,
     );
     let step = 90_000.0 / clip.fps;
-    let frames = clip
-        .access_units
-        .iter()
-        .enumerate()
-        .map(|(i, au)| p.packetize(au, (i as f64 * step) as u32).0)
+    let count = (PREPARED.as_secs_f64() * clip.fps) as usize;
+    let frames = (0..count)
+        .map(|i| {
+            let au = &clip.access_units[i % clip.access_units.len()];
+            p.packetize(au, (i as f64 * step) as u32).0
+        })
         .collect();
-    Ok((frames, clip.fps))
+    Ok((frames, clip.fps, clip.access_units.len()))
 }
 
 /// Runs until killed.
 pub fn run(clip: &Path, mode: &str, channels: usize) -> anyhow::Result<()> {
-    let (frames, fps) = frames(clip)?;
+    let (frames, fps, clip_frames) = frames(clip)?;
     let period = Duration::from_secs_f64(1.0 / fps);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -51,35 +59,14 @@ pub fn run(clip: &Path, mode: &str, channels: usize) -> anyhow::Result<()> {
         let start = Instant::now();
         let due = |i: usize| start + period.mul_f64(i as f64);
         match mode {
-            "per-packet" => {
-                let datagrams: Vec<Vec<Vec<u8>>> = frames
-                    .iter()
-                    .map(|f| f.iter().map(RtpPacket::to_vec).collect())
-                    .collect();
-                let socks = (1..=channels)
-                    .map(|ch| {
-                        let s = socket2::Socket::new(
-                            socket2::Domain::IPV4,
-                            socket2::Type::DGRAM,
-                            None,
-                        )?;
-                        s.set_multicast_if_v4(&interface)?;
-                        s.set_multicast_ttl_v4(1)?;
-                        s.bind(&SocketAddrV4::new(interface, 0).into())?;
-                        s.connect(&SocketAddrV4::new(group(ch, channels), PORT).into())?;
-                        Ok(std::net::UdpSocket::from(s))
-                    })
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                for i in 0.. {
-                    tokio::time::sleep_until(due(i).into()).await;
-                    for s in &socks {
-                        for d in &datagrams[i % datagrams.len()] {
-                            let _ = s.send(d);
-                        }
-                    }
-                }
-            }
-            "gso" => {
+            "per-packet" | "gso" => {
+                // One send per packet (iovecs straight from the shared
+                // buffers), or one GSO send per frame.
+                let mode = if mode == "gso" {
+                    SendMode::Gso
+                } else {
+                    SendMode::PerPacket
+                };
                 let mut senders = (1..=channels)
                     .map(|ch| {
                         let dest = Destination {
@@ -87,19 +74,20 @@ pub fn run(clip: &Path, mode: &str, channels: usize) -> anyhow::Result<()> {
                             port: PORT,
                             ttl: 1,
                         };
-                        MulticastSender::open(dest, interface, false, SendMode::Gso)
+                        MulticastSender::open(dest, interface, false, mode)
                     })
                     .collect::<std::io::Result<Vec<_>>>()?;
                 for i in 0.. {
                     tokio::time::sleep_until(due(i).into()).await;
                     for s in &mut senders {
-                        let _ = s.send(&frames[i % frames.len()]).await;
+                        let _ = s.try_send(&frames[i % frames.len()]);
                     }
                 }
             }
             "tcp" => {
-                // Each frame as the bytes an RTSP/TCP client receives.
-                let wire: Vec<Bytes> = frames
+                // Each frame of one pass of the clip as the bytes an RTSP/TCP
+                // client receives (nobody decodes the floor's TCP stream).
+                let wire: Vec<Bytes> = frames[..clip_frames]
                     .iter()
                     .map(|f| {
                         let mut v = Vec::new();

@@ -289,11 +289,12 @@ fn main() -> anyhow::Result<()> {
                 match scenario::run(&lan, &env, sc, &dir) {
                     Ok(row) => {
                         eprintln!(
-                            "    link {:.2} Mbit/s, CPU {:.2}% ({:.2} CPU-s/GB), loss {:.2}%",
+                            "    link {:.2} Mbit/s, CPU {:.2}% ({:.2} CPU-s/GB), loss {}",
                             row.link_mbit(),
                             row.cpu_percent(),
                             row.cpu_per_gb(),
-                            100.0 * row.loss()
+                            row.loss()
+                                .map_or("-".into(), |l| format!("{:.2}%", 100.0 * l))
                         );
                         if viewer_sweep {
                             by_viewers.push(row)

@@ -36,6 +36,9 @@ pub struct Row {
     pub probe: Option<Snapshot>,
     pub decoded: Option<Decoded>,
     pub expected_frames: u64,
+    /// Viewers counting packets (a TCP run's decoder is one of the N
+    /// viewers and counts frames instead).
+    pub counting_viewers: usize,
     /// The relay died during the run.
     pub crashed: bool,
 }
@@ -54,15 +57,19 @@ impl Row {
     pub fn cpu_percent(&self) -> f64 {
         100.0 * self.cpu / self.window
     }
-    /// Lost packets as a share of expected, at the viewers (or the probe).
-    pub fn loss(&self) -> f64 {
+    /// Lost packets as a share of expected, at the viewers (or the probe);
+    /// `None` when no viewer counted packets.
+    pub fn loss(&self) -> Option<f64> {
+        if self.probe.is_none() && self.counting_viewers == 0 {
+            return None;
+        }
         let s = self.probe.unwrap_or(self.viewers);
         let total = s.packets + s.lost;
-        if total == 0 {
+        Some(if total == 0 {
             1.0
         } else {
             s.lost as f64 / total as f64
-        }
+        })
     }
 }
 
@@ -79,7 +86,14 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
     let stop = Arc::new(AtomicBool::new(false));
     let w = lan.workstations.len();
     let mut threads = Vec::new();
-    for v in 0..sc.viewers {
+    // On TCP the decoder is a client like the others, so it takes the place
+    // of one counting viewer (the link then carries exactly N streams). A
+    // multicast decoder adds nothing to the link.
+    let decodes_tcp = matches!(sc.relay, Relay::McrelayTcp | Relay::GstreamerRtspServer);
+    let counting_viewers = sc.viewers - usize::from(decodes_tcp && sc.viewers > 0);
+    // Decoders run through the warm-up and the window.
+    let decode_seconds = sc.seconds + sc.warm_up.as_secs() + 2;
+    for v in 0..counting_viewers {
         let host = &lan.workstations[v % w];
         let ch = 1 + v % sc.channels;
         let (c, s) = (counters.clone(), stop.clone());
@@ -138,7 +152,7 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
                 dir,
                 &sdp_in,
                 &format!("http://{RECORDER_ADDR}:8080/channels/1.sdp"),
-                sc.seconds,
+                decode_seconds,
             )?),
             Relay::Ffmpeg | Relay::Gstreamer | Relay::FloorPerPacket | Relay::FloorGso => {
                 Some(viewers::Decoder::start(
@@ -146,7 +160,7 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
                     dir,
                     &sdp_in,
                     &sdp.to_string_lossy(),
-                    sc.seconds,
+                    decode_seconds,
                 )?)
             }
             Relay::McrelayTcp | Relay::GstreamerRtspServer => Some(viewers::Decoder::start(
@@ -154,7 +168,7 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
                 dir,
                 &tcp_in,
                 &running.url(1),
-                sc.seconds,
+                decode_seconds,
             )?),
             Relay::FloorTcp => None,
         }
@@ -190,7 +204,8 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
         viewers: v1 - v0,
         probe: p0.zip(p1).map(|(a, b)| b - a),
         decoded,
-        expected_frames: sc.seconds * 25,
+        expected_frames: decode_seconds * 25,
+        counting_viewers,
         crashed,
     })
 }

@@ -79,6 +79,17 @@ impl Lan {
             ])?;
             ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+            // The loss probe joins every group of a 500-channel run on one
+            // socket; the kernel's default allows 20 per socket.
+            let status = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "sysctl", "-qw"])
+                .arg(format!("net.ipv4.igmp_max_memberships={MAX_GROUPS}"))
+                .status();
+            anyhow::ensure!(
+                status.is_ok_and(|s| s.success()),
+                "cannot raise net.ipv4.igmp_max_memberships in {}",
+                ns.name
+            );
             Ok(Host {
                 ns,
                 addr: addr.to_string(),
@@ -137,6 +148,9 @@ impl Lan {
         })
     }
 }
+
+/// Groups one socket may join on a bench host (above the largest channel count).
+const MAX_GROUPS: usize = 1024;
 
 /// Bytes and packets a host sent on its LAN interface (the kernel's counters).
 #[derive(Clone, Copy, Debug, Default)]
