@@ -25,6 +25,34 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum MaterialCommand {
+    /// Copy the segments one server has and another is missing (compares
+    /// both inventories over the control API; verifies checksums).
+    Copy {
+        #[arg(long)]
+        site: PathBuf,
+        /// The server that has the material.
+        #[arg(long)]
+        from: String,
+        /// The server that is missing it.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        channel: u32,
+        /// Start of the range, RFC 3339 (e.g. 2026-11-25T10:00:00Z).
+        #[arg(long)]
+        since: String,
+        /// End of the range, RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Copy at most this many segments in this run (the next run
+        /// continues).
+        #[arg(long)]
+        max_segments: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run one server of a site file.
     Run {
@@ -45,6 +73,11 @@ enum Command {
         /// one per CPU.
         #[arg(long, default_value_t = 0)]
         threads: usize,
+    },
+    /// Recorded material.
+    Material {
+        #[command(subcommand)]
+        command: MaterialCommand,
     },
     /// Validate a site file and print its address plan.
     Check {
@@ -168,6 +201,27 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             channel,
         } => sdp(&site, &server, channel),
+        Command::Material {
+            command:
+                MaterialCommand::Copy {
+                    site,
+                    from,
+                    to,
+                    channel,
+                    since,
+                    until,
+                    max_segments,
+                },
+        } => material_copy(
+            &site,
+            &from,
+            &to,
+            channel,
+            &since,
+            until.as_deref(),
+            max_segments,
+        )
+        .map(|()| ExitCode::SUCCESS),
         Command::Run {
             site,
             server,
@@ -428,4 +482,70 @@ fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<Exi
         })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A server's control API as a copy endpoint.
+fn endpoint(site: &Site, name: &str) -> anyhow::Result<mcrelay::record::copy::Endpoint> {
+    let server = site
+        .server(name)
+        .with_context(|| format!("{}: no server named {name:?}", site.path.display()))?;
+    let password = site
+        .password(server)?
+        .with_context(|| format!("server {name:?} has no password: its material API is closed"))?;
+    let user = server
+        .rtsp
+        .as_ref()
+        .map_or_else(|| "admin".to_string(), |r| r.user.clone());
+    Ok(mcrelay::record::copy::Endpoint {
+        name: name.to_string(),
+        addr: server.control,
+        user,
+        password,
+    })
+}
+
+fn material_copy(
+    site: &std::path::Path,
+    from: &str,
+    to: &str,
+    channel: u32,
+    since: &str,
+    until: Option<&str>,
+    max_segments: Option<usize>,
+) -> anyhow::Result<()> {
+    let site = Site::load(site)?;
+    let time = |v: &str, what: &str| -> anyhow::Result<i64> {
+        let t = humantime::parse_rfc3339_weak(v).with_context(|| {
+            format!("--{what} {v:?} is not an RFC 3339 time (e.g. 2026-11-25T10:00:00Z)")
+        })?;
+        Ok(mcrelay::record::now_ms(t))
+    };
+    let from_ms = time(since, "since")?;
+    let to_ms = match until {
+        Some(u) => time(u, "until")?,
+        None => mcrelay::record::now_ms(std::time::SystemTime::now()),
+    };
+    anyhow::ensure!(to_ms > from_ms, "--until is not after --since");
+    let (src, dst) = (endpoint(&site, from)?, endpoint(&site, to)?);
+    let report = mcrelay::record::copy::copy_missing(
+        &src,
+        &dst,
+        channel,
+        from_ms,
+        to_ms,
+        max_segments,
+        |e| println!("copied {} ({} bytes)", e.segment, e.bytes),
+    )
+    .with_context(|| format!("copying channel {channel} from {from} to {to}"))?;
+    println!(
+        "channel {channel}: copied {} segments ({} bytes); skipped {} already present and {} covered by {to}'s own material ({} bytes); {} left for a later run",
+        report.copied,
+        report.copied_bytes,
+        report.skipped_present,
+        report.skipped_covered,
+        report.skipped_bytes,
+        report.remaining
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }

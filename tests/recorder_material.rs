@@ -277,3 +277,161 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+const TWO_SERVERS: &str = r#"
+[[server]]
+name = "rec-1"
+password = "one"
+protocol = "rtp-multicast"
+control = "127.0.0.1:8080"
+[server.multicast]
+address = "239.255.41.1"
+port = 7000
+interface = "127.0.0.1"
+ttl = 1
+[server.storage]
+disks = ["DIR/a1", "DIR/a2"]
+segment = "2s"
+[[server.channel]]
+id = 1
+source = "tcp://127.0.0.1:9001"
+codec = "h264"
+
+[[server]]
+name = "rec-2"
+password = "two"
+control = "127.0.0.1:8081"
+[server.storage]
+disks = ["DIR/b1"]
+segment = "2s"
+"#;
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+        .to_string()
+}
+
+/// Runs `mcrelay material copy` and returns its JSON report.
+fn copy(ns: &Netns, site: &Path, since: i64, until: i64, max: Option<usize>) -> serde_json::Value {
+    let mut cmd = ns.command(common::mcrelay());
+    cmd.args(["material", "copy", "--site"])
+        .arg(site)
+        .args(["--from", "rec-1", "--to", "rec-2", "--channel", "1"])
+        .args(["--since", &rfc3339(since), "--until", &rfc3339(until)]);
+    if let Some(m) = max {
+        cmd.args(["--max-segments", &m.to_string()]);
+    }
+    let o = cmd.output().expect("mcrelay material copy");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "copy failed: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn inventory(ns: &Netns, port: u16, user_pw: &str) -> Vec<serde_json::Value> {
+    let mut cmd = ns.command("curl");
+    cmd.args(["-sS", "--digest", "-u", user_pw]).arg(format!(
+        "http://127.0.0.1:{port}/channels/1/material?from=2000-01-01T00:00:00Z"
+    ));
+    let o = cmd.output().expect("curl");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    segments(&v)
+}
+
+#[test]
+fn copy_moves_only_missing_segments_and_resumes() {
+    let ns = Netns::new("reccopy");
+    let dir = common::tempdir();
+    for d in ["a1", "a2", "b1"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let text = TWO_SERVERS.replace("DIR", &dir.path().display().to_string());
+    let site = common::write_site(dir.path(), &text);
+    let _cam = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
+    let _one = common::start_mcrelay(&ns, dir.path(), &site, "rec-1");
+    let mut two = {
+        let log = std::fs::File::create(dir.path().join("mcrelay-rec-2.log")).unwrap();
+        let mut cmd = ns.command(common::mcrelay());
+        cmd.args(["run", "--site"])
+            .arg(&site)
+            .args(["--server", "rec-2"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        common::Proc::spawn(cmd, "mcrelay run rec-2")
+    };
+    common::wait_http(&ns, "127.0.0.1:8081", &mut two, dir.path());
+
+    let src = common::wait_for(Duration::from_secs(40), || {
+        let s = inventory(&ns, 8080, "admin:one");
+        (s.len() >= 6).then_some(s)
+    })
+    .expect("six segments on rec-1");
+    let ms = |s: &serde_json::Value, k: &str| s[k].as_i64().unwrap();
+    let bytes = |segs: &[serde_json::Value]| -> u64 {
+        segs.iter().map(|s| s["bytes"].as_u64().unwrap()).sum()
+    };
+    let start = ms(&src[0], "start_ms");
+
+    // The first three.
+    let r = copy(&ns, &site, start, ms(&src[2], "end_ms"), None);
+    assert_eq!(r["copied"], 3, "{r}");
+    assert_eq!(r["copied_bytes"].as_u64().unwrap(), bytes(&src[..3]));
+    // An overlapping range: only the other three move.
+    let until = ms(&src[5], "end_ms");
+    let r = copy(&ns, &site, start, until, None);
+    assert_eq!(r["copied"], 3, "{r}");
+    assert_eq!(r["skipped_present"], 3, "{r}");
+    assert_eq!(r["copied_bytes"].as_u64().unwrap(), bytes(&src[3..6]));
+    // Again: nothing.
+    let r = copy(&ns, &site, start, until, None);
+    assert_eq!(r["copied"], 0, "{r}");
+    assert_eq!(r["skipped_present"], 6, "{r}");
+
+    // An interrupted run (stopped after one segment) resumes.
+    let more = common::wait_for(Duration::from_secs(30), || {
+        let s = inventory(&ns, 8080, "admin:one");
+        (s.len() >= 9).then_some(s)
+    })
+    .expect("nine segments on rec-1");
+    let until = ms(&more[8], "end_ms");
+    let r = copy(&ns, &site, start, until, Some(1));
+    assert_eq!(
+        (r["copied"].as_u64(), r["remaining"].as_u64()),
+        (Some(1), Some(2)),
+        "{r}"
+    );
+    let r = copy(&ns, &site, start, until, None);
+    assert_eq!(r["copied"], 2, "{r}");
+    assert_eq!(r["skipped_present"], 7, "{r}");
+
+    // The target lists exactly the source's segments, same bytes and checksums.
+    let dst = inventory(&ns, 8081, "admin:two");
+    assert_eq!(dst.len(), 9);
+    for (a, b) in more[..9].iter().zip(&dst) {
+        for k in [
+            "segment", "start_ms", "end_ms", "bytes", "checksum", "recorder",
+        ] {
+            assert_eq!(a[k], b[k], "{k}");
+        }
+    }
+    // A wrong password is refused with a clear error.
+    let bad = text.replace("password = \"two\"", "password = \"nope\"");
+    let bad_site = dir.path().join("bad.toml");
+    std::fs::write(&bad_site, bad).unwrap();
+    let o = ns
+        .command(common::mcrelay())
+        .args(["material", "copy", "--site"])
+        .arg(&bad_site)
+        .args(["--from", "rec-1", "--to", "rec-2", "--channel", "1"])
+        .args(["--since", &rfc3339(start)])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("401") && err.contains("rec-2"), "{err}");
+}

@@ -160,6 +160,172 @@ pub async fn list(
     )
 }
 
+/// `PUT /channels/{id}/material/{segment}`: a segment copied from another
+/// server, with its index entry in `X-Mcrelay-Entry`. Written beside its
+/// final name, checked against the entry's size and checksum, synced, then
+/// listed. A segment already listed with the same checksum is accepted
+/// again (200) without a write: copies are idempotent.
+pub async fn upload(
+    State(st): State<AppState>,
+    Path((id, segment)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = authorize(&st, "PUT", &uri, &headers) {
+        return *r;
+    }
+    let Ok(channel) = id.parse::<u32>() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a channel id\n"),
+        );
+    };
+    let name = match SegmentName::parse(&segment) {
+        Ok(n) => n,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(rec) = st.recorder.clone() else {
+        return text(StatusCode::CONFLICT, "this server does not record\n");
+    };
+    let entry: Entry = match headers
+        .get("x-mcrelay-entry")
+        .and_then(|v| v.to_str().ok())
+        .map(serde_json::from_str)
+    {
+        Some(Ok(e)) => e,
+        Some(Err(e)) => {
+            return text(StatusCode::BAD_REQUEST, format!("X-Mcrelay-Entry: {e}\n"));
+        }
+        None => {
+            return text(StatusCode::BAD_REQUEST, "X-Mcrelay-Entry is missing\n");
+        }
+    };
+    if entry.channel != channel
+        || entry.segment != segment
+        || entry.start_ms != name.start_ms
+        || entry.recorder != name.recorder
+        || entry.end_ms < entry.start_ms
+    {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "X-Mcrelay-Entry does not describe this segment\n",
+        );
+    }
+    if let Some((_, have)) = rec.segment_file(channel, &name) {
+        return if have.checksum == entry.checksum {
+            text(StatusCode::OK, "already present\n")
+        } else {
+            text(
+                StatusCode::CONFLICT,
+                format!(
+                    "{name} is present with another checksum ({})\n",
+                    have.checksum
+                ),
+            )
+        };
+    }
+    let Some((disk, part, path)) = rec.import_target(channel, &name) else {
+        return text(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no usable material disk\n",
+        );
+    };
+    match receive(body, &part, &path, &entry).await {
+        Ok(()) => {}
+        Err((code, msg)) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            tracing::warn!(channel, segment = %name, "material upload refused: {msg}");
+            return text(code, format!("{msg}\n"));
+        }
+    }
+    let committed = tokio::task::spawn_blocking(move || rec.import_commit(disk, entry)).await;
+    match committed {
+        Ok(Ok(())) => {
+            tracing::info!(channel, segment = %name, "copied segment received");
+            text(StatusCode::CREATED, "stored\n")
+        }
+        Ok(Err(e)) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot list the segment: {e}\n"),
+            )
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// Streams the body to `part`, checks size and checksum, syncs, renames.
+async fn receive(
+    body: Body,
+    part: &std::path::Path,
+    path: &std::path::Path,
+    entry: &Entry,
+) -> Result<(), (StatusCode, String)> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let io = |what: &str, e: std::io::Error| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{what} {}: {e}", part.display()),
+        )
+    };
+    if let Some(dir) = part.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io("cannot create the directory of", e))?;
+    }
+    let mut file = tokio::fs::File::create(part)
+        .await
+        .map_err(|e| io("cannot create", e))?;
+    let mut hash = xxhash_rust::xxh3::Xxh3::new();
+    let mut bytes = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload broke off: {e}")))?;
+        bytes += chunk.len() as u64;
+        if bytes > entry.bytes {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("more than the {} bytes the entry states", entry.bytes),
+            ));
+        }
+        hash.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| io("cannot write", e))?;
+    }
+    if bytes != entry.bytes {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{bytes} bytes received, the entry states {}", entry.bytes),
+        ));
+    }
+    let sum = crate::record::index::checksum_string(hash.digest());
+    if sum != entry.checksum {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "checksum {sum} does not match the entry's {}",
+                entry.checksum
+            ),
+        ));
+    }
+    file.sync_all().await.map_err(|e| io("cannot sync", e))?;
+    drop(file);
+    tokio::fs::rename(part, path)
+        .await
+        .map_err(|e| io("cannot rename", e))?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = tokio::fs::File::open(dir).await
+    {
+        let _ = d.sync_all().await;
+    }
+    Ok(())
+}
+
 /// `GET /channels/{id}/material/{segment}`
 pub async fn download(
     State(st): State<AppState>,

@@ -51,7 +51,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/channels/{file}", get(channel_sdp))
         .route("/channels/{id}/material", get(material::list))
-        .route("/channels/{id}/material/{segment}", get(material::download))
+        .route(
+            "/channels/{id}/material/{segment}",
+            get(material::download).put(material::upload),
+        )
         .with_state(state)
 }
 

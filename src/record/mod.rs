@@ -10,6 +10,7 @@
 //! next one starts at the next key frame. A health thread checks each disk
 //! every few seconds and applies retention.
 
+pub mod copy;
 pub mod disk;
 pub mod index;
 pub mod ts;
@@ -183,6 +184,25 @@ impl Recorder {
                 .get(&key)
                 .map(|e| (d.segment_path(channel, name), e.clone()))
         })
+    }
+
+    /// Where an imported segment (a copy from another server) is written:
+    /// a usable disk, its `.part` path and final path. `None` when no disk
+    /// is usable.
+    pub fn import_target(
+        &self,
+        channel: u32,
+        name: &SegmentName,
+    ) -> Option<(usize, PathBuf, PathBuf)> {
+        let d = self.pick_disk(channel, name.start_ms as u64)?;
+        let path = self.disks[d].segment_path(channel, name);
+        let part = path.with_extension("ts.part");
+        Some((d, part, path))
+    }
+
+    /// Lists an imported segment whose file is complete at its final path.
+    pub fn import_commit(&self, disk: usize, entry: Entry) -> std::io::Result<()> {
+        self.disks[disk].add(entry)
     }
 
     /// The disk a new segment goes to: the usable disks in turn, so that
