@@ -435,3 +435,113 @@ fn copy_moves_only_missing_segments_and_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("401") && err.contains("rec-2"), "{err}");
 }
+
+fn disk_status(ns: &Netns) -> Vec<(String, u64)> {
+    let v = common::get_json(ns, "/status");
+    v["material"]["disks"]
+        .as_array()
+        .expect("disks in /status")
+        .iter()
+        .map(|d| {
+            (
+                d["status"].as_str().unwrap_or_default().to_string(),
+                d["segments"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_broken_disk_is_skipped_and_all_broken_disks_fail_health() {
+    let ns = Netns::new("recdisk");
+    let dir = common::tempdir();
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    for d in [&d1, &d2] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let text = site(dir.path()).replace("segment = \"3s\"", "segment = \"2s\"");
+    let site = common::write_site(dir.path(), &text);
+    let _cam1 = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
+    let _cam2 = common::start_camera(&ns, "camera-h265.h265", "127.0.0.1:9002");
+    // mcrelay in a mount namespace of its own, each disk a small tmpfs.
+    let script = format!(
+        "mount -t tmpfs -o size=32m mcrelay-d1 {} && mount -t tmpfs -o size=32m mcrelay-d2 {} && exec {} run --site {} --server rec-1",
+        d1.display(),
+        d2.display(),
+        common::mcrelay(),
+        site.display()
+    );
+    let log = std::fs::File::create(dir.path().join("mcrelay-rec-1.log")).unwrap();
+    let mut cmd = ns.command("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut relay = common::Proc::spawn(cmd, "mcrelay run (own mounts)");
+    common::wait_http(&ns, "127.0.0.1:8080", &mut relay, dir.path());
+    let pid = relay.pid().to_string();
+    let nsenter = |args: &[&str]| {
+        let st = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m"])
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("nsenter");
+        st.success()
+    };
+
+    // Both disks take segments.
+    let both = common::wait_for(Duration::from_secs(30), || {
+        let s = disk_status(&ns);
+        s.iter().all(|(st, n)| st == "ok" && *n >= 2).then_some(s)
+    });
+    assert!(both.is_some(), "{:?}", disk_status(&ns));
+
+    // Disk 1 unmounted under the server: missing; recording goes on on disk 2.
+    assert!(nsenter(&["umount", "-l", &d1.display().to_string()]));
+    let missing = common::wait_for(Duration::from_secs(15), || {
+        let s = disk_status(&ns);
+        (s[0].0 == "missing").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("disk 1 not reported missing: {:?}", disk_status(&ns)));
+    let grew = common::wait_for(Duration::from_secs(20), || {
+        let s = disk_status(&ns);
+        (s[1].0 == "ok" && s[1].1 >= missing[1].1 + 3).then_some(())
+    });
+    assert!(
+        grew.is_some(),
+        "disk 2 stopped growing: {:?}",
+        disk_status(&ns)
+    );
+    let (code, body) = ns
+        .run(|| common::http_get("127.0.0.1:8080", "/health"))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    // No material went to the directory below the unmounted disk.
+    assert!(
+        !d1.join("mcrelay").exists(),
+        "material written under an unmounted disk"
+    );
+
+    // Disk 2 filled up: every disk broken, /health says so.
+    let filler = d2.join("filler").display().to_string();
+    nsenter(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={filler}"),
+        "bs=1M",
+        "count=64",
+        "status=none",
+    ]);
+    let broken = common::wait_for(Duration::from_secs(20), || {
+        let (code, body) = ns
+            .run(|| common::http_get("127.0.0.1:8080", "/health"))
+            .ok()?;
+        (code == 503).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("/health still fine: {:?}", disk_status(&ns)));
+    let v: serde_json::Value = serde_json::from_str(&broken).unwrap();
+    assert_eq!(v["status"], "broken");
+    assert_eq!(v["material"]["all_disks_broken"], true);
+    assert_eq!(disk_status(&ns)[1].0, "full");
+}

@@ -109,6 +109,10 @@ impl DiskState {
 pub struct Disk {
     pub path: PathBuf,
     pub root: PathBuf,
+    /// The disk was a mount point when the server started: when it stops
+    /// being one it was unmounted, and what is left is the directory on
+    /// the file system below, which must not fill up with material.
+    mount_point: bool,
     state: Mutex<DiskState>,
     queue: Mutex<Option<SyncSender<Job>>>,
     queued: AtomicUsize,
@@ -134,6 +138,7 @@ impl Disk {
             state.reason = reason;
         }
         Arc::new(Disk {
+            mount_point: is_mount_point(path),
             path: path.to_path_buf(),
             root,
             state: Mutex::new(state),
@@ -268,6 +273,16 @@ impl Disk {
             );
             return;
         }
+        if self.mount_point && !is_mount_point(&self.path) {
+            self.mark(
+                DiskStatus::Missing,
+                format!(
+                    "{} is no longer a mount point (unmounted?)",
+                    self.path.display()
+                ),
+            );
+            return;
+        }
         if let Err(e) = probe(&self.root) {
             let reason = format!("cannot write to {}: {e}", self.root.display());
             self.mark(errno_status(&e), reason);
@@ -346,6 +361,16 @@ impl Disk {
         } else {
             self.mark(DiskStatus::Ok, String::new());
         }
+    }
+}
+
+/// A directory on another file system than its parent.
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = path.parent().unwrap_or(path);
+    match (fs::metadata(path), fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
+        _ => false,
     }
 }
 
