@@ -107,6 +107,7 @@ impl ChannelCore {
                 time,
                 rtp_timestamp,
                 arrival,
+                interleaved: Default::default(),
             },
             params_changed,
         ))

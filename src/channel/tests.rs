@@ -96,3 +96,47 @@ fn an_overlong_gop_is_not_cached() {
     p.access_unit(au(true), MediaTime(1_000_000), t);
     assert_eq!(ch.subscribe_from_key_frame().0.len(), 1);
 }
+
+#[tokio::test]
+async fn the_shared_interleaved_buffer_is_what_per_packet_framing_writes() {
+    let ch = channel();
+    let mut p = Publisher::new(
+        ch.clone(),
+        StreamIds {
+            ssrc: 9,
+            initial_seq: 65_530,
+            rtp_base: 7,
+        },
+        String::new(),
+    );
+    p.session_started(Codec::H264);
+    let big = AccessUnit::new(
+        Codec::H264,
+        vec![Bytes::from(
+            [&[0x65u8, 0x88][..], &[0xab; 5000][..]].concat(),
+        )],
+    )
+    .unwrap();
+    p.access_unit(big, MediaTime(0), Instant::now());
+    p.access_unit(au(false), MediaTime(3600), Instant::now());
+    let (frames, _) = ch.subscribe_from_key_frame();
+    assert_eq!(frames.len(), 2);
+    let stall = std::time::Duration::from_secs(1);
+    let (mut zero, mut two) = (Vec::new(), Vec::new());
+    let a = crate::runtime::rtsp::write_frames(&mut zero, &frames, 0, stall)
+        .await
+        .unwrap();
+    let b = crate::runtime::rtsp::write_frames(&mut two, &frames, 2, stall)
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(frames[0].packets.len() > 3);
+    // Same bytes but the channel byte after each '$'.
+    let mut at = 0;
+    while at < two.len() {
+        assert_eq!((two[at], two[at + 1]), (b'$', 2));
+        two[at + 1] = 0;
+        at += 4 + usize::from(u16::from_be_bytes([two[at + 2], two[at + 3]]));
+    }
+    assert_eq!(zero, two);
+}

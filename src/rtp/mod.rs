@@ -91,9 +91,29 @@ pub struct Frame {
     /// When the access unit arrived at ingest (monotonic): maps media time to
     /// real time for RTCP and pacing.
     pub arrival: Instant,
+    /// The frame as RTSP interleaved data on channel 0, built by the first
+    /// TCP client that sends it and shared by all the others.
+    pub interleaved: std::sync::OnceLock<Bytes>,
 }
 
 impl Frame {
+    /// The packets framed as interleaved data (`$`, channel 0, length,
+    /// packet) in one buffer: one copy per frame and channel, however many
+    /// TCP clients write it. A write of one contiguous buffer costs the
+    /// kernel far less than one of three small slices per packet.
+    pub fn interleaved(&self) -> &Bytes {
+        self.interleaved.get_or_init(|| {
+            let mut v = Vec::with_capacity(self.byte_len() + 4 * self.packets.len());
+            for p in &self.packets {
+                let len = p.len() as u16;
+                v.extend_from_slice(&[b'$', 0, (len >> 8) as u8, len as u8]);
+                v.extend_from_slice(p.head());
+                v.extend_from_slice(p.body());
+            }
+            Bytes::from(v)
+        })
+    }
+
     pub fn byte_len(&self) -> usize {
         self.packets.iter().map(RtpPacket::len).sum()
     }

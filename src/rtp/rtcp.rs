@@ -185,6 +185,7 @@ mod tests {
             time: MediaTime(0),
             rtp_timestamp,
             arrival,
+            interleaved: Default::default(),
         }
     }
 

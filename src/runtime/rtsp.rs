@@ -346,7 +346,10 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 }
 
 /// Writes frames as interleaved data on `channel`: `$`, channel, length,
-/// then each packet's two shared parts. Returns bytes and packets written.
+/// then the packet. On channel 0 (what clients ask for) each frame goes as
+/// its shared interleaved buffer; on another channel as three slices per
+/// packet (framing, then the packet's two shared parts). Returns bytes and
+/// packets written.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &[Arc<Frame>],
@@ -354,6 +357,17 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     stall: Duration,
 ) -> std::io::Result<(usize, usize)> {
     let packets: usize = frames.iter().map(|f| f.packets.len()).sum();
+    if channel == 0 {
+        // The usual case: the frames' shared interleaved buffers, one slice
+        // per frame.
+        let mut slices: Vec<IoSlice<'_>> = frames
+            .iter()
+            .map(|f| IoSlice::new(f.interleaved()))
+            .collect();
+        let total = slices.iter().map(|s| s.len()).sum();
+        write_all_vectored(w, &mut slices, stall).await?;
+        return Ok((total, packets));
+    }
     let mut framing = Vec::with_capacity(packets);
     for p in frames.iter().flat_map(|f| &f.packets) {
         let len = p.len() as u16;

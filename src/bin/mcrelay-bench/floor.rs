@@ -47,6 +47,9 @@ fn frames(clip: &Path) -> anyhow::Result<(Vec<Vec<RtpPacket>>, f64, usize)> {
     Ok((frames, clip.fps, clip.access_units.len()))
 }
 
+/// Send ticks per frame interval (1.6 ms apart at 25 fps).
+const SLOTS: usize = 25;
+
 /// Runs until killed.
 pub fn run(clip: &Path, mode: &str, channels: usize) -> anyhow::Result<()> {
     let (frames, fps, clip_frames) = frames(clip)?;
@@ -77,9 +80,17 @@ pub fn run(clip: &Path, mode: &str, channels: usize) -> anyhow::Result<()> {
                         MulticastSender::open(dest, interface, false, mode)
                     })
                     .collect::<std::io::Result<Vec<_>>>()?;
-                for i in 0.. {
-                    tokio::time::sleep_until(due(i).into()).await;
-                    for s in &mut senders {
+                // Cameras are not in step: spread the channels over the
+                // frame interval in SLOTS ticks, as their frames arrive at a
+                // relay. (One burst of every channel's frame at once
+                // overflows the link's receive backlog at hundreds of
+                // channels.)
+                let slots = SLOTS.min(channels);
+                for tick in 0usize.. {
+                    let (i, slot) = (tick / slots, tick % slots);
+                    let at = start + period.mul_f64(i as f64 + slot as f64 / slots as f64);
+                    tokio::time::sleep_until(at.into()).await;
+                    for s in senders.iter_mut().skip(slot).step_by(slots) {
                         let _ = s.try_send(&frames[i % frames.len()]);
                     }
                 }

@@ -25,6 +25,8 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Relay {
     McrelayMulticast,
+    /// Multicast and every channel recorded to two material disks.
+    McrelayRecord,
     McrelayTcp,
     Ffmpeg,
     Gstreamer,
@@ -41,6 +43,7 @@ impl Relay {
     pub fn label(self) -> &'static str {
         match self {
             Relay::McrelayMulticast => "mcrelay, multicast",
+            Relay::McrelayRecord => "mcrelay, multicast + recording",
             Relay::McrelayTcp => "mcrelay, RTSP/TCP fan-out",
             Relay::Ffmpeg => "ffmpeg relay (-c copy -f rtp), multicast",
             Relay::Gstreamer => "GStreamer relay (rtspsrc ! rtph264pay ! udpsink), multicast",
@@ -55,6 +58,7 @@ impl Relay {
     pub fn key(self) -> &'static str {
         match self {
             Relay::McrelayMulticast => "mcrelay-multicast",
+            Relay::McrelayRecord => "mcrelay-record",
             Relay::McrelayTcp => "mcrelay-tcp",
             Relay::Ffmpeg => "ffmpeg",
             Relay::Gstreamer => "gstreamer",
@@ -145,7 +149,7 @@ impl Running {
     }
 }
 
-fn mcrelay_site(dir: &Path, channels: usize, mode: Mode) -> anyhow::Result<PathBuf> {
+fn mcrelay_site(dir: &Path, channels: usize, mode: Mode, record: bool) -> anyhow::Result<PathBuf> {
     let protocol = match mode {
         Mode::Multicast => "rtp-multicast",
         Mode::Tcp => "tcp",
@@ -170,6 +174,20 @@ groups = {}
 "#,
         channels.max(2)
     );
+    if record {
+        let disks: Vec<PathBuf> = ["disk1", "disk2"].iter().map(|d| dir.join(d)).collect();
+        for d in &disks {
+            std::fs::create_dir_all(d)?;
+        }
+        s.push_str(&format!(
+            "[server.storage]\ndisks = [{}]\n",
+            disks
+                .iter()
+                .map(|d| format!("{:?}", d.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     for ch in 1..=channels {
         s.push_str(&format!(
             "[[server.channel]]\nid = {ch}\nsource = \"{CAMERA_URL}\"\n"
@@ -221,8 +239,8 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let mut procs = Vec::new();
     match relay {
-        Relay::McrelayMulticast | Relay::McrelayTcp => {
-            let site = mcrelay_site(dir, channels, relay.mode())?;
+        Relay::McrelayMulticast | Relay::McrelayTcp | Relay::McrelayRecord => {
+            let site = mcrelay_site(dir, channels, relay.mode(), relay == Relay::McrelayRecord)?;
             let mut c = pinned(lan, &env.mcrelay);
             c.args(["run", "--site"]).arg(site).args([
                 "--server",
@@ -326,7 +344,10 @@ pub fn start(
             procs.push(Proc::spawn(c)?);
         }
     }
-    if !matches!(relay, Relay::McrelayMulticast | Relay::McrelayTcp) {
+    if !matches!(
+        relay,
+        Relay::McrelayMulticast | Relay::McrelayTcp | Relay::McrelayRecord
+    ) {
         // No readiness API: give the relays time to connect to the camera
         // and start sending (bounded).
         std::thread::sleep(Duration::from_secs(4 + channels as u64 / 8));

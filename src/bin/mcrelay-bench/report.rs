@@ -25,6 +25,28 @@ fn decoded(r: &Row) -> String {
     }
 }
 
+/// mcrelay's own view: frames in against the camera's rate, frames the
+/// multicast socket dropped, frames the recorder dropped.
+fn relay_counts(r: &Row) -> String {
+    let Some(c) = r.relay else {
+        return "-".into();
+    };
+    let expected = r.scenario.channels as f64 * 25.0 * r.window;
+    let mut s = format!(
+        "{:.1}%, {} dropped",
+        100.0 * c.frames as f64 / expected,
+        c.skipped
+    );
+    if r.scenario.relay == Relay::McrelayRecord {
+        s.push_str(&format!(
+            "; recorded {:.1}%, {} not",
+            100.0 * c.recorded as f64 / expected,
+            c.record_dropped
+        ));
+    }
+    s
+}
+
 fn loss(r: &Row) -> String {
     if r.crashed {
         return "relay died".into();
@@ -74,8 +96,8 @@ pub fn channels_table(rows: &[Row]) -> String {
         .map(|r| (r.scenario.relay.label(), r.rss))
         .collect();
     let mut s = String::from(
-        "| relay | channels | recorder link Mbit/s | relay CPU % of a core | CPU-s per GB sent | CPU-s per channel-hour | RSS MB | RSS per added channel MB | loss | frames decoded (channel 1) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| relay | channels | recorder link Mbit/s | relay CPU % of a core | CPU-s per GB sent | CPU-s per channel-hour | RSS MB | RSS per added channel MB | loss at the probe | frames decoded (channel 1) | mcrelay frames in / expected, send drops |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let per = match one.get(r.scenario.relay.label()) {
@@ -88,7 +110,7 @@ pub fn channels_table(rows: &[Row]) -> String {
             _ => "-".into(),
         };
         s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
             r.scenario.relay.label(),
             r.scenario.channels,
             r.link_mbit(),
@@ -99,6 +121,7 @@ pub fn channels_table(rows: &[Row]) -> String {
             per,
             loss(r),
             decoded(r),
+            relay_counts(r),
         ));
     }
     s
@@ -187,6 +210,26 @@ pub fn targets(viewer_rows: &[Row], channel_rows: &[Row]) -> String {
             verdict(per < 2.0)
         ));
     }
+    // The recorder's cost: the same channels with and without recording.
+    for r in channel_rows
+        .iter()
+        .filter(|r| r.scenario.relay == Relay::McrelayRecord)
+    {
+        if let Some(m) = channel_rows.iter().find(|m| {
+            m.scenario.relay == Relay::McrelayMulticast
+                && m.scenario.channels == r.scenario.channels
+        }) {
+            s.push_str(&format!(
+                "- Recording {} channel(s): {:.1} vs {:.1} CPU-s per channel-hour with and without it ({:+.1}), RSS {:.1} vs {:.1} MB.\n",
+                r.scenario.channels,
+                r.cpu_per_channel_hour(),
+                m.cpu_per_channel_hour(),
+                r.cpu_per_channel_hour() - m.cpu_per_channel_hour(),
+                mb(r.rss),
+                mb(m.rss),
+            ));
+        }
+    }
     // 4. TCP fan-out to 50 clients <= 1/3 of the GStreamer RTSP server's.
     if let (Some(m), Some(g)) = (
         find(viewer_rows, Relay::McrelayTcp, 1, 50),
@@ -234,6 +277,7 @@ pub fn targets(viewer_rows: &[Row], channel_rows: &[Row]) -> String {
 fn color(relay: Relay) -> RGBColor {
     match relay {
         Relay::McrelayMulticast => RGBColor(0, 114, 178),
+        Relay::McrelayRecord => RGBColor(0, 60, 110),
         Relay::McrelayTcp => RGBColor(86, 180, 233),
         Relay::Ffmpeg => RGBColor(213, 94, 0),
         Relay::Gstreamer => RGBColor(230, 159, 0),

@@ -39,8 +39,39 @@ pub struct Row {
     /// Viewers counting packets (a TCP run's decoder is one of the N
     /// viewers and counts frames instead).
     pub counting_viewers: usize,
+    /// mcrelay's own counters over the window.
+    pub relay: Option<RelayCounts>,
     /// The relay died during the run.
     pub crashed: bool,
+}
+
+/// What mcrelay says it did (its /metrics), summed over channels.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RelayCounts {
+    /// Frames received from the camera and sent on.
+    pub frames: u64,
+    /// Frames the multicast socket could not take in full.
+    pub skipped: u64,
+    pub recorded: u64,
+    pub record_dropped: u64,
+}
+
+impl RelayCounts {
+    fn read(lan: &Lan) -> RelayCounts {
+        let text = relays::control_get(lan, "/metrics");
+        let sum = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        RelayCounts {
+            frames: sum("mcrelay_channel_frames_total"),
+            skipped: sum("mcrelay_multicast_skipped_frames_total"),
+            recorded: sum("mcrelay_recorded_frames_total"),
+            record_dropped: sum("mcrelay_record_dropped_frames_total"),
+        }
+    }
 }
 
 impl Row {
@@ -147,7 +178,7 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
         let sdp_in = ["-protocol_whitelist", "file,http,tcp,udp,rtp", "-f", "sdp"];
         let tcp_in = ["-rtsp_transport", "tcp"];
         match sc.relay {
-            Relay::McrelayMulticast => Some(viewers::Decoder::start(
+            Relay::McrelayMulticast | Relay::McrelayRecord => Some(viewers::Decoder::start(
                 &host.ns,
                 dir,
                 &sdp_in,
@@ -175,6 +206,12 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
     };
     std::thread::sleep(sc.warm_up);
 
+    let is_mcrelay = matches!(
+        sc.relay,
+        Relay::McrelayMulticast | Relay::McrelayTcp | Relay::McrelayRecord
+    );
+    let relay_counts = || is_mcrelay.then(|| RelayCounts::read(lan));
+    let r0 = relay_counts();
     let v0 = counters.snapshot();
     let p0 = probe.as_ref().map(|p| p.snapshot());
     let l0 = lan.recorder.link_counters()?;
@@ -184,6 +221,7 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
     let l1 = lan.recorder.link_counters()?;
     let v1 = counters.snapshot();
     let p1 = probe.as_ref().map(|p| p.snapshot());
+    let r1 = relay_counts();
     let rss = running.pids.iter().map(|p| measure::rss(*p)).sum();
     let peak_rss = running.pids.iter().map(|p| measure::peak_rss(*p)).sum();
     let crashed = !running.alive();
@@ -206,6 +244,12 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
         decoded,
         expected_frames: decode_seconds * 25,
         counting_viewers,
+        relay: r0.zip(r1).map(|(a, b)| RelayCounts {
+            frames: b.frames.saturating_sub(a.frames),
+            skipped: b.skipped.saturating_sub(a.skipped),
+            recorded: b.recorded.saturating_sub(a.recorded),
+            record_dropped: b.record_dropped.saturating_sub(a.record_dropped),
+        }),
         crashed,
     })
 }
