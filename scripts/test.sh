@@ -48,7 +48,9 @@ echo "== cargo test (unit and integration)"
 cargo test --quiet
 
 echo "== benches (one pass each, as a smoke test)"
-cargo bench --quiet --bench packetize -- --test
+for bench in packetize fanout send_path; do
+    cargo bench --quiet --bench "$bench" -- --test
+done
 echo "== benchmark tool (smoke run)"
 cargo build --quiet --bins
 target/debug/mcrelay-bench suite --quick --out target/bench-smoke > /dev/null

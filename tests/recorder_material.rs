@@ -178,6 +178,16 @@ fn segments_decode_with_the_indexed_duration_and_need_the_password() {
         );
     }
     assert_eq!(used_disks.len(), 2, "segments spread over both disks");
+    // Healthy disks lose nothing.
+    let (_, metrics) = ns
+        .run(|| common::http_get("127.0.0.1:8080", "/metrics"))
+        .unwrap();
+    assert_eq!(
+        common::metric(&metrics, "mcrelay_record_dropped_frames_total"),
+        0.0,
+        "frames dropped on healthy disks"
+    );
+    assert!(common::metric(&metrics, "mcrelay_recorded_frames_total") > 0.0);
 
     // Without or with the wrong password: 401. Names that try to leave the
     // disk: 400 or 404, never a file.

@@ -190,20 +190,21 @@ impl Disk {
             Job::Frame(f) => f.bytes,
             _ => 0,
         };
-        if self.queued.load(Ordering::Relaxed) + bytes > QUEUE_BYTES {
+        // Counted before the send: the writer may take the job and subtract
+        // its bytes before this thread runs again.
+        if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
         let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = q.as_ref() else {
-            return false;
-        };
-        match tx.try_send(job) {
-            Ok(()) => {
-                self.queued.fetch_add(bytes, Ordering::Relaxed);
-                true
-            }
+        let sent = q.as_ref().is_some_and(|tx| match tx.try_send(job) {
+            Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        });
+        if !sent {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
         }
+        sent
     }
 
     /// Asks the writer to finish its segments and stop (waits for room).
