@@ -553,5 +553,46 @@ fn a_broken_disk_is_skipped_and_all_broken_disks_fail_health() {
     let v: serde_json::Value = serde_json::from_str(&broken).unwrap();
     assert_eq!(v["status"], "broken");
     assert_eq!(v["material"]["all_disks_broken"], true);
-    assert_eq!(disk_status(&ns)[1].0, "full");
+    // Trying to get under the limit, retention deleted what disk 2 held.
+    let emptied = common::wait_for(Duration::from_secs(15), || {
+        let s = disk_status(&ns);
+        (s[1] == ("full".to_string(), 0)).then_some(())
+    });
+    assert!(emptied.is_some(), "{:?}", disk_status(&ns));
+}
+
+#[test]
+fn retention_deletes_material_past_its_age() {
+    let ns = Netns::new("recret");
+    let dir = common::tempdir();
+    for d in ["disk1", "disk2"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    let text = site(dir.path()).replace("segment = \"3s\"", "segment = \"2s\"\nretention = \"4s\"");
+    let site = common::write_site(dir.path(), &text);
+    let _cam1 = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
+    let _cam2 = common::start_camera(&ns, "camera-h265.h265", "127.0.0.1:9002");
+    let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec-1");
+    // Material older than 4 s goes at the next check (every 5 s): after
+    // 16 s of recording nothing listed ended more than 4 + 5 s ago, and
+    // the files of deleted segments are gone.
+    std::thread::sleep(Duration::from_secs(16));
+    let now = mcrelay::record::now_ms(std::time::SystemTime::now());
+    let segs = segments(&material(&ns, 1));
+    assert!(!segs.is_empty());
+    for s in &segs {
+        let end = s["end_ms"].as_i64().unwrap();
+        assert!(now - end <= 9_500, "{s} outlived its retention");
+    }
+    let files: Vec<PathBuf> = walk(dir.path())
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/ch1/") && p.extension().is_some_and(|e| e == "ts")
+        })
+        .collect();
+    assert_eq!(files.len(), segs.len(), "{files:?}");
+    assert!(
+        segs[0]["start_ms"].as_i64().unwrap() > now - 14_000,
+        "the oldest segments were kept"
+    );
 }

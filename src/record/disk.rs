@@ -284,10 +284,15 @@ impl Disk {
             );
             return;
         }
+        // A disk that is full still gets retention, which may make room.
+        let mut no_room = false;
         if let Err(e) = probe(&self.root) {
             let reason = format!("cannot write to {}: {e}", self.root.display());
-            self.mark(errno_status(&e), reason);
-            return;
+            if errno_status(&e) != DiskStatus::Full {
+                self.mark(DiskStatus::Unwritable, reason);
+                return;
+            }
+            no_room = true;
         }
         let was_missing = self.status() == DiskStatus::Missing;
         if was_missing {
@@ -351,7 +356,15 @@ impl Disk {
             st.used_percent = usage.0;
             st.available = usage.1;
         }
-        if usage.0 > max_used_percent + 0.5 {
+        if no_room && let Err(e) = probe(&self.root) {
+            self.mark(
+                errno_status(&e),
+                format!(
+                    "cannot write to {} even after deleting the oldest material: {e}",
+                    self.root.display()
+                ),
+            );
+        } else if usage.0 > max_used_percent + 0.5 {
             self.mark(
                 DiskStatus::Full,
                 format!(
