@@ -45,8 +45,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         .context("demo site has no recorder-1")?;
     match &opts.material {
         Some(dir) => {
-            let dir = std::path::absolute(dir)
+            let mut dir = std::path::absolute(dir)
                 .with_context(|| format!("material directory {}", dir.display()))?;
+            // Another demo records there now: take a directory of our own.
+            if crate::record::disk::in_use(&dir.join("disk1")) {
+                let mut name = dir.file_name().unwrap_or_default().to_os_string();
+                name.push(format!("-{}", std::process::id()));
+                dir.set_file_name(name);
+            }
             let disks: Vec<PathBuf> = ["disk1", "disk2"].iter().map(|d| dir.join(d)).collect();
             for d in &disks {
                 std::fs::create_dir_all(d)

@@ -216,6 +216,27 @@ fn segments_decode_with_the_indexed_duration_and_need_the_password() {
         None,
     );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+
+    // A second process configured with the same disks must not write them.
+    let site_path = dir.path().join("site.toml");
+    let log = std::fs::File::create(dir.path().join("mcrelay-second.log")).unwrap();
+    let mut cmd = ns.command(common::mcrelay());
+    cmd.args(["run", "--site"])
+        .arg(&site_path)
+        .args(["--server", "rec-1", "--control", "127.0.0.1:8090"])
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut second = common::Proc::spawn(cmd, "second mcrelay on the same disks");
+    common::wait_http(&ns, "127.0.0.1:8090", &mut second, dir.path());
+    let (code, body) = ns
+        .run(|| common::http_get("127.0.0.1:8090", "/status"))
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("in use by another mcrelay process"), "{body}");
+    let (code, _) = ns
+        .run(|| common::http_get("127.0.0.1:8090", "/health"))
+        .unwrap();
+    assert_eq!(code, 503);
 }
 
 #[test]

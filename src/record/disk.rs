@@ -113,6 +113,9 @@ pub struct Disk {
     /// being one it was unmounted, and what is left is the directory on
     /// the file system below, which must not fill up with material.
     mount_point: bool,
+    /// An exclusive lock on the disk's mcrelay directory, held while the
+    /// server runs: two processes must not write one index.
+    lock: Mutex<Option<File>>,
     state: Mutex<DiskState>,
     queue: Mutex<Option<SyncSender<Job>>>,
     queued: AtomicUsize,
@@ -132,12 +135,18 @@ impl Disk {
     pub fn open(path: &Path) -> Arc<Disk> {
         let root = path.join(ROOT);
         let mut state = DiskState::empty();
-        if let Err((status, reason)) = load(path, &root, &mut state) {
+        let lock = lock(&root);
+        let loaded = match &lock {
+            Ok(_) => load(path, &root, &mut state),
+            Err(e) => Err(e.clone()),
+        };
+        if let Err((status, reason)) = loaded {
             tracing::error!(disk = %path.display(), ?status, "material disk unusable: {reason}");
             state.status = status;
             state.reason = reason;
         }
         Arc::new(Disk {
+            lock: Mutex::new(lock.ok()),
             mount_point: is_mount_point(path),
             path: path.to_path_buf(),
             root,
@@ -284,6 +293,25 @@ impl Disk {
             );
             return;
         }
+        // Not ours until locked (another process held it, or it was missing
+        // at start).
+        let mut first_lock = false;
+        {
+            let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            if held.is_none() {
+                match lock(&self.root) {
+                    Ok(f) => {
+                        *held = Some(f);
+                        first_lock = true;
+                    }
+                    Err((status, reason)) => {
+                        drop(held);
+                        self.mark(status, reason);
+                        return;
+                    }
+                }
+            }
+        }
         // A disk that is full still gets retention, which may make room.
         let mut no_room = false;
         if let Err(e) = probe(&self.root) {
@@ -294,7 +322,7 @@ impl Disk {
             }
             no_room = true;
         }
-        let was_missing = self.status() == DiskStatus::Missing;
+        let was_missing = first_lock || self.status() == DiskStatus::Missing;
         if was_missing {
             // Mounted again: read what it holds.
             let mut st = DiskState::empty();
@@ -376,6 +404,63 @@ impl Disk {
             self.mark(DiskStatus::Ok, String::new());
         }
     }
+}
+
+const LOCK: &str = ".lock";
+
+/// Takes the disk's lock (see [`Disk`]); the error says who holds it.
+fn lock(root: &Path) -> Result<File, (DiskStatus, String)> {
+    use std::os::fd::AsRawFd as _;
+    if !root.parent().is_some_and(Path::is_dir) {
+        return Err((
+            DiskStatus::Missing,
+            format!(
+                "{} is not a directory (not mounted?)",
+                root.parent().unwrap_or(root).display()
+            ),
+        ));
+    }
+    let f = fs::create_dir_all(root)
+        .and_then(|()| {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(root.join(LOCK))
+        })
+        .map_err(|e| {
+            (
+                errno_status(&e),
+                format!("cannot open {}: {e}", root.join(LOCK).display()),
+            )
+        })?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(root.join(LOCK)).unwrap_or_default();
+        return Err((
+            DiskStatus::Unwritable,
+            format!(
+                "{} is in use by another mcrelay process ({})",
+                root.display(),
+                holder.trim()
+            ),
+        ));
+    }
+    let mut f = f;
+    let _ = f.set_len(0);
+    let _ = writeln!(f, "pid {}", std::process::id());
+    Ok(f)
+}
+
+/// Whether another process records on this disk now.
+pub fn in_use(disk: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(f) = File::open(disk.join(ROOT).join(LOCK)) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; released on drop.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 /// A directory on another file system than its parent.
