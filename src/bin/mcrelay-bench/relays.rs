@@ -311,7 +311,7 @@ pub fn start(
                     .args([
                         "auto-multicast=true",
                         "ttl-mc=1",
-                        "multicast-iface=eth0",
+                        &format!("multicast-iface={}", crate::topology::LAN_IF),
                         "sync=false",
                         "async=false",
                     ]);

@@ -64,7 +64,7 @@ impl Lan {
         let attach = |tag: &str, port: &str, addr: &str| -> anyhow::Result<Host> {
             let ns = Netns::new(tag)?;
             ip(&[
-                "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", LAN_IF, "netns",
                 &ns.name,
             ])?;
             ip(&["-n", &sw, "link", "set", port, "master", "br0", "up"])?;
@@ -75,10 +75,10 @@ impl Lan {
                 "add",
                 &format!("{addr}/16"),
                 "dev",
-                "eth0",
+                LAN_IF,
             ])?;
-            ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+            ip(&["-n", &ns.name, "link", "set", LAN_IF, "up"])?;
+            ip(&["-n", &ns.name, "route", "add", "224.0.0.0/4", "dev", LAN_IF])?;
             // The loss probe joins every group of a 500-channel run on one
             // socket; the kernel's default allows 20 per socket.
             let status = Command::new("ip")
@@ -121,14 +121,14 @@ impl Lan {
                 &recorder.ns.name,
                 "ethtool",
                 "-K",
-                "eth0",
+                LAN_IF,
                 "tx-udp-segmentation",
                 "off",
             ])
             .status();
         anyhow::ensure!(
             status.is_ok_and(|s| s.success()),
-            "ethtool -K eth0 tx-udp-segmentation off failed (Debian package ethtool)"
+            "ethtool -K {LAN_IF} tx-udp-segmentation off failed (Debian package ethtool)"
         );
         let camera = attach("cam", "p-cam", CAMERA_ADDR)?;
         let workstations = (1..=workstations)
@@ -148,6 +148,11 @@ impl Lan {
         })
     }
 }
+
+/// Each host's end of its veth pair to the switch. It exists only inside
+/// the host namespaces this tool creates (the machine's own interfaces are
+/// never touched); a name no real NIC has keeps that obvious.
+pub const LAN_IF: &str = "lan0";
 
 /// Groups one socket may join on a bench host (above the largest channel count).
 const MAX_GROUPS: usize = 1024;
@@ -170,7 +175,7 @@ impl Host {
                 "link",
                 "show",
                 "dev",
-                "eth0",
+                LAN_IF,
             ])
             .output()?;
         anyhow::ensure!(
