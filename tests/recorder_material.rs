@@ -216,6 +216,16 @@ fn segments_decode_with_the_indexed_duration_and_need_the_password() {
         None,
     );
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    // The largest channel id a URL can name lists nothing (and does not
+    // crash the server).
+    let (code, body) = curl(
+        &ns,
+        "/channels/4294967295/material",
+        Some("admin:s3cret"),
+        None,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("\"segments\":[]"));
 
     // A second process configured with the same disks must not write them.
     let site_path = dir.path().join("site.toml");

@@ -161,9 +161,12 @@ impl Recorder {
             if st.status == DiskStatus::Missing {
                 continue;
             }
+            // From the channel's first key on (channel + 1 would overflow
+            // for the largest id a URL can name).
             out.extend(
                 st.entries
-                    .range((channel, String::new())..(channel + 1, String::new()))
+                    .range((channel, String::new())..)
+                    .take_while(|((c, _), _)| *c == channel)
                     .map(|(_, e)| e.clone()),
             );
         }
