@@ -9,26 +9,21 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mcrelay::channel::core::StreamIds;
 use mcrelay::channel::{Channel, ChannelSpec, Publisher};
-use mcrelay::config::{IngestConfig, Source};
+use mcrelay::config::Source;
 use mcrelay::ingest::Sink;
-use mcrelay::media::time::TimingPolicy;
 use mcrelay::media::{AccessUnit, Codec, MediaTime};
 use mcrelay::metrics::Metrics;
 
 fn channel() -> Arc<Channel> {
-    let spec = ChannelSpec {
-        id: 1,
-        name: String::new(),
-        owner: "bench".into(),
-        source: Source::TcpConnect {
+    let spec = ChannelSpec::standalone(
+        1,
+        "bench",
+        Source::TcpConnect {
             host: "h".into(),
             port: 1,
         },
-        codec: Some(Codec::H264),
-        timing: TimingPolicy::Auto,
-        ingest: IngestConfig::default(),
-        multicast: None,
-    };
+        Codec::H264,
+    );
     Channel::new(spec, Metrics::new().channel(1), SystemTime::now())
 }
 

@@ -19,10 +19,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mcrelay::channel::core::StreamIds;
 use mcrelay::channel::{Channel, ChannelSpec, Publisher};
-use mcrelay::config::{Destination, IngestConfig, Source};
+use mcrelay::config::{Destination, Source};
 use mcrelay::emit::{MulticastSender, SendMode};
 use mcrelay::ingest::Sink;
-use mcrelay::media::time::TimingPolicy;
 use mcrelay::media::{AccessUnit, Codec, MediaTime};
 use mcrelay::metrics::Metrics;
 use mcrelay::rtp::RtpPacket;
@@ -61,19 +60,15 @@ impl Drop for Ns {
 }
 
 fn frame_packets() -> Vec<RtpPacket> {
-    let spec = ChannelSpec {
-        id: 1,
-        name: String::new(),
-        owner: "bench".into(),
-        source: Source::TcpConnect {
+    let spec = ChannelSpec::standalone(
+        1,
+        "bench",
+        Source::TcpConnect {
             host: "h".into(),
             port: 1,
         },
-        codec: Some(Codec::H264),
-        timing: TimingPolicy::Auto,
-        ingest: IngestConfig::default(),
-        multicast: None,
-    };
+        Codec::H264,
+    );
     let ch = Channel::new(spec, Metrics::new().channel(1), SystemTime::now());
     let mut p = Publisher::new(
         ch.clone(),

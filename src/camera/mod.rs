@@ -146,22 +146,19 @@ pub async fn serve_rtsp(
 ) -> std::io::Result<()> {
     use crate::channel::core::StreamIds;
     use crate::channel::{Channel, ChannelSpec, Publisher};
-    use crate::config::{IngestConfig, RtspConfig, Secret, Source};
+    use crate::config::{RtspConfig, Secret, Source};
     use crate::runtime::rtsp::{Clients, RtspShared};
 
     let addr = listener.local_addr()?;
     let url = format!("rtsp://{addr}/{path}");
-    let spec = ChannelSpec {
-        id: 1,
-        name: path.to_string(),
-        owner: "camera".to_string(),
-        // The stream itself: a simulator has no upstream.
-        source: url.parse::<Source>().map_err(std::io::Error::other)?,
-        codec: Some(clip.codec),
-        timing: crate::media::time::TimingPolicy::Auto,
-        ingest: IngestConfig::default(),
-        multicast: None,
-    };
+    // The stream itself as source: a simulator has no upstream.
+    let mut spec = ChannelSpec::standalone(
+        1,
+        "camera",
+        url.parse::<Source>().map_err(std::io::Error::other)?,
+        clip.codec,
+    );
+    spec.name = path.to_string();
     let metrics = crate::metrics::Metrics::new();
     let channel = Channel::new(spec, metrics.channel(1), std::time::SystemTime::now());
     let ids = StreamIds {

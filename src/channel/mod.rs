@@ -67,6 +67,21 @@ pub struct EmitSpec {
 }
 
 impl ChannelSpec {
+    /// A channel outside any site: no multicast, default ingest and timing
+    /// (the camera simulator, benches, tests).
+    pub fn standalone(id: u32, owner: &str, source: Source, codec: Codec) -> Self {
+        ChannelSpec {
+            id,
+            name: String::new(),
+            owner: owner.to_string(),
+            source,
+            codec: Some(codec),
+            timing: TimingPolicy::Auto,
+            ingest: IngestConfig::default(),
+            multicast: None,
+        }
+    }
+
     /// The spec of `channel`, owned by `owner`, run by `local`.
     pub fn new(
         owner: &ServerConfig,

@@ -4,25 +4,21 @@ use bytes::Bytes;
 
 use super::core::StreamIds;
 use super::*;
-use crate::config::{IngestConfig, Source};
+use crate::config::Source;
 use crate::ingest::Sink;
 use crate::media::{AccessUnit, Codec, MediaTime};
 use crate::metrics::Metrics;
 
 fn channel() -> Arc<Channel> {
-    let spec = ChannelSpec {
-        id: 1,
-        name: String::new(),
-        owner: "s".into(),
-        source: Source::TcpConnect {
+    let spec = ChannelSpec::standalone(
+        1,
+        "s",
+        Source::TcpConnect {
             host: "h".into(),
             port: 1,
         },
-        codec: Some(Codec::H264),
-        timing: TimingPolicy::Auto,
-        ingest: IngestConfig::default(),
-        multicast: None,
-    };
+        Codec::H264,
+    );
     Channel::new(spec, Metrics::new().channel(1), SystemTime::now())
 }
 
