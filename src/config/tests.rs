@@ -284,3 +284,18 @@ fn missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn server_names_follow_the_segment_name_grammar() {
+    for bad in ["_rec1", ".hidden", "-x", &"r".repeat(65)] {
+        let text = two_servers("", "").replacen("name = \"a\"", &format!("name = {bad:?}"), 1);
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|i| i.key.ends_with(" name") && i.message.contains("server name")),
+            "{bad:?}: {e:?}"
+        );
+    }
+    let ok = two_servers("", "").replacen("name = \"a\"", "name = \"rec_1.a\"", 1);
+    assert!(parse(&ok).is_ok());
+}

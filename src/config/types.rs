@@ -29,6 +29,31 @@ pub struct SiteInfo {
     pub name: String,
 }
 
+/// Longest server name: it is part of every segment file name.
+pub const MAX_SERVER_NAME: usize = 64;
+
+/// The one grammar of server names, used by the site validator and by the
+/// segment-name parser (a name is part of each segment's file name, so a
+/// name the parser refuses would make the recorder's own files unreadable):
+/// 1 to 64 ASCII letters, digits, `-`, `_` and `.`, starting with a letter
+/// or a digit (never `.`, so no name is hidden or climbs a directory).
+pub fn check_server_name(name: &str) -> Result<(), &'static str> {
+    let first = name.bytes().next().ok_or("the server name is empty")?;
+    if !first.is_ascii_alphanumeric() {
+        return Err("the server name does not start with a letter or digit");
+    }
+    if name.len() > MAX_SERVER_NAME {
+        return Err("the server name is longer than 64 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("the server name has characters other than letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
 /// One VMS server: a recorder, or a failover server in standby.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -97,15 +97,10 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
     let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
 
     for s in &site.servers {
-        if s.name.is_empty()
-            || !s
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if let Err(why) = super::types::check_server_name(&s.name) {
             out.error(
                 format!("server {:?} name", s.name),
-                "a server name must be non-empty and use only letters, digits, '-', '_' and '.'",
+                format!("{why} (a name is 1-64 letters, digits, '-', '_' and '.', starting with a letter or digit)"),
                 "rename the server",
             );
         }

@@ -34,8 +34,15 @@ pub struct NameError {
     pub why: &'static str,
 }
 
-/// Longest server name in a segment name.
-const MAX_RECORDER: usize = 64;
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z).
+/// Every time in an index, a segment name or a request lies in
+/// `0..=MAX_TIME_MS`, so formatting one can never fail.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// The longest span one entry may claim. Segments are at most an hour
+/// (`storage.segment`) plus one GOP; a day leaves room for any camera and
+/// still refuses an entry that would claim years of material.
+pub const MAX_SEGMENT_MS: i64 = 24 * 3600 * 1000;
 
 impl SegmentName {
     pub fn new(start_ms: i64, recorder: &str) -> Self {
@@ -46,9 +53,10 @@ impl SegmentName {
     }
 
     /// Parses a name from a URL or a directory listing. Only names this
-    /// module makes pass: digits, a dash, a server name of letters, digits,
-    /// `-`, `_` and `.` that starts with a letter or digit, `.ts`. Nothing
-    /// that parses can climb out of a directory.
+    /// module makes pass: digits, a dash, a server name (the grammar of
+    /// [`crate::config::check_server_name`], the same one the site
+    /// validator applies), `.ts`. Nothing that parses can climb out of a
+    /// directory.
     pub fn parse(name: &str) -> Result<Self, NameError> {
         let err = |why| NameError {
             name: name.chars().take(100).collect(),
@@ -66,30 +74,41 @@ impl SegmentName {
         if start.len() > 1 && start.starts_with('0') {
             return Err(err("the start time has a leading zero"));
         }
-        let start_ms = start
+        let start_ms: i64 = start
             .parse()
             .map_err(|_| err("the start time is out of range"))?;
-        let first = recorder
-            .bytes()
-            .next()
-            .ok_or_else(|| err("no server name"))?;
-        if !first.is_ascii_alphanumeric() {
-            return Err(err("the server name does not start with a letter or digit"));
+        if start_ms > MAX_TIME_MS {
+            return Err(err("the start time is after the year 9999"));
         }
-        if recorder.len() > MAX_RECORDER
-            || !recorder
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(err(
-                "the server name is longer than 64 or has characters other than letters, digits, '-', '_', '.'",
-            ));
-        }
+        crate::config::check_server_name(recorder).map_err(err)?;
         Ok(SegmentName {
             start_ms,
             recorder: recorder.to_string(),
         })
     }
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 with milliseconds. Never
+/// fails: times outside `0..=MAX_TIME_MS` (which validation keeps out of
+/// every index and request) are clamped to that range.
+pub fn rfc3339(ms: i64) -> String {
+    let ms = ms.clamp(0, MAX_TIME_MS) as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses an RFC 3339 time (`2026-11-25T10:00:00Z`, fractions allowed) into
+/// ms since the Unix epoch; times before 1970 are refused.
+pub fn parse_rfc3339(v: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(v)
+        .map_err(|e| format!("{v:?} is not an RFC 3339 time ({e}), e.g. 2026-11-25T10:00:00Z"))?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{v:?} is before 1970"))?;
+    i64::try_from(d.as_millis())
+        .ok()
+        .filter(|ms| *ms <= MAX_TIME_MS)
+        .ok_or_else(|| format!("{v:?} is after the year 9999"))
 }
 
 impl fmt::Display for SegmentName {
@@ -186,7 +205,16 @@ pub fn replay(data: &[u8]) -> Replayed {
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<Line>(text) {
+        let (parsed, skipped) = parse_line(text);
+        if skipped > 0 {
+            r.problems.push(Problem {
+                line: line_no,
+                what: format!(
+                    "{skipped} bytes of a cut-short append before this line's entry; skipped"
+                ),
+            });
+        }
+        match parsed {
             Ok(Line::Add(e)) => match check(&e) {
                 Ok(()) => {
                     r.lines += 1;
@@ -210,8 +238,30 @@ pub fn replay(data: &[u8]) -> Replayed {
     r
 }
 
-/// An entry must name its segment properly and make sense.
-fn check(e: &Entry) -> Result<(), String> {
+/// Parses one line. An append that failed half-way leaves a fragment with
+/// no newline, and the next append continues on the same line: when the
+/// whole line is not a line, the last place where one starts is tried, so
+/// the entry behind the fragment is kept. Returns the line and the bytes
+/// skipped before it.
+fn parse_line(text: &[u8]) -> (Result<Line, serde_json::Error>, usize) {
+    let whole = serde_json::from_slice::<Line>(text);
+    if whole.is_ok() {
+        return (whole, 0);
+    }
+    for pat in [&b"{\"add\":"[..], &b"{\"remove\":"[..]] {
+        if let Some(at) = memchr::memmem::rfind(text, pat).filter(|&at| at > 0)
+            && let Ok(l) = serde_json::from_slice::<Line>(&text[at..])
+        {
+            return (Ok(l), at);
+        }
+    }
+    (whole, 0)
+}
+
+/// An entry must name its segment properly and make sense: its name, start
+/// and recorder agree, its times are in `0..=MAX_TIME_MS` and in order, and
+/// it claims at most [`MAX_SEGMENT_MS`].
+pub fn check(e: &Entry) -> Result<(), String> {
     let name = SegmentName::parse(&e.segment).map_err(|err| err.to_string())?;
     if name.recorder != e.recorder || name.start_ms != e.start_ms {
         return Err(format!(
@@ -221,6 +271,16 @@ fn check(e: &Entry) -> Result<(), String> {
     }
     if e.end_ms < e.start_ms {
         return Err(format!("segment {:?} ends before it starts", e.segment));
+    }
+    if e.end_ms > MAX_TIME_MS {
+        return Err(format!("segment {:?} ends after the year 9999", e.segment));
+    }
+    if e.end_ms - e.start_ms > MAX_SEGMENT_MS {
+        return Err(format!(
+            "segment {:?} claims {} s, more than a segment can hold",
+            e.segment,
+            (e.end_ms - e.start_ms) / 1000
+        ));
     }
     if !e.checksum.starts_with("xxh3:") {
         return Err(format!("segment {:?} has no xxh3 checksum", e.segment));
@@ -298,6 +358,45 @@ mod tests {
         ] {
             assert!(SegmentName::parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn segment_names_take_exactly_the_server_names_the_site_takes() {
+        for name in ["rec-1", "a", "R.2_x", "9", &"x".repeat(64)] {
+            assert!(crate::config::check_server_name(name).is_ok(), "{name}");
+            let seg = SegmentName::new(1, name).to_string();
+            assert!(SegmentName::parse(&seg).is_ok(), "{seg}");
+        }
+        for name in [
+            "",
+            "_rec1",
+            ".rec",
+            "-a",
+            "a b",
+            "a/b",
+            "ä",
+            &"x".repeat(65),
+        ] {
+            assert!(crate::config::check_server_name(name).is_err(), "{name:?}");
+            let seg = SegmentName::new(1, name).to_string();
+            assert!(SegmentName::parse(&seg).is_err(), "{seg}");
+        }
+    }
+
+    #[test]
+    fn times_past_the_year_9999_are_refused_and_never_break_formatting() {
+        let mut e = entry(1, 1_000, 2_000);
+        e.end_ms = i64::MAX;
+        assert!(check(&e).is_err());
+        let r = replay(Line::Add(e).to_line().as_bytes());
+        assert!(r.entries.is_empty());
+        assert!(SegmentName::parse("999999999999999-rec-1.ts").is_err());
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999Z"), Ok(MAX_TIME_MS));
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z").is_err());
+        // An entry that claims more than a segment can hold.
+        assert!(check(&entry(1, 0, MAX_SEGMENT_MS + 1)).is_err());
     }
 
     #[test]
