@@ -33,6 +33,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Media time and wall time may drift this far apart before a segment's
 /// start is taken from the wall clock again (a camera clock that runs fast).
 const MAX_DRIFT_MS: i64 = 500;
+/// A step of media time this far off the wall clock's is a camera clock
+/// jump, which ends the segment.
+const MAX_JUMP_MS: i64 = 1000;
 
 pub fn now_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -137,7 +140,7 @@ impl Recorder {
                 let st = d.state();
                 DiskReport {
                     path: d.path.clone(),
-                    status: st.status,
+                    status: d.status(),
                     reason: st.reason.clone(),
                     used_percent: (st.used_percent * 10.0).round() / 10.0,
                     available_bytes: st.available,
@@ -157,10 +160,10 @@ impl Recorder {
     pub fn segments(&self, channel: u32) -> Vec<Entry> {
         let mut out: Vec<Entry> = Vec::new();
         for d in &self.disks {
-            let st = d.state();
-            if st.status == DiskStatus::Missing {
+            if d.status() == DiskStatus::Missing {
                 continue;
             }
+            let st = d.state();
             // From the channel's first key on (channel + 1 would overflow
             // for the largest id a URL can name).
             out.extend(
@@ -179,33 +182,52 @@ impl Recorder {
     pub fn segment_file(&self, channel: u32, name: &SegmentName) -> Option<(PathBuf, Entry)> {
         let key = (channel, name.to_string());
         self.disks.iter().find_map(|d| {
-            let st = d.state();
-            if st.status == DiskStatus::Missing {
+            if d.status() == DiskStatus::Missing {
                 return None;
             }
-            st.entries
+            d.state()
+                .entries
                 .get(&key)
                 .map(|e| (d.segment_path(channel, name), e.clone()))
         })
     }
 
-    /// Where an imported segment (a copy from another server) is written:
-    /// a usable disk, its `.part` path and final path. `None` when no disk
-    /// is usable.
+    /// Where an imported segment (a copy from another server) of `bytes`
+    /// is written: a usable disk it fits on without going over
+    /// `max_usage_percent` (an upload never makes room by deleting local
+    /// material), a `.part` path of its own (two uploads of one name never
+    /// share one) and the final path. `None` when no disk has room.
     pub fn import_target(
         &self,
         channel: u32,
         name: &SegmentName,
+        bytes: u64,
     ) -> Option<(usize, PathBuf, PathBuf)> {
-        let d = self.pick_disk(channel, name.start_ms as u64)?;
+        let n = self.disks.len();
+        let first = self.pick_disk(channel, name.start_ms as u64)?;
+        let d = (0..n).map(|i| (first + i) % n).find(|&d| {
+            let disk = &self.disks[d];
+            !disk.status().broken()
+                && disk
+                    .has_room(bytes, self.max_usage_percent)
+                    .unwrap_or(false)
+        })?;
         let path = self.disks[d].segment_path(channel, name);
-        let part = path.with_extension("ts.part");
+        let part = path.with_extension(format!("ts.{:016x}{}", rand::random::<u64>(), disk::PART));
         Some((d, part, path))
     }
 
-    /// Lists an imported segment whose file is complete at its final path.
-    pub fn import_commit(&self, disk: usize, entry: Entry) -> std::io::Result<()> {
-        self.disks[disk].add(entry)
+    /// Lists an imported segment whose file is complete at `part`: renamed
+    /// to `path` and listed, unless the segment is listed already (then
+    /// `false`, and `part` is removed).
+    pub fn import_commit(
+        &self,
+        disk: usize,
+        part: &std::path::Path,
+        path: &std::path::Path,
+        entry: Entry,
+    ) -> std::io::Result<bool> {
+        self.disks[disk].import(part, path, entry)
     }
 
     /// The disk a new segment goes to: the usable disks in turn, so that
@@ -228,6 +250,7 @@ impl Recorder {
             segmenter: Segmenter::new(channel, self.segment),
             current: None,
             seq: 0,
+            losing: false,
         }
     }
 }
@@ -249,6 +272,8 @@ pub struct Segmenter {
     count: u64,
     /// Wall ms at media time 0 of the current anchor.
     anchor: Option<i64>,
+    /// The last frame's media time and wall time (ms).
+    last: Option<(i64, i64)>,
 }
 
 /// A decision for one frame.
@@ -258,7 +283,8 @@ pub enum Cut {
     Continue,
     /// Starts a new segment that begins at this wall time (ms).
     Start { start_ms: i64 },
-    /// Not recordable yet (no segment, not a key frame).
+    /// Not recordable yet (no segment, not a key frame). A segment in
+    /// progress ends here (the camera's clock jumped).
     Wait,
 }
 
@@ -273,6 +299,7 @@ impl Segmenter {
             started: None,
             count: 0,
             anchor: None,
+            last: None,
         }
     }
 
@@ -281,7 +308,27 @@ impl Segmenter {
         self.started = None;
     }
 
+    /// A camera clock that jumped: media time went back more than a second
+    /// (more than B-frame reordering), or ahead by more than a second beyond
+    /// the time the frame took to arrive (a late burst after a stall runs
+    /// behind, not ahead, and is no jump).
+    fn jumped(&self, time: i64, wall_ms: i64) -> bool {
+        let Some((t, w)) = self.last else {
+            return false;
+        };
+        let media_ms = time.saturating_sub(t) / 90;
+        let wall = wall_ms.saturating_sub(w);
+        media_ms < -MAX_JUMP_MS || media_ms > wall.saturating_add(MAX_JUMP_MS)
+    }
+
     pub fn push(&mut self, key: bool, time: MediaTime, wall_ms: i64) -> Cut {
+        if self.jumped(time.0, wall_ms) {
+            // The segment ends; the next starts at a key frame, its time
+            // from the wall clock.
+            self.started = None;
+            self.anchor = None;
+        }
+        self.last = Some((time.0, wall_ms));
         let due = match self.started {
             None => true,
             Some(s) => {
@@ -290,7 +337,7 @@ impl Segmenter {
                 } else {
                     self.length
                 };
-                time.0 - s >= len
+                time.0.saturating_sub(s) >= len
             }
         };
         if !due {
@@ -307,15 +354,17 @@ impl Segmenter {
         // where the next begins, unless the clocks drift apart.
         let media_ms = time.0 / 90;
         let start_ms = match self.anchor {
-            Some(a) if (a + media_ms - wall_ms).abs() <= MAX_DRIFT_MS => a + media_ms,
+            Some(a) if (a.saturating_add(media_ms) - wall_ms).abs() <= MAX_DRIFT_MS => a + media_ms,
             _ => {
-                self.anchor = Some(wall_ms - media_ms);
+                self.anchor = Some(wall_ms.saturating_sub(media_ms));
                 wall_ms
             }
         };
         self.started = Some(time.0);
         self.count += 1;
-        Cut::Start { start_ms }
+        Cut::Start {
+            start_ms: start_ms.clamp(0, index::MAX_TIME_MS),
+        }
     }
 }
 
@@ -328,6 +377,9 @@ pub struct ChannelRecorder {
     /// The segment being written and its disk.
     current: Option<(SegmentName, usize)>,
     seq: u64,
+    /// Frames are being lost (a disk too slow or none usable) until a
+    /// segment starts again: each is counted.
+    losing: bool,
 }
 
 impl ChannelRecorder {
@@ -340,8 +392,15 @@ impl ChannelRecorder {
         {
             self.end();
         }
-        let start_ms = match self.segmenter.push(au.key, time, now_ms(wall)) {
-            Cut::Wait => return,
+        let wall_ms = now_ms(wall);
+        let start_ms = match self.segmenter.push(au.key, time, wall_ms) {
+            Cut::Wait => {
+                self.close();
+                if self.losing {
+                    self.metrics.dropped_frames.inc();
+                }
+                return;
+            }
             Cut::Continue => None,
             Cut::Start { start_ms } => Some(start_ms),
         };
@@ -349,10 +408,12 @@ impl ChannelRecorder {
             self.close();
             let Some(d) = self.rec.pick_disk(self.channel, self.seq) else {
                 self.metrics.dropped_frames.inc();
+                self.losing = true;
                 self.segmenter.reset();
                 return;
             };
             self.seq += 1;
+            self.losing = false;
             self.current = Some((SegmentName::new(start_ms, &self.rec.server), d));
         }
         let Some((name, d)) = &self.current else {
@@ -366,6 +427,7 @@ impl ChannelRecorder {
             params: if au.key { params.to_vec() } else { Vec::new() },
             key: au.key,
             time: time.0,
+            wall_ms,
             bytes: au.byte_len(),
             metrics: self.metrics.clone(),
         };
@@ -375,6 +437,7 @@ impl ChannelRecorder {
             self.metrics.dropped_frames.inc();
             tracing::warn!(channel = self.channel, disk = %self.rec.disks[*d].path.display(), "material disk too slow: frame dropped, segment ended");
             self.end();
+            self.losing = true;
         }
     }
 
@@ -453,6 +516,49 @@ mod tests {
         assert_eq!(
             s.push(true, MediaTime(4 * 90_000), 16_000),
             Cut::Start { start_ms: 16_000 }
+        );
+    }
+
+    #[test]
+    fn a_camera_clock_jump_ends_the_segment_and_restarts_on_the_wall_clock() {
+        let mut s = Segmenter::new(0, Duration::from_secs(60));
+        let wall0 = 5_000_000;
+        assert_eq!(
+            s.push(true, MediaTime(0), wall0),
+            Cut::Start { start_ms: wall0 }
+        );
+        assert_eq!(s.push(false, MediaTime(FRAME), wall0 + 40), Cut::Continue);
+        // An hour forward in one frame: the segment ends, and the next key
+        // frame starts one at the time it arrived.
+        let jump = 3600 * 90_000;
+        assert_eq!(s.push(false, MediaTime(jump), wall0 + 80), Cut::Wait);
+        assert_eq!(
+            s.push(true, MediaTime(jump + FRAME), wall0 + 120),
+            Cut::Start {
+                start_ms: wall0 + 120
+            }
+        );
+        // Backwards by ten seconds: ends again.
+        assert_eq!(
+            s.push(true, MediaTime(jump - 10 * 90_000), wall0 + 160),
+            Cut::Start {
+                start_ms: wall0 + 160
+            }
+        );
+        // A burst after a stall (media behind the wall clock) is no jump,
+        // nor is B-frame reordering.
+        let t = jump - 10 * 90_000;
+        assert_eq!(
+            s.push(false, MediaTime(t + FRAME), wall0 + 3160),
+            Cut::Continue
+        );
+        assert_eq!(
+            s.push(false, MediaTime(t + 3 * FRAME), wall0 + 3170),
+            Cut::Continue
+        );
+        assert_eq!(
+            s.push(false, MediaTime(t + 2 * FRAME), wall0 + 3180),
+            Cut::Continue
         );
     }
 

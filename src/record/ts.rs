@@ -266,6 +266,199 @@ fn put_pcr(b: &mut [u8], t: u64) {
     b[5] = 0;
 }
 
+/// What [`TsScanner`] found in a transport stream: the video stream's
+/// presentation times, enough to index a segment from its file alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Whole 188-byte packets read.
+    pub packets: u64,
+    /// Packets without the sync byte (damage), skipped.
+    pub bad_packets: u64,
+    /// PES packets (access units) with a PTS on the video PID.
+    pub frames: u64,
+    /// The first frame's PTS, as written (90 kHz, 33 bits).
+    pub first_pts: Option<u64>,
+    /// Ticks the frames cover: per run of frames without a clock jump
+    /// (a step over one second either way), its last minus its first
+    /// presentation time plus one frame.
+    pub span: i64,
+    /// The last forward step between two frames (a frame's duration).
+    pub last_step: Option<i64>,
+    /// Bytes after the last whole packet (a file cut short).
+    pub trailing: usize,
+}
+
+impl ScanSummary {
+    /// The time the frames cover, ms.
+    pub fn duration_ms(&self) -> i64 {
+        self.span / 90
+    }
+}
+
+/// Reads a transport stream in pieces (sans-IO) and notes the presentation
+/// times of its video stream: the PAT names the PMT, the PMT names the
+/// first H.264/H.265 stream. Tolerates damage: packets without a sync byte
+/// are counted and skipped, PES headers it cannot read are ignored.
+#[derive(Debug, Default)]
+pub struct TsScanner {
+    carry: Vec<u8>,
+    pmt_pid: Option<u16>,
+    video_pid: Option<u16>,
+    last_raw: Option<u64>,
+    /// Unwrapped PTS of the last frame, relative to the current run's first.
+    last: i64,
+    /// The current run's extremes (B-frames present out of order).
+    run: (i64, i64),
+    /// Ticks covered by the runs before the current one.
+    done: i64,
+    sum: ScanSummary,
+}
+
+impl TsScanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        if !self.carry.is_empty() {
+            let need = PACKET - self.carry.len();
+            let take = need.min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() < PACKET {
+                return;
+            }
+            let p = std::mem::take(&mut self.carry);
+            self.packet(&p);
+        }
+        let mut chunks = data.chunks_exact(PACKET);
+        for p in &mut chunks {
+            self.packet(p);
+        }
+        self.carry.extend_from_slice(chunks.remainder());
+    }
+
+    pub fn finish(mut self) -> ScanSummary {
+        self.sum.trailing = self.carry.len();
+        if self.sum.frames > 0 {
+            self.sum.span = self.done.saturating_add(self.run_span());
+        }
+        self.sum
+    }
+
+    fn run_span(&self) -> i64 {
+        self.run.1 - self.run.0 + self.sum.last_step.unwrap_or(3600)
+    }
+
+    fn packet(&mut self, p: &[u8]) {
+        self.sum.packets += 1;
+        if p[0] != 0x47 {
+            self.sum.bad_packets += 1;
+            return;
+        }
+        let start = p[1] & 0x40 != 0;
+        let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+        let afc = (p[3] >> 4) & 0x3;
+        if afc & 0x1 == 0 {
+            return; // no payload
+        }
+        let at = if afc == 0x3 { 5 + usize::from(p[4]) } else { 4 };
+        let Some(payload) = p.get(at..) else {
+            return;
+        };
+        if pid == 0 && start {
+            self.pmt_pid = self.pmt_pid.or_else(|| pat_pmt_pid(payload));
+        } else if Some(pid) == self.pmt_pid && start {
+            self.video_pid = self.video_pid.or_else(|| pmt_video_pid(payload));
+        } else if Some(pid) == self.video_pid
+            && start
+            && let Some(pts) = pes_pts(payload)
+        {
+            self.frame(pts);
+        }
+    }
+
+    fn frame(&mut self, raw: u64) {
+        self.sum.frames += 1;
+        let Some(prev) = self.last_raw else {
+            self.last_raw = Some(raw);
+            self.sum.first_pts = Some(raw);
+            return;
+        };
+        // The step as a signed 33-bit difference: wraps are not jumps.
+        let wrapped = raw.wrapping_sub(prev) & PTS_MASK;
+        let step = if wrapped >= 1 << 32 {
+            wrapped as i64 - (1i64 << 33)
+        } else {
+            wrapped as i64
+        };
+        self.last_raw = Some(raw);
+        if step.abs() > i64::from(crate::media::time::CLOCK_RATE) {
+            // A clock jump: the time between is no material.
+            self.done = self.done.saturating_add(self.run_span());
+            self.run = (0, 0);
+            self.last = 0;
+            return;
+        }
+        if step > 0 {
+            self.sum.last_step = Some(step);
+        }
+        self.last += step;
+        self.run = (self.run.0.min(self.last), self.run.1.max(self.last));
+    }
+}
+
+/// The PMT PID of the first program in a PAT section.
+fn pat_pmt_pid(payload: &[u8]) -> Option<u16> {
+    let sec = payload.get(1 + usize::from(*payload.first()?)..)?;
+    if *sec.first()? != 0x00 {
+        return None;
+    }
+    let len = (usize::from(sec.get(1)? & 0x0f) << 8) | usize::from(*sec.get(2)?);
+    // Programs from byte 8 to the CRC; program 0 is the network PID.
+    let body = sec.get(8..(3 + len).checked_sub(4)?)?;
+    body.chunks_exact(4)
+        .find(|e| u16::from_be_bytes([e[0], e[1]]) != 0)
+        .map(|e| (u16::from(e[2] & 0x1f) << 8) | u16::from(e[3]))
+}
+
+/// The PID of the first H.264 or H.265 stream in a PMT section.
+fn pmt_video_pid(payload: &[u8]) -> Option<u16> {
+    let sec = payload.get(1 + usize::from(*payload.first()?)..)?;
+    if *sec.first()? != 0x02 {
+        return None;
+    }
+    let len = (usize::from(sec.get(1)? & 0x0f) << 8) | usize::from(*sec.get(2)?);
+    let end = (3 + len).checked_sub(4)?;
+    let info = (usize::from(sec.get(10)? & 0x0f) << 8) | usize::from(*sec.get(11)?);
+    let mut at = 12 + info;
+    while at + 5 <= end {
+        let e = sec.get(at..at + 5)?;
+        let pid = (u16::from(e[1] & 0x1f) << 8) | u16::from(e[2]);
+        if matches!(e[0], 0x1b | 0x24) {
+            return Some(pid);
+        }
+        at += 5 + ((usize::from(e[3] & 0x0f) << 8) | usize::from(e[4]));
+    }
+    None
+}
+
+/// The PTS of a PES header at the start of `payload`, if it has one.
+fn pes_pts(payload: &[u8]) -> Option<u64> {
+    let h = payload.get(..14)?;
+    if h[..3] != [0, 0, 1] || h[7] & 0x80 == 0 {
+        return None;
+    }
+    let b = &h[9..14];
+    Some(
+        (u64::from(b[0] >> 1) & 7) << 30
+            | u64::from(b[1]) << 22
+            | u64::from(b[2] >> 1) << 15
+            | u64::from(b[3]) << 7
+            | u64::from(b[4] >> 1),
+    )
+}
+
 /// CRC-32/MPEG-2 (polynomial 0x04C11DB7, not reflected, no final xor).
 pub fn crc32_mpeg(data: &[u8]) -> u32 {
     let mut crc = 0xffff_ffffu32;
@@ -336,6 +529,69 @@ mod tests {
         assert_eq!(&body[6..11], &[0, 0, 0, 1, 0x67]);
         assert_eq!(body.len(), 6 + 8 + 8 + 4 + idr.len());
         assert_eq!(&body[body.len() - idr.len()..], &idr[..]);
+    }
+
+    fn segment(frames: usize, first_pts: u64, step: u64) -> Vec<u8> {
+        let mut w = TsWriter::new(Codec::H264);
+        let mut out = Vec::new();
+        let idr = Bytes::from([&[0x65u8][..], &[0xab; 3000][..]].concat());
+        let p = Bytes::from([&[0x41u8][..], &[0xcd; 500][..]].concat());
+        for i in 0..frames {
+            let key = i % 25 == 0;
+            let nal = if key { &idr } else { &p };
+            let pts = first_pts.wrapping_add(i as u64 * step);
+            w.write_au(std::slice::from_ref(nal), key, &[], pts, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn the_scanner_reads_back_what_the_writer_wrote() {
+        let data = segment(100, 90_000, 3600);
+        // Fed in awkward pieces.
+        let mut s = TsScanner::new();
+        for piece in data.chunks(1000) {
+            s.push(piece);
+        }
+        let sum = s.finish();
+        assert_eq!(sum.frames, 100);
+        assert_eq!(sum.first_pts, Some(90_000));
+        assert_eq!(sum.span, 100 * 3600);
+        assert_eq!(sum.last_step, Some(3600));
+        assert_eq!(sum.duration_ms(), 4000);
+        assert_eq!((sum.bad_packets, sum.trailing), (0, 0));
+        assert_eq!(sum.packets as usize * PACKET, data.len());
+    }
+
+    #[test]
+    fn the_scanner_unwraps_33_bits_and_survives_damage() {
+        let mut data = segment(50, (1 << 33) - 3600 * 10, 3600);
+        assert_eq!(scan(&data).duration_ms(), 2000);
+        // A damaged packet and a file cut mid-packet.
+        data[188 * 5] = 0;
+        data.truncate(data.len() - 100);
+        let sum = scan(&data);
+        assert_eq!(sum.bad_packets, 1);
+        assert_eq!(sum.trailing, 88);
+        assert!(sum.frames >= 48);
+        // Not a transport stream at all: nothing claimed.
+        let sum = scan(&[0x55; 5000]);
+        assert_eq!((sum.frames, sum.duration_ms()), (0, 0));
+    }
+
+    #[test]
+    fn a_clock_jump_inside_a_file_claims_no_more_than_its_frames() {
+        let mut data = segment(10, 0, 3600);
+        data.extend(segment(10, 90_000 * 3600, 3600));
+        let sum = scan(&data);
+        assert_eq!(sum.frames, 20);
+        assert_eq!(sum.duration_ms(), 800, "two runs of 10 frames");
+    }
+
+    fn scan(data: &[u8]) -> ScanSummary {
+        let mut s = TsScanner::new();
+        s.push(data);
+        s.finish()
     }
 
     #[test]
