@@ -515,10 +515,7 @@ fn material_copy(
 ) -> anyhow::Result<()> {
     let site = Site::load(site)?;
     let time = |v: &str, what: &str| -> anyhow::Result<i64> {
-        let t = humantime::parse_rfc3339_weak(v).with_context(|| {
-            format!("--{what} {v:?} is not an RFC 3339 time (e.g. 2026-11-25T10:00:00Z)")
-        })?;
-        Ok(mcrelay::record::now_ms(t))
+        mcrelay::record::index::parse_rfc3339(v).map_err(|e| anyhow::anyhow!("--{what}: {e}"))
     };
     let from_ms = time(since, "since")?;
     let to_ms = match until {
@@ -546,6 +543,14 @@ fn material_copy(
         report.skipped_bytes,
         report.remaining
     );
+    for f in &report.failed {
+        eprintln!("not copied: {}: {}", f.segment, f.error);
+    }
     println!("{}", serde_json::to_string(&report)?);
+    anyhow::ensure!(
+        report.failed.is_empty(),
+        "{} segment(s) could not be copied (listed above); run the copy again to retry them",
+        report.failed.len()
+    );
     Ok(())
 }

@@ -354,6 +354,19 @@ fn rfc3339(ms: i64) -> String {
 
 /// Runs `mcrelay material copy` and returns its JSON report.
 fn copy(ns: &Netns, site: &Path, since: i64, until: i64, max: Option<usize>) -> serde_json::Value {
+    let (ok, report, out) = copy_run(ns, site, since, until, max);
+    assert!(ok, "copy failed: {out}");
+    report
+}
+
+/// Runs `mcrelay material copy`: (exit success, JSON report, all output).
+fn copy_run(
+    ns: &Netns,
+    site: &Path,
+    since: i64,
+    until: i64,
+    max: Option<usize>,
+) -> (bool, serde_json::Value, String) {
     let mut cmd = ns.command(common::mcrelay());
     cmd.args(["material", "copy", "--site"])
         .arg(site)
@@ -364,13 +377,13 @@ fn copy(ns: &Netns, site: &Path, since: i64, until: i64, max: Option<usize>) -> 
     }
     let o = cmd.output().expect("mcrelay material copy");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "copy failed: {out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_str(out.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {out}"))
+    let all = format!("{out}{}", String::from_utf8_lossy(&o.stderr));
+    let report = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (o.status.success(), report, all)
 }
 
 fn inventory(ns: &Netns, port: u16, user_pw: &str) -> Vec<serde_json::Value> {
@@ -460,6 +473,42 @@ fn copy_moves_only_missing_segments_and_resumes() {
             assert_eq!(a[k], b[k], "{k}");
         }
     }
+    // One segment that cannot be copied (damaged at the source: its
+    // checksum fails at the target) is reported and skipped; the others
+    // are copied, and each later run retries it.
+    let more = common::wait_for(Duration::from_secs(30), || {
+        let s = inventory(&ns, 8080, "admin:one");
+        (s.len() >= 12).then_some(s)
+    })
+    .expect("twelve segments on rec-1");
+    let until = ms(&more[11], "end_ms");
+    let bad_name = more[10]["segment"].as_str().unwrap().to_string();
+    let bad_file = ["a1", "a2"]
+        .iter()
+        .map(|d| dir.path().join(d).join("mcrelay/ch1").join(&bad_name))
+        .find(|p| p.exists())
+        .expect("the source segment's file");
+    let original = std::fs::read(&bad_file).unwrap();
+    let mut damaged = original.clone();
+    damaged[1000] ^= 0xff;
+    std::fs::write(&bad_file, &damaged).unwrap();
+    let (ok, r, out) = copy_run(&ns, &site, start, until, None);
+    assert!(!ok, "a failed segment must fail the run: {out}");
+    assert_eq!(r["copied"], 2, "{r}");
+    assert_eq!(r["failed"][0]["segment"], bad_name.as_str(), "{r}");
+    assert!(out.contains(&bad_name) && out.contains("checksum"), "{out}");
+    let (_, r, _) = copy_run(&ns, &site, start, until, None);
+    assert_eq!(
+        r["failed"].as_array().map(Vec::len),
+        Some(1),
+        "retried: {r}"
+    );
+    std::fs::write(&bad_file, &original).unwrap();
+    let (ok, r, out) = copy_run(&ns, &site, start, until, None);
+    assert!(ok, "{out}");
+    assert_eq!(r["copied"], 1, "{r}");
+    assert_eq!(inventory(&ns, 8081, "admin:two").len(), 12);
+
     // A wrong password is refused with a clear error.
     let bad = text.replace("password = \"two\"", "password = \"nope\"");
     let bad_site = dir.path().join("bad.toml");

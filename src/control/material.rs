@@ -2,7 +2,7 @@
 //! compares and copies. Both need the server password (Digest; Basic only
 //! where the RTSP server allows it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -11,25 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{AppState, json_response, text};
-use crate::record::index::{Entry, SegmentName, coverage};
+use crate::record::index::{Entry, SegmentName, coverage, parse_rfc3339 as parse_time, rfc3339};
 use crate::serve::auth::Verdict;
 
 /// Segments closer than this count as contiguous in the gap list.
 const GAP_TOLERANCE_MS: i64 = 100;
-
-fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn parse_time(v: &str) -> Result<i64, String> {
-    humantime::parse_rfc3339_weak(v)
-        .map_err(|e| format!("{v:?} is not an RFC 3339 time ({e}), e.g. 2026-11-25T10:00:00Z"))
-        .map(|t| {
-            t.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        })
-}
 
 /// Checks the request's credentials; `Err` is the response to send.
 fn authorize(
@@ -102,6 +88,12 @@ fn entry_json(e: &Entry) -> serde_json::Value {
         "recorder": e.recorder,
     })
 }
+
+/// The largest segment an upload may carry: an hour (the longest
+/// `storage.segment`) at 36 Mbit/s, far above any camera a recorder takes.
+pub const MAX_UPLOAD_BYTES: u64 = 16 << 30;
+/// An upload that sends nothing for this long is dropped.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `GET /channels/{id}/material?from=…&to=…`
 pub async fn list(
@@ -201,15 +193,22 @@ pub async fn upload(
             return text(StatusCode::BAD_REQUEST, "X-Mcrelay-Entry is missing\n");
         }
     };
-    if entry.channel != channel
-        || entry.segment != segment
-        || entry.start_ms != name.start_ms
-        || entry.recorder != name.recorder
-        || entry.end_ms < entry.start_ms
-    {
+    if entry.channel != channel || entry.segment != segment {
         return text(
             StatusCode::BAD_REQUEST,
             "X-Mcrelay-Entry does not describe this segment\n",
+        );
+    }
+    if let Err(why) = crate::record::index::check(&entry) {
+        return text(StatusCode::BAD_REQUEST, format!("X-Mcrelay-Entry: {why}\n"));
+    }
+    if entry.bytes > MAX_UPLOAD_BYTES {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} bytes is more than a segment may hold ({MAX_UPLOAD_BYTES})\n",
+                entry.bytes
+            ),
         );
     }
     if let Some((_, have)) = rec.segment_file(channel, &name) {
@@ -225,42 +224,67 @@ pub async fn upload(
             )
         };
     }
-    let Some((disk, part, path)) = rec.import_target(channel, &name) else {
+    let target = {
+        let rec = rec.clone();
+        let name = name.clone();
+        let bytes = entry.bytes;
+        tokio::task::spawn_blocking(move || rec.import_target(channel, &name, bytes)).await
+    };
+    let Ok(Some((disk, part, path))) = target else {
         return text(
             StatusCode::INSUFFICIENT_STORAGE,
-            "no usable material disk\n",
+            format!(
+                "no usable material disk has room for {} more bytes under its usage limit\n",
+                entry.bytes
+            ),
         );
     };
-    match receive(body, &part, &path, &entry).await {
-        Ok(()) => {}
-        Err((code, msg)) => {
-            let _ = tokio::fs::remove_file(&part).await;
-            tracing::warn!(channel, segment = %name, "material upload refused: {msg}");
-            return text(code, format!("{msg}\n"));
-        }
+    if let Err((code, msg)) = receive(body, &part, &entry).await {
+        let _ = tokio::fs::remove_file(&part).await;
+        tracing::warn!(channel, segment = %name, "material upload refused: {msg}");
+        return text(code, format!("{msg}\n"));
     }
-    let committed = tokio::task::spawn_blocking(move || rec.import_commit(disk, entry)).await;
+    let checksum = entry.checksum.clone();
+    let committed = {
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || rec.import_commit(disk, &part, &path, entry)).await
+    };
     match committed {
-        Ok(Ok(())) => {
+        Ok(Ok(true)) => {
             tracing::info!(channel, segment = %name, "copied segment received");
             text(StatusCode::CREATED, "stored\n")
         }
+        // Another upload of the same name got there first.
+        Ok(Ok(false)) => match st
+            .recorder
+            .as_ref()
+            .and_then(|r| r.segment_file(channel, &name))
+        {
+            Some((_, have)) if have.checksum != checksum => text(
+                StatusCode::CONFLICT,
+                format!(
+                    "{name} is present with another checksum ({})\n",
+                    have.checksum
+                ),
+            ),
+            _ => text(StatusCode::OK, "already present\n"),
+        },
         Ok(Err(e)) => {
-            let _ = tokio::fs::remove_file(&path).await;
+            let _ = tokio::fs::remove_file(&part).await;
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot list the segment: {e}\n"),
+                format!("cannot store the segment: {e}\n"),
             )
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
 
-/// Streams the body to `part`, checks size and checksum, syncs, renames.
+/// Streams the body to `part`, checks size and checksum, syncs. A body that
+/// sends nothing for [`BODY_IDLE`] is dropped.
 async fn receive(
     body: Body,
     part: &std::path::Path,
-    path: &std::path::Path,
     entry: &Entry,
 ) -> Result<(), (StatusCode, String)> {
     use futures::StreamExt as _;
@@ -276,15 +300,28 @@ async fn receive(
             .await
             .map_err(|e| io("cannot create the directory of", e))?;
     }
-    let mut file = tokio::fs::File::create(part)
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
         .await
         .map_err(|e| io("cannot create", e))?;
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
     let mut bytes = 0u64;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload broke off: {e}")))?;
+    loop {
+        let chunk = match tokio::time::timeout(BODY_IDLE, stream.next()).await {
+            Err(_) => {
+                return Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the upload sent nothing for {BODY_IDLE:?}"),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(c)) => {
+                c.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload broke off: {e}")))?
+            }
+        };
         bytes += chunk.len() as u64;
         if bytes > entry.bytes {
             return Err((
@@ -313,17 +350,7 @@ async fn receive(
             ),
         ));
     }
-    file.sync_all().await.map_err(|e| io("cannot sync", e))?;
-    drop(file);
-    tokio::fs::rename(part, path)
-        .await
-        .map_err(|e| io("cannot rename", e))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = tokio::fs::File::open(dir).await
-    {
-        let _ = d.sync_all().await;
-    }
-    Ok(())
+    file.sync_all().await.map_err(|e| io("cannot sync", e))
 }
 
 /// `GET /channels/{id}/material/{segment}`

@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::index::{Entry, coverage};
+use super::index::{Entry, coverage, rfc3339};
 use crate::config::Secret;
 
 /// Spans shorter than this are not worth a segment (rounding at joins).
@@ -68,6 +68,16 @@ pub struct CopyReport {
     pub skipped_bytes: u64,
     /// Left for a later run (`max_segments` reached).
     pub remaining: usize,
+    /// Segments that could not be copied (gone at the source, a checksum
+    /// that did not match, a server error): reported and skipped, the rest
+    /// copied; still missing, a later run retries them.
+    pub failed: Vec<FailedSegment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedSegment {
+    pub segment: String,
+    pub error: String,
 }
 
 /// One response: status, headers, and the body still to be read.
@@ -255,11 +265,6 @@ impl<'a> Client<'a> {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 fn read_response(mut r: BufReader<TcpStream>) -> io::Result<Response> {
     let mut head = Vec::new();
     loop {
@@ -358,37 +363,62 @@ pub fn copy_missing(
     let limit = max_segments.unwrap_or(usize::MAX);
     report.remaining = missing.len().saturating_sub(limit);
     for e in missing.into_iter().take(limit) {
-        let path = format!("/channels/{channel}/material/{}", e.segment);
-        let entry = serde_json::to_string(&e).unwrap_or_default();
-        // Twice at most: a nonce that went stale during a long copy is
-        // answered with 401 and a fresh challenge.
-        for attempt in 0..2 {
-            let r = src.call("GET", &path, &[], None)?;
-            if r.status != 200 {
-                return Err(src.http_err("segment download", r));
+        match copy_one(&mut src, &mut dst, channel, &e) {
+            Ok(()) => {
+                report.copied += 1;
+                report.copied_bytes += e.bytes;
+                progress(&e);
             }
-            let mut body = r.body;
-            let put = dst.call(
-                "PUT",
-                &path,
-                &[("X-Mcrelay-Entry", entry.clone())],
-                Some((&mut body, e.bytes)),
-            )?;
-            match put.status {
-                200 | 201 => {
-                    report.copied += 1;
-                    report.copied_bytes += e.bytes;
-                    progress(&e);
-                    break;
-                }
-                401 if attempt == 0 => {
-                    dst.challenge = put.header("WWW-Authenticate").map(str::to_string);
-                }
-                _ => return Err(dst.http_err(&format!("upload of {}", e.segment), put)),
+            // Refused credentials fail every segment alike: stop.
+            Err(err @ CopyError::Http { status: 401, .. }) => return Err(err),
+            Err(err) => {
+                tracing::warn!(channel, segment = %e.segment, error = %err, "segment not copied; skipped, a later run retries it");
+                report.failed.push(FailedSegment {
+                    segment: e.segment.clone(),
+                    error: err.to_string(),
+                });
             }
         }
     }
     Ok(report)
+}
+
+/// Downloads one segment from `src` and uploads it to `dst`.
+fn copy_one(
+    src: &mut Client<'_>,
+    dst: &mut Client<'_>,
+    channel: u32,
+    e: &Entry,
+) -> Result<(), CopyError> {
+    let path = format!("/channels/{channel}/material/{}", e.segment);
+    let entry = serde_json::to_string(e).unwrap_or_default();
+    // Twice at most: a nonce that went stale during a long copy is answered
+    // with 401 and a fresh challenge.
+    for attempt in 0..2 {
+        let r = src.call("GET", &path, &[], None)?;
+        if r.status != 200 {
+            return Err(src.http_err("segment download", r));
+        }
+        let mut body = r.body;
+        let put = dst.call(
+            "PUT",
+            &path,
+            &[("X-Mcrelay-Entry", entry.clone())],
+            Some((&mut body, e.bytes)),
+        )?;
+        match put.status {
+            200 | 201 => return Ok(()),
+            401 if attempt == 0 => {
+                dst.challenge = put.header("WWW-Authenticate").map(str::to_string);
+            }
+            _ => return Err(dst.http_err(&format!("upload of {}", e.segment), put)),
+        }
+    }
+    Err(CopyError::Bad {
+        server: dst.ep.name.clone(),
+        what: format!("upload of {}", e.segment),
+        detail: "refused twice for authentication".into(),
+    })
 }
 
 #[cfg(test)]

@@ -419,6 +419,7 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
     found.unwrap_or_else(|| panic!("channel {id} never reached state {state}; last status: {last}"))
 }
 
+pub mod http;
 pub mod rtsp;
 
 /// Starts `mcrelay camera` serving `clip` over RTSP at rtsp://LISTEN/stream.
