@@ -421,6 +421,7 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
 
 pub mod http;
 pub mod rtsp;
+pub mod slowfs;
 
 /// Starts `mcrelay camera` serving `clip` over RTSP at rtsp://LISTEN/stream.
 pub fn start_rtsp_camera(ns: &Netns, clip: &Path, listen: &str) -> Proc {
