@@ -280,6 +280,14 @@ pub struct StorageConfig {
     /// percentage; a disk that stays above it is full.
     #[serde(default = "default_max_usage")]
     pub max_usage_percent: u8,
+    /// Frames queued per disk for its writer, MiB: a disk that falls this
+    /// far behind loses frames (counted), never holds up the camera.
+    #[serde(default = "default_write_buffer_mb")]
+    pub write_buffer_mb: u32,
+}
+
+fn default_write_buffer_mb() -> u32 {
+    64
 }
 
 impl Default for StorageConfig {
@@ -290,6 +298,7 @@ impl Default for StorageConfig {
             segment: default_segment(),
             retention: None,
             max_usage_percent: default_max_usage(),
+            write_buffer_mb: default_write_buffer_mb(),
         }
     }
 }

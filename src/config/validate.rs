@@ -426,6 +426,13 @@ fn check_storage(out: &mut Issues, s: &ServerConfig) {
             "leave the file system some room, e.g. 90",
         );
     }
+    if !(1..=4096).contains(&st.write_buffer_mb) {
+        out.error(
+            key(s, "storage.write_buffer_mb"),
+            format!("{} is outside 1..4096", st.write_buffer_mb),
+            "64 (MiB) rides out a disk stall of minutes at a few cameras' bitrate",
+        );
+    }
     if st.retention.is_some_and(|r| r < st.segment) {
         out.error(
             key(s, "storage.retention"),

@@ -36,9 +36,6 @@ use super::ts::{TsScanner, TsWriter};
 use crate::media::Codec;
 use crate::metrics::RecordMetrics;
 
-/// Queued frames per disk are bounded by their bytes: a disk that stalls
-/// this long at the server's whole bitrate loses material, not memory.
-pub const QUEUE_BYTES: usize = 64 << 20;
 /// Jobs in a disk's queue (frames and closes).
 const QUEUE_JOBS: usize = 16_384;
 /// Bytes muxed for one segment before they are written out.
@@ -163,6 +160,9 @@ pub struct Disk {
     index: Mutex<IndexFile>,
     queue: Mutex<Option<SyncSender<Job>>>,
     queued: AtomicUsize,
+    /// Queued frames are bounded by their bytes (`storage.write_buffer_mb`):
+    /// a disk that falls this far behind loses material, not memory.
+    queue_bytes: usize,
 }
 
 /// How an I/O error bears on the disk. `None`: the process, not the disk,
@@ -186,7 +186,7 @@ impl Disk {
     /// Opens a disk: replays and repairs its index, discards what a crash
     /// left half-written, indexes complete segments the index lacks. A disk
     /// that cannot be used comes back broken, with the reason.
-    pub fn open(path: &Path) -> Arc<Disk> {
+    pub fn open(path: &Path, queue_bytes: usize) -> Arc<Disk> {
         let root = path.join(ROOT);
         let mut state = DiskState::empty();
         let mut status = DiskStatus::Ok;
@@ -210,6 +210,7 @@ impl Disk {
             index: Mutex::new(IndexFile::default()),
             queue: Mutex::new(None),
             queued: AtomicUsize::new(0),
+            queue_bytes,
         })
     }
 
@@ -269,7 +270,7 @@ impl Disk {
         };
         // Counted before the send: the writer may take the job and subtract
         // its bytes before this thread runs again.
-        if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+        if self.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > self.queue_bytes {
             self.queued.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
@@ -1160,7 +1161,7 @@ mod tests {
             fs::write(self.index_path(), text).unwrap();
         }
         fn open(&self) -> Vec<Entry> {
-            let d = Disk::open(self.disk());
+            let d = Disk::open(self.disk(), 1 << 20);
             assert_eq!(d.status(), DiskStatus::Ok, "{}", d.state().reason);
             let st = d.state();
             st.entries.values().cloned().collect()
@@ -1257,7 +1258,7 @@ mod tests {
         let a = f.file(1, 1_000_000, 25);
         let b = f.file(1, 1_001_000, 25);
         f.write_index(&line(&a));
-        let d = Disk::open(f.disk());
+        let d = Disk::open(f.disk(), 1 << 20);
         // A fragment appended by a write that failed and was not cut.
         fs::OpenOptions::new()
             .append(true)
@@ -1277,7 +1278,7 @@ mod tests {
         let a = f.file(1, 1_000_000, 25);
         let b = f.file(1, 1_001_000, 25);
         f.write_index(&format!("{}{}", line(&a), line(&b)));
-        let d = Disk::open(f.disk());
+        let d = Disk::open(f.disk(), 1 << 20);
         // The index cannot be appended to (as on a disk without one free
         // block): the file is deleted all the same.
         fs::remove_file(f.index_path()).unwrap();

@@ -68,7 +68,11 @@ impl Recorder {
     /// Opens the disks (repairing what a crash left) and starts a writer
     /// thread per disk and the health thread.
     pub fn start(server: &str, cfg: &StorageConfig) -> std::io::Result<Arc<Recorder>> {
-        let disks: Vec<Arc<Disk>> = cfg.disks.iter().map(|p| Disk::open(p)).collect();
+        let disks: Vec<Arc<Disk>> = cfg
+            .disks
+            .iter()
+            .map(|p| Disk::open(p, cfg.write_buffer_mb as usize * (1 << 20)))
+            .collect();
         let rec = Arc::new(Recorder {
             server: server.to_string(),
             disks,
