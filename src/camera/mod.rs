@@ -183,6 +183,7 @@ pub async fn serve_rtsp(
         ))
     });
     let shared = Arc::new(RtspShared {
+        max_connections: RtspShared::connections_wanted(&cfg),
         clients: Clients::new(cfg.max_clients, cfg.max_clients_per_channel),
         cfg,
         multicast_allowed: false,

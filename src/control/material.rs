@@ -92,8 +92,6 @@ fn entry_json(e: &Entry) -> serde_json::Value {
 /// The largest segment an upload may carry: an hour (the longest
 /// `storage.segment`) at 36 Mbit/s, far above any camera a recorder takes.
 pub const MAX_UPLOAD_BYTES: u64 = 16 << 30;
-/// An upload that sends nothing for this long is dropped.
-const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `GET /channels/{id}/material?from=…&to=…`
 pub async fn list(
@@ -280,8 +278,7 @@ pub async fn upload(
     }
 }
 
-/// Streams the body to `part`, checks size and checksum, syncs. A body that
-/// sends nothing for [`BODY_IDLE`] is dropped.
+/// Streams the body to `part`, checks size and checksum, syncs.
 async fn receive(
     body: Body,
     part: &std::path::Path,
@@ -309,19 +306,10 @@ async fn receive(
     let mut hash = xxhash_rust::xxh3::Xxh3::new();
     let mut bytes = 0u64;
     let mut stream = body.into_data_stream();
-    loop {
-        let chunk = match tokio::time::timeout(BODY_IDLE, stream.next()).await {
-            Err(_) => {
-                return Err((
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the upload sent nothing for {BODY_IDLE:?}"),
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(c)) => {
-                c.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload broke off: {e}")))?
-            }
-        };
+    // The router's body layers stop a body that idles or outgrows its cap.
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload broke off: {e}")))?;
         bytes += chunk.len() as u64;
         if bytes > entry.bytes {
             return Err((

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -44,16 +44,39 @@ pub struct AppState {
     pub auth: Option<Arc<crate::serve::auth::Authenticator>>,
 }
 
+/// Requests other than uploads carry no body worth reading.
+const MAX_BODY: usize = 64 * 1024;
+/// A handler answers within this (uploads excepted: their body may take
+/// long, and has its own idle timeout).
+const HANDLER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// An upload body that sends nothing for this long is dropped.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub fn router(state: AppState) -> Router {
+    use tower_http::limit::RequestBodyLimitLayer;
+    use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+    let small = (
+        RequestBodyLimitLayer::new(MAX_BODY),
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, HANDLER_TIMEOUT),
+    );
+    let upload = put(material::upload).layer((
+        RequestBodyLimitLayer::new(
+            usize::try_from(material::MAX_UPLOAD_BYTES).unwrap_or(usize::MAX),
+        ),
+        RequestBodyTimeoutLayer::new(UPLOAD_IDLE),
+    ));
     Router::new()
-        .route("/health", get(health))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/channels/{file}", get(channel_sdp))
-        .route("/channels/{id}/material", get(material::list))
+        .route("/health", get(health).layer(small.clone()))
+        .route("/status", get(status).layer(small.clone()))
+        .route("/metrics", get(metrics).layer(small.clone()))
+        .route("/channels/{file}", get(channel_sdp).layer(small.clone()))
+        .route(
+            "/channels/{id}/material",
+            get(material::list).layer(small.clone()),
+        )
         .route(
             "/channels/{id}/material/{segment}",
-            get(material::download).put(material::upload),
+            get(material::download).layer(small).merge(upload),
         )
         .with_state(state)
 }

@@ -5,6 +5,8 @@
 //! sender task. The set of channels can change while running ([`Server::apply`]):
 //! failover hands a server another server's channels, on that server's groups.
 
+pub mod http;
+pub mod limits;
 pub mod rtsp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -263,6 +265,25 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     for w in &site.warnings {
         tracing::warn!("{}: {w}", site.path.display());
     }
+    // Descriptors: raised, then shared out so that connections never take
+    // what cameras and disks need.
+    let nofile = limits::raise_nofile();
+    let rtsp_wanted = server
+        .local
+        .rtsp
+        .as_ref()
+        .map_or(0, rtsp::RtspShared::connections_wanted);
+    // A failover server may come to carry every channel of the site.
+    let site_channels: usize = site.servers().iter().map(|s| s.channels.len()).sum();
+    let (budget, shrunk) = limits::budget(
+        nofile,
+        site_channels.max(server.local.channels.len()),
+        server.local.storage.disks.len(),
+        rtsp_wanted,
+    );
+    if let Some(w) = shrunk {
+        tracing::warn!("server {name:?}: {w}");
+    }
     let addr = opts.control.unwrap_or(server.local.control);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -287,6 +308,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
             });
             let clients = rtsp::Clients::new(cfg.max_clients, cfg.max_clients_per_channel);
             let shared = Arc::new(rtsp::RtspShared {
+                max_connections: budget.rtsp,
                 multicast_allowed: server.local.protocol == crate::config::Protocol::RtpMulticast,
                 auth,
                 channels: server.directory.subscribe(),
@@ -324,12 +346,12 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     });
     let app = control::router(server.app_state(clients, api_auth));
     let http_stop = CancellationToken::new();
-    let stop = http_stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let http = tokio::spawn(http::serve(
+        listener,
+        app,
+        budget.control,
+        http_stop.clone(),
+    ));
     tracing::info!(server = name, control = %control_addr, "control API listening");
     Ok(Handle {
         control_addr,

@@ -46,6 +46,8 @@ const EXTRA_CONNECTIONS: usize = 64;
 /// Everything a connection needs, shared by all of them.
 pub struct RtspShared {
     pub cfg: RtspConfig,
+    /// Open connections at most (the descriptor budget's share).
+    pub max_connections: usize,
     /// The server's protocol is `rtp-multicast`.
     pub multicast_allowed: bool,
     pub auth: Option<Arc<Authenticator>>,
@@ -54,6 +56,14 @@ pub struct RtspShared {
     pub origin: Ipv4Addr,
     pub clients: Arc<Clients>,
     pub metrics: Metrics,
+}
+
+impl RtspShared {
+    /// Connections a server with `cfg` wants open at most: its clients,
+    /// and room for DESCRIBE probes and setups.
+    pub fn connections_wanted(cfg: &RtspConfig) -> usize {
+        cfg.max_clients + EXTRA_CONNECTIONS
+    }
 }
 
 /// The workstations playing, for limits and `/status`.
@@ -197,7 +207,7 @@ impl Catalog for DirCatalog<'_> {
 /// Accepts connections until `cancel`.
 pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: CancellationToken) {
     let open = Arc::new(AtomicUsize::new(0));
-    let max_connections = shared.cfg.max_clients + EXTRA_CONNECTIONS;
+    let max_connections = shared.max_connections;
     loop {
         let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {
