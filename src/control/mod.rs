@@ -66,14 +66,11 @@ pub fn router(state: AppState) -> Router {
         RequestBodyTimeoutLayer::new(UPLOAD_IDLE),
     ));
     Router::new()
-        .route("/health", get(health).layer(small.clone()))
-        .route("/status", get(status).layer(small.clone()))
-        .route("/metrics", get(metrics).layer(small.clone()))
-        .route("/channels/{file}", get(channel_sdp).layer(small.clone()))
-        .route(
-            "/channels/{id}/material",
-            get(material::list).layer(small.clone()),
-        )
+        .route("/health", get(health).layer(small))
+        .route("/status", get(status).layer(small))
+        .route("/metrics", get(metrics).layer(small))
+        .route("/channels/{file}", get(channel_sdp).layer(small))
+        .route("/channels/{id}/material", get(material::list).layer(small))
         .route(
             "/channels/{id}/material/{segment}",
             get(material::download).layer(small).merge(upload),
