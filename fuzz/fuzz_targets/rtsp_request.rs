@@ -32,7 +32,8 @@ impl Catalog for Cat {
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, bytes)) = data.split_first() else { return };
     let auth = (ctl & 1 == 0).then(|| Arc::new(Authenticator::new("admin".into(), Secret::new("pw".into()), ctl & 2 == 0, [1; 32])));
-    let mut conn = Connection::new(auth, ctl & 4 == 0, Duration::from_secs(60), Instant::now());
+    let peer = std::net::IpAddr::from([198, 18, 0, 1]);
+    let mut conn = Connection::new(auth, ctl & 4 == 0, Duration::from_secs(60), Instant::now(), peer, 9);
     let mut reader = RequestReader::new(4096, 32);
     let chunk = 1 + (ctl as usize >> 3) * 3;
     for piece in bytes.chunks(chunk) {

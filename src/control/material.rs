@@ -5,14 +5,16 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{AppState, json_response, text};
 use crate::record::index::{Entry, SegmentName, coverage, parse_rfc3339 as parse_time, rfc3339};
-use crate::serve::auth::Verdict;
+use crate::serve::auth::{Attempt, Verdict};
 
 /// Segments closer than this count as contiguous in the gap list.
 const GAP_TOLERANCE_MS: i64 = 100;
@@ -23,6 +25,7 @@ fn authorize(
     method: &str,
     uri: &Uri,
     headers: &HeaderMap,
+    peer: std::net::IpAddr,
 ) -> Result<(), Box<Response>> {
     let Some(auth) = &st.auth else {
         return Err(Box::new(text(
@@ -33,23 +36,33 @@ fn authorize(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let header = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    // A Digest response is bound to the URI it names: it must be this one.
-    let uri_ok = header
-        .and_then(crate::serve::auth::digest_uri)
-        .is_none_or(|u| u == uri.path_and_query().map_or(uri.path(), |p| p.as_str()));
-    match auth.check(method, header, now) {
-        Verdict::Allowed if uri_ok => Ok(()),
-        Verdict::Allowed => Err(Box::new(text(
-            StatusCode::BAD_REQUEST,
-            "the Digest uri does not match the request\n",
-        ))),
+    let attempt = Attempt {
+        method,
+        uri: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+        authorization,
+        peer,
+        binding: 0,
+    };
+    match auth.check(&attempt, now) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Throttled { retry_after_secs } => {
+            st.metrics.rtsp_unauthorized().inc();
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; retry later\n",
+            );
+            if let Ok(v) = retry_after_secs.to_string().parse() {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Err(Box::new(r))
+        }
         Verdict::Denied { stale } => {
             st.metrics.rtsp_unauthorized().inc();
             let mut r = text(StatusCode::UNAUTHORIZED, "the server password is needed\n");
-            for c in auth.challenges(now, stale) {
+            for c in auth.challenges(now, stale, peer, 0) {
                 if let Ok(v) = c.parse() {
                     r.headers_mut().append(header::WWW_AUTHENTICATE, v);
                 }
@@ -64,9 +77,10 @@ fn authorized_channel(
     st: &AppState,
     uri: &Uri,
     headers: &HeaderMap,
+    peer: std::net::IpAddr,
     id: &str,
 ) -> Result<u32, Box<Response>> {
-    authorize(st, "GET", uri, headers)?;
+    authorize(st, "GET", uri, headers, peer)?;
     id.parse::<u32>().map_err(|_| {
         Box::new(text(
             StatusCode::NOT_FOUND,
@@ -98,10 +112,11 @@ pub async fn list(
     State(st): State<AppState>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let channel = match authorized_channel(&st, &uri, &headers, &id) {
+    let channel = match authorized_channel(&st, &uri, &headers, peer.ip(), &id) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -158,11 +173,12 @@ pub async fn list(
 pub async fn upload(
     State(st): State<AppState>,
     Path((id, segment)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = authorize(&st, "PUT", &uri, &headers) {
+    if let Err(r) = authorize(&st, "PUT", &uri, &headers, peer.ip()) {
         return *r;
     }
     let Ok(channel) = id.parse::<u32>() else {
@@ -345,10 +361,11 @@ async fn receive(
 pub async fn download(
     State(st): State<AppState>,
     Path((id, segment)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let channel = match authorized_channel(&st, &uri, &headers, &id) {
+    let channel = match authorized_channel(&st, &uri, &headers, peer.ip(), &id) {
         Ok(c) => c,
         Err(r) => return *r,
     };

@@ -107,6 +107,9 @@ impl Response {
 struct Client<'a> {
     ep: &'a Endpoint,
     challenge: Option<String>,
+    /// Requests answered with the current challenge's nonce (qop's `nc`,
+    /// which must grow: the server refuses a count it has seen).
+    nc: std::cell::Cell<u32>,
 }
 
 impl<'a> Client<'a> {
@@ -114,7 +117,13 @@ impl<'a> Client<'a> {
         Client {
             ep,
             challenge: None,
+            nc: std::cell::Cell::new(0),
         }
+    }
+
+    fn set_challenge(&mut self, c: Option<String>) {
+        self.challenge = c;
+        self.nc.set(0);
     }
 
     fn io_err(&self, what: &str, source: io::Error) -> CopyError {
@@ -152,6 +161,7 @@ impl<'a> Client<'a> {
         );
         if let Some(c) = &self.challenge {
             let cnonce = format!("{:016x}", rand::random::<u64>());
+            self.nc.set(self.nc.get() + 1);
             if let Some(a) = crate::serve::auth::digest_answer(
                 c,
                 &self.ep.user,
@@ -159,6 +169,7 @@ impl<'a> Client<'a> {
                 method,
                 path,
                 &cnonce,
+                self.nc.get(),
             ) {
                 head.push_str(&format!("Authorization: {a}\r\n"));
             }
@@ -200,7 +211,7 @@ impl<'a> Client<'a> {
             let probe = self
                 .send("GET", path, &[], None)
                 .map_err(|e| self.io_err(&what, e))?;
-            self.challenge = probe.header("WWW-Authenticate").map(str::to_string);
+            self.set_challenge(probe.header("WWW-Authenticate").map(str::to_string));
         }
         let reborrow = body.as_mut().map(|(r, n)| (&mut **r as &mut dyn Read, *n));
         let r = self
@@ -213,7 +224,7 @@ impl<'a> Client<'a> {
         if fresh.is_none() || fresh == self.challenge {
             return Err(self.http_err(&format!("{what} (check the server password)"), r));
         }
-        self.challenge = fresh;
+        self.set_challenge(fresh);
         self.send(method, path, extra, None)
             .map_err(|e| self.io_err(&what, e))
     }
@@ -409,7 +420,7 @@ fn copy_one(
         match put.status {
             200 | 201 => return Ok(()),
             401 if attempt == 0 => {
-                dst.challenge = put.header("WWW-Authenticate").map(str::to_string);
+                dst.set_challenge(put.header("WWW-Authenticate").map(str::to_string));
             }
             _ => return Err(dst.http_err(&format!("upload of {}", e.segment), put)),
         }

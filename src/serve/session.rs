@@ -11,13 +11,14 @@
 //!   channel, 454 unknown session, 461 unsupported transport, 503 over a
 //!   client limit or codec not known yet.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtsp_types::headers::{self, Transport, Transports};
 use rtsp_types::{Method, Request, Response, StatusCode, Version};
 
-use super::auth::{Authenticator, Verdict};
+use super::auth::{Attempt, Authenticator, Verdict};
 use crate::config::Destination;
 
 pub const SERVER: &str = concat!("mcrelay/", env!("CARGO_PKG_VERSION"));
@@ -93,23 +94,36 @@ pub struct Connection {
     multicast_allowed: bool,
     session_timeout: Duration,
     session: Option<Session>,
+    /// The last request that passed authentication (a connection that only
+    /// gets 401s does not stay alive by sending them).
     last_request: Instant,
+    peer: IpAddr,
+    /// The connection's own nonce binding (see [`Authenticator`]).
+    binding: u64,
+    /// Credentials were accepted here (from the start without a password).
+    authenticated: bool,
 }
 
 impl Connection {
-    /// `multicast_allowed`: the server's protocol is `rtp-multicast`.
+    /// `multicast_allowed`: the server's protocol is `rtp-multicast`;
+    /// `binding`: a random id of this connection, to bind its nonces.
     pub fn new(
         auth: Option<Arc<Authenticator>>,
         multicast_allowed: bool,
         session_timeout: Duration,
         now: Instant,
+        peer: IpAddr,
+        binding: u64,
     ) -> Self {
         Connection {
+            authenticated: auth.is_none(),
             auth,
             multicast_allowed,
             session_timeout,
             session: None,
             last_request: now,
+            peer,
+            binding,
         }
     }
 
@@ -119,6 +133,13 @@ impl Connection {
 
     pub fn last_request(&self) -> Instant {
         self.last_request
+    }
+
+    /// Whether the client has authenticated (always true without a
+    /// password). Until it has, the runtime gives it a short deadline and a
+    /// slot of the small unauthenticated pool.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// A session that is not streaming over this connection expires when no
@@ -142,7 +163,6 @@ impl Connection {
         fresh_id: u64,
         catalog: &impl Catalog,
     ) -> Outcome {
-        self.last_request = now;
         let Some(cseq) = req
             .header(&headers::CSEQ)
             .map(|v| v.as_str().trim().to_string())
@@ -188,7 +208,11 @@ impl Connection {
             (None, _) => true,
         };
         if *method == Method::Options {
-            // OPTIONS needs no credentials, and is a keep-alive for its session.
+            // OPTIONS needs no credentials, and is a keep-alive for its
+            // session, and for the connection once it authenticated.
+            if self.authenticated {
+                self.last_request = now;
+            }
             if session_hdr.is_some()
                 && session_ok
                 && let Some(s) = &mut self.session
@@ -201,22 +225,38 @@ impl Connection {
         }
 
         if let Some(auth) = &self.auth {
-            let authz = req.header(&headers::AUTHORIZATION).map(|v| v.as_str());
-            match auth.check(method_name(method), authz, now_unix) {
-                Verdict::Allowed => {}
+            let uri = req
+                .request_uri()
+                .map(|u| u.as_str().to_string())
+                .unwrap_or_default();
+            let attempt = Attempt {
+                method: method_name(method),
+                uri: &uri,
+                authorization: req.header(&headers::AUTHORIZATION).map(|v| v.as_str()),
+                peer: self.peer,
+                binding: self.binding,
+            };
+            match auth.check(&attempt, now_unix) {
+                Verdict::Allowed => self.authenticated = true,
                 // A live session was authenticated at SETUP; its keep-alives
                 // may ride an old nonce.
                 Verdict::Denied { stale: true }
                     if session_ok && session_hdr.is_some() && self.session.is_some() => {}
                 Verdict::Denied { stale } => {
                     let mut r = reply(cseq, StatusCode::Unauthorized, Action::None);
-                    for c in auth.challenges(now_unix, stale) {
+                    for c in auth.challenges(now_unix, stale, self.peer, self.binding) {
                         r = r.append(headers::WWW_AUTHENTICATE, c);
                     }
                     return r.finish();
                 }
+                Verdict::Throttled { retry_after_secs } => {
+                    return reply(cseq, StatusCode::ServiceUnavailable, Action::Close)
+                        .header(headers::RETRY_AFTER, retry_after_secs.to_string())
+                        .text("too many failed authentications from this address; retry later");
+                }
             }
         }
+        self.last_request = now;
         if !session_ok {
             return reply(cseq, StatusCode::SessionNotFound, Action::None).finish();
         }
@@ -406,6 +446,15 @@ impl Connection {
             .header(headers::RANGE, "npt=now-")
             .finish()
     }
+}
+
+/// The 503 for a client over a limit, answering `req` (the runtime sends it
+/// when the reservation at PLAY fails).
+pub fn refusal_response(req: &Request<Vec<u8>>, r: Refusal) -> Response<Vec<u8>> {
+    let cseq = req
+        .header(&headers::CSEQ)
+        .map(|v| v.as_str().trim().to_string());
+    refused(cseq.as_deref(), r).response
 }
 
 fn refused(cseq: Option<&str>, r: Refusal) -> Outcome {

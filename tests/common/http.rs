@@ -64,7 +64,7 @@ pub fn authorization(addr: &str, method: &str, path: &str, user: &str, pw: &str)
         })
         .expect("a Digest challenge");
     let cnonce = format!("{:016x}", rand::random::<u64>());
-    mcrelay::serve::auth::digest_answer(&challenge, user, pw, method, path, &cnonce)
+    mcrelay::serve::auth::digest_answer(&challenge, user, pw, method, path, &cnonce, 1)
         .expect("answerable challenge")
 }
 

@@ -7,6 +7,7 @@ use super::*;
 use crate::config::Secret;
 
 const NOW_UNIX: u64 = 1_800_000_000;
+const PEER: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9));
 
 struct Cat {
     full: Option<Refusal>,
@@ -97,6 +98,8 @@ impl Client {
                 multicast,
                 Duration::from_secs(60),
                 now,
+                PEER,
+                7,
             ),
             cseq: 0,
             authz_for: None,
@@ -224,7 +227,14 @@ fn tcp_session_lifecycle_with_digest() {
 #[test]
 fn wrong_or_missing_credentials_get_401_with_a_challenge() {
     let cat = Cat { full: None };
-    let mut conn = Connection::new(Some(auth()), false, Duration::from_secs(60), Instant::now());
+    let mut conn = Connection::new(
+        Some(auth()),
+        false,
+        Duration::from_secs(60),
+        Instant::now(),
+        PEER,
+        7,
+    );
     let o = conn.handle(
         &parse("DESCRIBE rtsp://h/1 RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
         Instant::now(),
@@ -379,7 +389,14 @@ fn status_codes() {
     );
     assert_eq!(status(&o), 503);
     assert!(String::from_utf8_lossy(o.response.body()).contains("50 TCP clients"));
-    let mut conn = Connection::new(None, false, Duration::from_secs(60), Instant::now());
+    let mut conn = Connection::new(
+        None,
+        false,
+        Duration::from_secs(60),
+        Instant::now(),
+        PEER,
+        7,
+    );
     let o = conn.handle(
         &parse("OPTIONS rtsp://h/1 RTSP/1.0\r\n\r\n"),
         Instant::now(),
@@ -426,4 +443,83 @@ fn keep_alive_with_a_stale_nonce_is_accepted_in_a_live_session() {
     let o = c.conn.handle(&req, c.now, later, 1, &cat);
     assert_eq!(status(&o), 401);
     assert!(header(&o, &headers::WWW_AUTHENTICATE).contains("stale=true"));
+}
+
+fn challenge_of(o: &Outcome) -> String {
+    header(o, &headers::WWW_AUTHENTICATE).to_string()
+}
+
+#[test]
+fn a_header_works_only_for_its_channel_and_its_connection() {
+    let cat = Cat { full: None };
+    let t0 = Instant::now();
+    let new_conn = |binding| {
+        Connection::new(
+            Some(auth()),
+            false,
+            Duration::from_secs(60),
+            t0,
+            PEER,
+            binding,
+        )
+    };
+    let mut a = new_conn(1);
+    let o = a.handle(
+        &parse("DESCRIBE rtsp://h/1 RTSP/1.0\r\nCSeq: 1\r\n\r\n"),
+        t0,
+        NOW_UNIX,
+        1,
+        &cat,
+    );
+    let h = authorization(&challenge_of(&o), "DESCRIBE", "rtsp://h/1", "demo");
+    let req = |uri: &str, h: &str| {
+        parse(&format!(
+            "DESCRIBE {uri} RTSP/1.0\r\nCSeq: 2\r\nAuthorization: {h}\r\n\r\n"
+        ))
+    };
+    // For another channel on the same connection: refused.
+    let o = a.handle(&req("rtsp://h/Front%20door", &h), t0, NOW_UNIX, 1, &cat);
+    assert_eq!(status(&o), 401);
+    assert!(!a.authenticated());
+    assert_eq!(
+        status(&a.handle(&req("rtsp://h/1", &h), t0, NOW_UNIX, 1, &cat)),
+        200
+    );
+    assert!(a.authenticated());
+    // Replayed on another connection: refused, stale (a client with the
+    // password retries at once).
+    let mut b = new_conn(2);
+    let o = b.handle(&req("rtsp://h/1", &h), t0, NOW_UNIX, 1, &cat);
+    assert_eq!(status(&o), 401);
+    assert!(
+        challenge_of(&o).contains("stale=true"),
+        "{}",
+        challenge_of(&o)
+    );
+    assert!(!b.authenticated());
+}
+
+#[test]
+fn requests_answered_401_buy_no_time() {
+    let cat = Cat { full: None };
+    let t0 = Instant::now();
+    let mut c = Connection::new(Some(auth()), false, Duration::from_secs(60), t0, PEER, 3);
+    for i in 1..5u64 {
+        let now = t0 + Duration::from_secs(5 * i);
+        for m in ["OPTIONS", "DESCRIBE"] {
+            c.handle(
+                &parse(&format!("{m} rtsp://h/1 RTSP/1.0\r\nCSeq: {i}\r\n\r\n")),
+                now,
+                NOW_UNIX,
+                1,
+                &cat,
+            );
+        }
+    }
+    assert!(!c.authenticated());
+    assert_eq!(
+        c.last_request(),
+        t0,
+        "401s and OPTIONS refreshed the idle timer"
+    );
 }
