@@ -99,3 +99,82 @@ fn pushed_stream_is_relayed_and_a_new_encoder_takes_over() {
     let c = common::wait_camera_state(&ns, 3, "streaming", Duration::from_secs(5));
     assert_eq!(c["camera"]["reconnects"], 1, "{c}");
 }
+
+/// A port scan, a connection that sends junk and a host not on the allow
+/// list never cut the encoder; only a connection that sends a picture
+/// replaces it.
+#[test]
+fn only_an_allowed_encoder_that_sends_a_picture_replaces_the_current_one() {
+    use std::io::Write as _;
+    let ns = Netns::new("pushallow");
+    let dir = common::tempdir();
+    let text = SITE.replace(
+        "codec = \"h264\"",
+        "codec = \"h264\"\nallow = [\"127.0.0.1\"]",
+    );
+    let site = common::write_site(dir.path(), &text);
+    let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
+    let mut first = push(&ns);
+    common::wait_camera_state(&ns, 3, "streaming", Duration::from_secs(10));
+    let frames_before = common::get_json(&ns, "/status")["channels"][0]["frames"]
+        .as_u64()
+        .unwrap();
+    ns.run(|| {
+        let connect_from = |from: &str| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(
+                &format!("{from}:0")
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+            s.connect(
+                &"127.0.0.1:9003"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+            std::net::TcpStream::from(s)
+        };
+        // A port scan: connect, close.
+        for _ in 0..5 {
+            drop(connect_from("127.0.0.1"));
+        }
+        // Junk with start codes, from an allowed address.
+        let mut junk = connect_from("127.0.0.1");
+        let mut bytes = Vec::new();
+        for i in 0..2000u32 {
+            bytes.extend_from_slice(&[0, 0, 1, 0x80 | (i as u8 & 0x7f), 0xff, 0x13]);
+        }
+        let _ = junk.write_all(&bytes);
+        // A real stream from an address that is not allowed.
+        let mut stranger = connect_from("127.0.0.2");
+        let clip = std::fs::read(common::clip("demo-h264.h264")).unwrap();
+        let _ = stranger.write_all(&clip[..clip.len() / 2]);
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let st = common::get_json(&ns, "/status");
+    let c = &st["channels"][0];
+    assert_eq!(c["camera"]["reconnects"], 0, "the encoder was cut: {c}");
+    assert_eq!(c["camera"]["state"], "streaming", "{c}");
+    assert!(c["frames"].as_u64().unwrap() >= frames_before + 50, "{c}");
+    assert!(
+        first.is_running(),
+        "the first encoder's connection was closed"
+    );
+    // A real encoder from an allowed address replaces it.
+    let _second = push(&ns);
+    let replaced = common::wait_for(Duration::from_secs(10), || {
+        let c = common::get_json(&ns, "/status")["channels"][0].clone();
+        (c["camera"]["reconnects"] == 1).then_some(c)
+    });
+    assert!(replaced.is_some(), "the second encoder did not take over");
+    assert!(
+        common::wait_for(Duration::from_secs(10), || (!first.is_running())
+            .then_some(()))
+        .is_some()
+    );
+}

@@ -53,6 +53,8 @@ pub struct ChannelSpec {
     pub ingest: IngestConfig,
     /// Where to send it, when the owner's protocol is RTP multicast.
     pub multicast: Option<EmitSpec>,
+    /// Encoders allowed to connect to a `tcp-listen://` source (empty: any).
+    pub allow: Vec<crate::config::Allowed>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +81,7 @@ impl ChannelSpec {
             timing: TimingPolicy::Auto,
             ingest: IngestConfig::default(),
             multicast: None,
+            allow: Vec::new(),
         }
     }
 
@@ -114,6 +117,7 @@ impl ChannelSpec {
             timing: channel.timing.0,
             ingest: local.ingest.clone(),
             multicast,
+            allow: channel.allow.clone(),
         })
     }
 }

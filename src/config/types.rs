@@ -154,6 +154,15 @@ pub struct RtspConfig {
     /// A connection without a session and without requests is closed after this.
     #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// A connection must authenticate within this of connecting (with a
+    /// server password), or it is closed.
+    #[serde(default = "default_auth_timeout", deserialize_with = "de_duration")]
+    pub auth_timeout: Duration,
+    /// Connections not yet authenticated: a pool of their own, so that
+    /// connections that never authenticate cannot take workstations'
+    /// places; when it is full, a new connection closes the oldest one.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
     /// Largest request (headers and body), bytes.
     #[serde(default = "default_max_request")]
     pub max_request_bytes: usize,
@@ -189,6 +198,12 @@ fn default_session_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_unauthenticated() -> usize {
+    64
+}
 fn default_max_request() -> usize {
     16 * 1024
 }
@@ -208,6 +223,8 @@ impl RtspConfig {
             stall_timeout: default_client_stall(),
             session_timeout: default_session_timeout(),
             idle_timeout: default_idle_timeout(),
+            auth_timeout: default_auth_timeout(),
+            max_unauthenticated: default_max_unauthenticated(),
             max_request_bytes: default_max_request(),
             max_headers: default_max_headers(),
             send_buffer: default_send_buffer(),
@@ -368,6 +385,40 @@ pub struct ChannelConfig {
     /// Timestamps of raw Annex-B sources: "auto", "arrival" or a frame rate.
     #[serde(default)]
     pub timing: Timing,
+    /// `tcp-listen://` sources: the encoders allowed to connect, as
+    /// addresses or networks ("198.18.0.5", "198.18.0.0/24"). Empty: any.
+    #[serde(default)]
+    pub allow: Vec<Allowed>,
+}
+
+/// An address or network an encoder may connect from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed(pub ipnet::IpNet);
+
+impl Allowed {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Allowed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not an address or network, e.g. \"198.18.0.5\" or \"198.18.0.0/24\""
+                ))
+            })?;
+        Ok(Allowed(net))
+    }
 }
 
 /// The site file's spelling of [`TimingPolicy`].

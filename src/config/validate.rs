@@ -142,6 +142,19 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
             }
             if let Source::TcpListen(addr) = c.source {
                 check_listener(&mut out, &mut listeners, addr, ch_key(s, c.id, "source"));
+                if c.allow.is_empty() {
+                    out.warn(
+                        ch_key(s, c.id, "allow"),
+                        format!("any host that reaches {addr} can push video into this channel and its recordings"),
+                        "list the encoder's address: allow = [\"198.18.0.5\"]",
+                    );
+                }
+            } else if !c.allow.is_empty() {
+                out.error(
+                    ch_key(s, c.id, "allow"),
+                    "allow applies only to tcp-listen:// sources",
+                    "remove allow, or make the source tcp-listen://",
+                );
             }
         }
     }
@@ -187,6 +200,13 @@ fn check_rtsp(out: &mut Issues, s: &ServerConfig, r: &RtspConfig) {
             "set max_clients and max_clients_per_channel above 0",
         );
     }
+    if r.max_unauthenticated == 0 {
+        out.error(
+            key(s, "rtsp.max_unauthenticated"),
+            "0 leaves no room for a workstation to authenticate",
+            "keep the default, 64",
+        );
+    }
     if r.max_request_bytes < 1024 || r.max_headers < 8 {
         out.error(
             key(s, "rtsp.max_request_bytes"),
@@ -198,6 +218,7 @@ fn check_rtsp(out: &mut Issues, s: &ServerConfig, r: &RtspConfig) {
         ("stall_timeout", r.stall_timeout),
         ("session_timeout", r.session_timeout),
         ("idle_timeout", r.idle_timeout),
+        ("auth_timeout", r.auth_timeout),
     ] {
         if d.is_zero() {
             out.error(

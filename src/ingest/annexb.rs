@@ -3,36 +3,57 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use super::{IngestError, Sink};
+use crate::config::Allowed;
 use crate::media::annexb::{AnnexBSplitter, DEFAULT_MAX_NAL};
 use crate::media::time::{AnnexBClock, TimingPolicy};
 use crate::media::{AuAssembler, Codec, ParamSets};
 
-/// Reads `stream` until it fails. With `replace`, a new connection on that
-/// listener ends this session in favour of the new encoder.
+/// Reads `stream` (after the bytes of `prefix`, read from it before) until
+/// it fails. With `replace`, a new encoder that connects to that listener
+/// is read alongside; once it has sent a whole access unit it ends this
+/// session and takes over (a connection that sends nothing valid, a port
+/// scan, replaces nothing).
 pub async fn session<S: AsyncRead + Unpin>(
     mut stream: S,
+    prefix: &[u8],
     codec: Codec,
     timing: TimingPolicy,
     stall: Duration,
     sink: &mut impl Sink,
-    replace: Option<&TcpListener>,
+    mut replace: Option<Replacement<'_>>,
 ) -> IngestError {
     let mut reader = Reader::new(codec, timing);
     sink.session_started(codec);
     let mut last_picture = Instant::now();
+    if !prefix.is_empty() {
+        reader.splitter.push(prefix);
+        reader.offset = prefix.len() as u64;
+        match reader.drain(last_picture, sink) {
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
     loop {
         let read = tokio::time::timeout(stall, stream.read_buf(reader.splitter.read_buf()));
-        let res = match replace {
-            Some(l) => tokio::select! {
-                r = read => r,
-                a = l.accept() => match a {
-                    Ok((s, peer)) => return IngestError::Replaced { peer, stream: Some(s) },
-                    Err(_) => continue,
-                },
+        let res = match &mut replace {
+            Some(r) => tokio::select! {
+                res = read => res,
+                a = r.listener.accept() => {
+                    if let Ok((s, peer)) = a {
+                        r.candidates.offer(s, peer, r.allow);
+                    }
+                    continue;
+                }
+                ready = r.candidates.ready() => {
+                    return IngestError::Replaced { peer: ready.peer, ready: Some(Box::new(ready)) };
+                }
             },
             None => read.await,
         };
@@ -65,6 +86,144 @@ pub async fn session<S: AsyncRead + Unpin>(
             return IngestError::Stalled(stall);
         }
     }
+}
+
+/// What lets a newer encoder replace the current one.
+pub struct Replacement<'a> {
+    pub listener: &'a TcpListener,
+    pub candidates: &'a mut Candidates,
+    pub allow: &'a [Allowed],
+}
+
+/// An encoder connection that has proven itself: it sent a whole access
+/// unit. `prefix` is every byte read from it so far.
+#[derive(Debug)]
+pub struct Ready {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub prefix: Vec<u8>,
+}
+
+/// Encoders probed at once: a scanner holding some cannot keep a real
+/// encoder out.
+const MAX_CANDIDATES: usize = 4;
+/// A candidate must send a whole access unit within this many bytes (far
+/// more than a key frame of any camera).
+const MAX_PROBE_BYTES: usize = 16 << 20;
+
+/// Connections waiting to prove they are an encoder (see [`session`]). Each
+/// is read by its own task until it delivers an access unit, fails, sends
+/// junk or stays silent for the stall timeout.
+pub struct Candidates {
+    codec: Codec,
+    timing: TimingPolicy,
+    stall: Duration,
+    tasks: JoinSet<Option<Ready>>,
+    refused: u64,
+}
+
+impl Candidates {
+    pub fn new(codec: Codec, timing: TimingPolicy, stall: Duration) -> Self {
+        Candidates {
+            codec,
+            timing,
+            stall,
+            tasks: JoinSet::new(),
+            refused: 0,
+        }
+    }
+
+    /// Whether `peer` may push to this channel; logs refusals (rate-limited).
+    pub fn allowed(&mut self, peer: SocketAddr, allow: &[Allowed]) -> bool {
+        if allow.is_empty() || allow.iter().any(|a| a.contains(peer.ip())) {
+            return true;
+        }
+        self.refused += 1;
+        if self.refused.is_power_of_two() {
+            tracing::warn!(%peer, refused = self.refused, "encoder connection refused: not in the channel's allow list");
+        }
+        false
+    }
+
+    /// Starts probing a new connection, if `peer` is allowed and there is
+    /// room.
+    pub fn offer(&mut self, stream: TcpStream, peer: SocketAddr, allow: &[Allowed]) {
+        if !self.allowed(peer, allow) {
+            return;
+        }
+        if self.tasks.len() >= MAX_CANDIDATES {
+            tracing::warn!(%peer, "encoder connection dropped: {MAX_CANDIDATES} others are being checked");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.tasks
+            .spawn(probe(stream, peer, self.codec, self.timing, self.stall));
+    }
+
+    /// The first candidate that proves itself; pending while none does.
+    pub async fn ready(&mut self) -> Ready {
+        loop {
+            match self.tasks.join_next().await {
+                Some(Ok(Some(r))) => return r,
+                Some(_) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// Reads a candidate until its first access unit.
+async fn probe(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    codec: Codec,
+    timing: TimingPolicy,
+    stall: Duration,
+) -> Option<Ready> {
+    struct Count(usize);
+    impl Sink for Count {
+        fn session_started(&mut self, _: Codec) {}
+        fn parameters(&mut self, _: Vec<bytes::Bytes>) {}
+        fn access_unit(
+            &mut self,
+            _: crate::media::AccessUnit,
+            _: crate::media::MediaTime,
+            _: Instant,
+        ) {
+            self.0 += 1;
+        }
+    }
+    let mut reader = Reader::new(codec, timing);
+    let mut prefix = Vec::new();
+    let mut count = Count(0);
+    let why = loop {
+        let buf = reader.splitter.read_buf();
+        let before = buf.len();
+        match tokio::time::timeout(stall, stream.read_buf(buf)).await {
+            Err(_) => break format!("sent no picture in {stall:?}"),
+            Ok(Err(e)) => break format!("read failed: {e}"),
+            Ok(Ok(0)) => break "closed the connection".to_string(),
+            Ok(Ok(_)) => {}
+        }
+        let buf = reader.splitter.buffered_bytes();
+        prefix.extend_from_slice(&buf[before.min(buf.len())..]);
+        if prefix.len() > MAX_PROBE_BYTES {
+            break format!("sent {MAX_PROBE_BYTES} bytes without a whole picture");
+        }
+        match reader.drain(Instant::now(), &mut count) {
+            Err(e) => break format!("sent no valid stream: {e}"),
+            Ok(_) if count.0 > 0 => {
+                return Some(Ready {
+                    stream,
+                    peer,
+                    prefix,
+                });
+            }
+            Ok(_) => {}
+        }
+    };
+    tracing::info!(%peer, "a connecting encoder {why}; it replaces nothing");
+    None
 }
 
 /// The sans-IO part of a session: bytes (already in the splitter's buffer)
@@ -168,6 +327,7 @@ mod tests {
         let mut sink = Collect::default();
         let err = session(
             CLIP,
+            &[],
             Codec::H264,
             TimingPolicy::Auto,
             Duration::from_secs(5),
@@ -229,6 +389,7 @@ mod tests {
         let mut sink = Collect::default();
         let err = session(
             &garbage[..],
+            &[],
             Codec::H264,
             TimingPolicy::Auto,
             Duration::from_secs(5),
@@ -248,6 +409,7 @@ mod tests {
         let mut sink = Collect::default();
         let err = session(
             cut,
+            &[],
             Codec::H264,
             TimingPolicy::Auto,
             Duration::from_secs(5),
@@ -266,6 +428,7 @@ mod tests {
         let mut full = Collect::default();
         let _ = session(
             CLIP,
+            &[],
             Codec::H264,
             TimingPolicy::Auto,
             Duration::from_secs(5),

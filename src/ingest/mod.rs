@@ -77,11 +77,11 @@ pub enum IngestError {
     Rtsp(String),
     #[error("the camera offers no H.264 or H.265 video stream (it offers: {0})")]
     NoVideo(String),
-    #[error("a new encoder connected from {peer} and replaced this one")]
+    #[error("a new encoder connected from {peer}, sent a picture, and replaced this one")]
     Replaced {
         peer: SocketAddr,
         /// The new connection, taken over by the next session.
-        stream: Option<tokio::net::TcpStream>,
+        ready: Option<Box<annexb::Ready>>,
     },
 }
 
@@ -98,7 +98,10 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
     let ing = &spec.ingest;
     let mut backoff = Backoff::new(ing.reconnect_min, ing.reconnect_max);
     let mut listener: Option<TcpListener> = None;
-    let mut pending: Option<(tokio::net::TcpStream, SocketAddr)> = None;
+    let mut candidates = spec
+        .codec
+        .map(|c| annexb::Candidates::new(c, spec.timing, ing.stall_timeout));
+    let mut pending: Option<annexb::Ready> = None;
     loop {
         sink.connecting();
         let started = Instant::now();
@@ -109,15 +112,15 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
                 delivered: &mut delivered,
             };
             tokio::select! {
-                e = session(spec, &mut tracker, &mut listener, pending.take()) => e,
+                e = session(spec, &mut tracker, &mut listener, candidates.as_mut(), pending.take()) => e,
                 () = cancel.cancelled() => break,
             }
         };
         tracing::warn!(channel = spec.id, source = %spec.source, %error, "camera session ended");
         sink.session_ended(&error);
-        if let IngestError::Replaced { peer, stream } = &mut error {
+        if let IngestError::Replaced { ready, .. } = &mut error {
             // The newer encoder takes over at once: no backoff.
-            pending = stream.take().map(|s| (s, *peer));
+            pending = ready.take().map(|r| *r);
             continue;
         }
         if delivered && started.elapsed() >= STABLE_SESSION {
@@ -161,7 +164,8 @@ async fn session(
     spec: &ChannelSpec,
     sink: &mut impl Sink,
     listener: &mut Option<TcpListener>,
-    pending: Option<(tokio::net::TcpStream, SocketAddr)>,
+    candidates: Option<&mut annexb::Candidates>,
+    pending: Option<annexb::Ready>,
 ) -> IngestError {
     let stall = spec.ingest.stall_timeout;
     match &spec.source {
@@ -183,10 +187,10 @@ async fn session(
                     }
                 };
             let _ = stream.set_nodelay(true);
-            annexb::session(stream, codec, spec.timing, stall, sink, None).await
+            annexb::session(stream, &[], codec, spec.timing, stall, sink, None).await
         }
         Source::TcpListen(addr) => {
-            let Some(codec) = spec.codec else {
+            let (Some(codec), Some(candidates)) = (spec.codec, candidates) else {
                 return IngestError::Frame("raw Annex-B source without a codec".into());
             };
             if listener.is_none() {
@@ -201,20 +205,44 @@ async fn session(
                 }
             }
             let l = listener.as_ref().expect("bound above");
-            let (stream, peer) = match pending {
-                Some(p) => p,
-                None => match l.accept().await {
-                    Ok(s) => s,
-                    Err(source) => {
-                        return IngestError::Listen {
-                            addr: *addr,
-                            source,
-                        };
+            // No encoder yet: the first allowed connection (or one already
+            // proven while the last session ended) becomes it.
+            let ready = match pending {
+                Some(r) => r,
+                None => loop {
+                    tokio::select! {
+                        a = l.accept() => match a {
+                            Ok((stream, peer)) if candidates.allowed(peer, &spec.allow) => {
+                                break annexb::Ready { stream, peer, prefix: Vec::new() };
+                            }
+                            Ok(_) => {}
+                            Err(source) => {
+                                return IngestError::Listen {
+                                    addr: *addr,
+                                    source,
+                                };
+                            }
+                        },
+                        r = candidates.ready() => break r,
                     }
                 },
             };
-            tracing::info!(channel = spec.id, %peer, "encoder connected");
-            annexb::session(stream, codec, spec.timing, stall, sink, Some(l)).await
+            let _ = ready.stream.set_nodelay(true);
+            tracing::info!(channel = spec.id, peer = %ready.peer, "encoder connected");
+            annexb::session(
+                ready.stream,
+                &ready.prefix,
+                codec,
+                spec.timing,
+                stall,
+                sink,
+                Some(annexb::Replacement {
+                    listener: l,
+                    candidates,
+                    allow: &spec.allow,
+                }),
+            )
+            .await
         }
     }
 }

@@ -83,6 +83,11 @@ impl AnnexBSplitter {
         self.buf.len()
     }
 
+    /// The buffered bytes themselves.
+    pub fn buffered_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// The first bytes of the NAL unit being received (not yet terminated by
     /// a start code), once at least `n` of them are buffered. They tell
     /// whether it starts a new picture, so the previous one can be released

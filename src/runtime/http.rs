@@ -111,7 +111,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(app.clone());
+        // Handlers see the client's address (ConnectInfo), as axum::serve
+        // would give them.
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: hyper::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                r
+            },
+        ));
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let _slot = slot;

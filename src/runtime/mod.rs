@@ -241,6 +241,7 @@ impl Server {
 /// Two specs describe the same running channel (a change restarts it).
 fn same_spec(a: &ChannelSpec, b: &ChannelSpec) -> bool {
     a.source == b.source
+        && a.allow == b.allow
         && a.codec == b.codec
         && a.owner == b.owner
         && a.multicast
@@ -337,12 +338,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
             .map_or(("admin".to_string(), false), |r| {
                 (r.user.clone(), r.basic_auth)
             });
-        Arc::new(crate::serve::auth::Authenticator::new(
-            user,
-            pw,
-            basic,
-            rand::random(),
-        ))
+        Arc::new(crate::serve::auth::Authenticator::new(user, pw, basic, rand::random()).with_qop())
     });
     let app = control::router(server.app_state(clients, api_auth));
     let http_stop = CancellationToken::new();

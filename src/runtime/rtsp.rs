@@ -32,7 +32,9 @@ use crate::metrics::{ChannelMetrics, Metrics};
 use crate::rtp::Frame;
 use crate::serve::auth::Authenticator;
 use crate::serve::request::{Incoming, RequestError, RequestReader};
-use crate::serve::session::{Action, Catalog, ChannelEntry, Connection, Refusal, SessionTransport};
+use crate::serve::session::{
+    Action, Catalog, ChannelEntry, Connection, Refusal, SessionTransport, refusal_response,
+};
 
 /// Frames written in one go when a client has several waiting: bounded so a
 /// client that caught up after a hiccup does not hold one huge write.
@@ -121,6 +123,32 @@ impl Clients {
         }
     }
 
+    /// Admits a TCP client under the limits and registers it in one step,
+    /// so concurrent PLAYs cannot together overshoot them.
+    fn reserve(self: &Arc<Self>, entry: ClientEntry, gauge: Gauge) -> Result<ClientGuard, Refusal> {
+        let mut e = self.lock();
+        let total = e.values().filter(|c| c.tcp).count();
+        let here = e
+            .values()
+            .filter(|c| c.tcp && c.channel == entry.channel)
+            .count();
+        if total >= self.max_total {
+            return Err(Refusal::ServerFull(total));
+        }
+        if here >= self.max_per_channel {
+            return Err(Refusal::ChannelFull(here));
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        e.insert(id, entry);
+        drop(e);
+        gauge.inc();
+        Ok(ClientGuard {
+            clients: self.clone(),
+            id,
+            gauge,
+        })
+    }
+
     fn add(self: &Arc<Self>, entry: ClientEntry, gauge: Gauge) -> ClientGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry);
@@ -204,10 +232,91 @@ impl Catalog for DirCatalog<'_> {
     }
 }
 
+/// Connections open, and those that have not authenticated yet (oldest
+/// first: ids grow).
+#[derive(Default)]
+struct Gate {
+    open: usize,
+    next: u64,
+    unauthenticated: BTreeMap<u64, (Instant, CancellationToken)>,
+}
+
+/// A connection that has not authenticated this long had its chance: when
+/// the pool is full, a new connection takes its place (a real client's
+/// handshake takes milliseconds).
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// A connection's place at the gate; freed on drop.
+struct Ticket {
+    gate: Arc<Mutex<Gate>>,
+    id: u64,
+    /// Cancelled when a newer connection takes this one's unauthenticated
+    /// place.
+    evicted: CancellationToken,
+}
+
+impl Ticket {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection authenticated: it leaves the small pool.
+    fn authenticated(&mut self) {
+        self.lock().unauthenticated.remove(&self.id);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut g = self.lock();
+        g.open -= 1;
+        g.unauthenticated.remove(&self.id);
+    }
+}
+
+/// Admits a new connection, or says why not: the server's connection cap,
+/// and (with a password) the pool of connections that have not
+/// authenticated yet. A full pool makes room by closing its oldest
+/// connection if that one had at least [`EVICTABLE_AFTER`]: connections
+/// that never authenticate can delay a workstation, not lock it out.
+fn admit(
+    gate: &Arc<Mutex<Gate>>,
+    shared: &RtspShared,
+    now: Instant,
+) -> Result<Ticket, &'static str> {
+    let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+    if g.open >= shared.max_connections {
+        return Err("connection cap");
+    }
+    let id = g.next;
+    g.next += 1;
+    let evicted = CancellationToken::new();
+    if shared.auth.is_some() {
+        if g.unauthenticated.len() >= shared.cfg.max_unauthenticated {
+            let oldest = g
+                .unauthenticated
+                .first_key_value()
+                .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= EVICTABLE_AFTER)
+                .map(|(k, _)| *k);
+            let Some(oldest) = oldest.and_then(|k| g.unauthenticated.remove(&k)) else {
+                return Err("unauthenticated connection cap");
+            };
+            oldest.1.cancel();
+        }
+        g.unauthenticated.insert(id, (now, evicted.clone()));
+    }
+    g.open += 1;
+    Ok(Ticket {
+        gate: gate.clone(),
+        id,
+        evicted,
+    })
+}
+
 /// Accepts connections until `cancel`.
 pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: CancellationToken) {
-    let open = Arc::new(AtomicUsize::new(0));
-    let max_connections = shared.max_connections;
+    let gate = Arc::new(Mutex::new(Gate::default()));
+    let mut refusals: u64 = 0;
     loop {
         let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -221,19 +330,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: Cance
             },
             () = cancel.cancelled() => return,
         };
-        if open.load(Ordering::Relaxed) >= max_connections {
-            shared.metrics.rtsp_refused().inc();
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"RTSP/1.0 503 Service Unavailable\r\nServer: mcrelay\r\n\r\n")
+        let ticket = match admit(&gate, &shared, Instant::now()) {
+            Ok(t) => t,
+            Err(why) => {
+                shared.metrics.rtsp_refused().inc();
+                refusals += 1;
+                if refusals.is_power_of_two() {
+                    tracing::warn!(%peer, refusals, "RTSP connection refused: {why}");
+                }
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(
+                            b"RTSP/1.0 503 Service Unavailable\r\nServer: mcrelay\r\n\r\n",
+                        ),
+                    )
                     .await;
-            });
-            continue;
-        }
-        open.fetch_add(1, Ordering::Relaxed);
+                });
+                continue;
+            }
+        };
         let shared = shared.clone();
         let cancel = cancel.clone();
-        let open = open.clone();
         let span = tracing::info_span!("rtsp", %peer);
         tokio::spawn(
             async move {
@@ -242,8 +360,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: Cance
                 let _ =
                     socket2::SockRef::from(&stream).set_send_buffer_size(shared.cfg.send_buffer);
                 let (rd, wr) = stream.into_split();
-                connection(rd, wr, peer, &shared, cancel).await;
-                open.fetch_sub(1, Ordering::Relaxed);
+                connection(rd, wr, peer, &shared, cancel, Some(ticket)).await;
             }
             .instrument(span),
         );
@@ -422,12 +539,13 @@ fn error_response(status: rtsp_types::StatusCode, why: &str) -> rtsp_types::Resp
 }
 
 /// Serves one connection until it closes, fails, idles out or `cancel`.
-pub async fn connection<R, W>(
+async fn connection<R, W>(
     mut rd: R,
     mut wr: W,
     peer: SocketAddr,
     shared: &RtspShared,
     cancel: CancellationToken,
+    mut ticket: Option<Ticket>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -435,16 +553,22 @@ pub async fn connection<R, W>(
     let cfg = &shared.cfg;
     let stall = cfg.stall_timeout;
     let mut reader = RequestReader::new(cfg.max_request_bytes, cfg.max_headers);
+    let connected = Instant::now();
     let mut conn = Connection::new(
         shared.auth.clone(),
         shared.multicast_allowed,
         cfg.session_timeout,
-        Instant::now(),
+        connected,
+        peer.ip(),
+        rand::random(),
     );
     let mut player: Option<Player> = None;
     let mut viewer: Option<ClientGuard> = None;
     loop {
-        let deadline = if player.is_some() {
+        let deadline = if !conn.authenticated() {
+            // Requests answered 401 buy no time.
+            Some(connected + cfg.auth_timeout)
+        } else if player.is_some() {
             None
         } else {
             Some(
@@ -463,6 +587,11 @@ pub async fn connection<R, W>(
                     Ok(_) => {}
                 }
                 let keep = drain_requests(&mut reader, &mut conn, &mut wr, peer, shared, &mut player, &mut viewer).await;
+                if conn.authenticated()
+                    && let Some(t) = &mut ticket
+                {
+                    t.authenticated();
+                }
                 if !keep {
                     break;
                 }
@@ -492,7 +621,15 @@ pub async fn connection<R, W>(
                 }
             }
             () = sleep_until(deadline) => {
-                tracing::debug!("connection idle or session expired; closing");
+                if conn.authenticated() {
+                    tracing::debug!("connection idle or session expired; closing");
+                } else {
+                    tracing::debug!(timeout = ?cfg.auth_timeout, "connection did not authenticate in time; closing");
+                }
+                break;
+            }
+            () = evicted(ticket.as_ref()) => {
+                tracing::debug!("connection did not authenticate and a newer one needed its place; closing");
                 break;
             }
             () = cancel.cancelled() => break,
@@ -501,6 +638,13 @@ pub async fn connection<R, W>(
     drop(player);
     drop(viewer);
     let _ = wr.shutdown().await;
+}
+
+async fn evicted(t: Option<&Ticket>) {
+    match t {
+        Some(t) => t.evicted.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -583,7 +727,27 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                                 ),
                             );
                         }
-                        start = Some((ch, rtp, gop, rx));
+                        // Admitted and registered at once, before the
+                        // awaited write: concurrent PLAYs cannot overshoot.
+                        let queue = Arc::new(AtomicUsize::new(gop.len()));
+                        let bytes = Arc::new(AtomicU64::new(0));
+                        match shared.clients.reserve(
+                            ClientEntry {
+                                channel,
+                                peer,
+                                tcp: true,
+                                since: SystemTime::now(),
+                                queue: queue.clone(),
+                                bytes: bytes.clone(),
+                            },
+                            ch.metrics.clients_tcp.clone(),
+                        ) {
+                            Ok(guard) => start = Some((ch, rtp, gop, rx, queue, bytes, guard)),
+                            Err(r) => {
+                                shared.metrics.rtsp_refused().inc();
+                                out.response = refusal_response(&req, r);
+                            }
+                        }
                     }
                     SessionTransport::Multicast(_) => {
                         let gauge = ch.metrics.clients_multicast.clone();
@@ -610,20 +774,7 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
         if write_response(wr, &out.response, stall).await.is_err() {
             return false;
         }
-        if let Some((ch, rtp, gop, rx)) = start {
-            let queue = Arc::new(AtomicUsize::new(gop.len()));
-            let bytes = Arc::new(AtomicU64::new(0));
-            let guard = shared.clients.add(
-                ClientEntry {
-                    channel: ch.spec.id,
-                    peer,
-                    tcp: true,
-                    since: SystemTime::now(),
-                    queue: queue.clone(),
-                    bytes: bytes.clone(),
-                },
-                ch.metrics.clients_tcp.clone(),
-            );
+        if let Some((ch, rtp, gop, rx, queue, bytes, guard)) = start {
             tracing::info!(
                 channel = ch.spec.id,
                 cached_frames = gop.len(),
