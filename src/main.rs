@@ -387,6 +387,30 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     for w in &site.warnings {
         eprintln!("{}: {w}", path.display());
     }
+    // Passwords as `run` will resolve them here: an empty one is an error,
+    // an environment variable not set in this shell only a warning.
+    let mut bad_password = false;
+    for s in site.servers() {
+        match &s.password {
+            Some(mcrelay::config::PasswordSource::Env(var)) if std::env::var_os(var).is_none() => {
+                eprintln!(
+                    "{}: warning: server {:?} password.env: {var} is not set here; `mcrelay run` needs it",
+                    path.display(),
+                    s.name
+                );
+            }
+            Some(_) => {
+                if let Err(e) = site.password(s) {
+                    eprintln!("error: {e}");
+                    bad_password = true;
+                }
+            }
+            None => {}
+        }
+    }
+    if bad_password {
+        return Ok(ExitCode::FAILURE);
+    }
     let mut channels = 0;
     for s in site.servers() {
         let role = if s.failover.use_as_failover_server {

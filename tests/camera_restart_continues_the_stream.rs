@@ -101,7 +101,10 @@ fn camera_restart_continues_sequence_and_timestamps() {
     let srs = rtcp_rx.join().unwrap();
 
     assert!(ch["camera"]["reconnects"].as_u64().unwrap() >= 1, "{ch}");
-    let err = ch["camera"]["last_error"].as_str().unwrap();
+    let detail = common::status_detail(&ns, "test");
+    let err = detail["channels"][0]["camera"]["last_error"]
+        .as_str()
+        .unwrap();
     assert!(
         err.contains("closed the connection") || err.contains("Connection refused"),
         "{ch}"

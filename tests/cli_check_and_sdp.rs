@@ -92,3 +92,84 @@ fn sdp_prints_the_channel_description() {
     ]);
     assert!(!ok && err.contains("learned from the camera"), "{err}");
 }
+
+const SECRET_SITE: &str = r#"
+[[server]]
+name = "rec"
+password = PASSWORD
+control = "127.0.0.1:18080"
+[[server.channel]]
+id = 1
+source = SOURCE
+"#;
+
+fn secret_site(dir: &std::path::Path, password: &str, source: &str) -> std::path::PathBuf {
+    let text = SECRET_SITE
+        .replace("PASSWORD", password)
+        .replace("SOURCE", source);
+    common::write_site(dir, &text)
+}
+
+#[test]
+fn no_command_prints_a_password_from_the_site_file() {
+    let dir = common::tempdir();
+    for source in [
+        "\"admin:camsecret@198.18.0.5:554/stream\"",
+        "\"rtsp://admin:camsecret@[bad/stream\"",
+        "\"tcp://admin:camsecret@198.18.0.5:x\"",
+        "\"rtsp://admin:camsecret@198.18.0.5/s\" extra = 1",
+    ] {
+        let site = secret_site(dir.path(), "\"srvsecret\"", source);
+        for cmd in [
+            vec!["check", "--site", site.to_str().unwrap()],
+            vec!["run", "--site", site.to_str().unwrap(), "--server", "rec"],
+        ] {
+            let (ok, out, err) = mcrelay(&cmd);
+            assert!(!ok, "{source}: {out}{err}");
+            for leak in ["camsecret", "srvsecret"] {
+                assert!(
+                    !out.contains(leak) && !err.contains(leak),
+                    "{cmd:?} with {source} printed a password:\n{out}{err}"
+                );
+            }
+            assert!(err.contains("line 8"), "{cmd:?}: no location: {err}");
+        }
+    }
+}
+
+#[test]
+fn an_empty_password_is_an_error_and_a_readable_password_file_a_warning() {
+    let dir = common::tempdir();
+    let source = "\"tcp://127.0.0.1:9\"\ncodec = \"h264\"";
+    let site = secret_site(dir.path(), "{ env = \"MCRELAY_TEST_EMPTY_PW\" }", source);
+    let out = Command::new(common::mcrelay())
+        .args(["check", "--site", site.to_str().unwrap()])
+        .env("MCRELAY_TEST_EMPTY_PW", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("MCRELAY_TEST_EMPTY_PW is empty"), "{err}");
+    let out = Command::new(common::mcrelay())
+        .args(["run", "--site", site.to_str().unwrap(), "--server", "rec"])
+        .env("MCRELAY_TEST_EMPTY_PW", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is empty"));
+
+    use std::os::unix::fs::PermissionsExt as _;
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let site = secret_site(dir.path(), "{ file = \"pw\" }", source);
+    let (ok, _, err) = mcrelay(&["check", "--site", site.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("password.file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, _, err) = mcrelay(&["check", "--site", site.to_str().unwrap()]);
+    assert!(ok && !err.contains("chmod"), "{err}");
+}

@@ -207,3 +207,41 @@ fn exhausting_descriptors_with_idle_connections_never_breaks_a_disk() {
     let log = std::fs::read_to_string(dir.path().join("mcrelay-rec.log")).unwrap_or_default();
     assert!(!log.contains("material disk broken"), "{log}");
 }
+
+/// `/status` without the password shows states and counts, never where
+/// things are: no camera sources, client or camera addresses, disk paths or
+/// errors. `/status?detail` shows them, with the password.
+#[test]
+fn public_status_names_no_addresses_sources_paths_or_errors() {
+    let ns = Netns::new("pubstatus");
+    let dir = common::tempdir();
+    // No camera: the channel keeps failing, with an error naming its address.
+    let _relay = start(&ns, dir.path(), None);
+    std::thread::sleep(Duration::from_secs(2));
+    let public = common::get_json(&ns, "/status").to_string();
+    let disk = dir.path().join("disk1").display().to_string();
+    for secret in [
+        "127.0.0.1",
+        "9001",
+        "tcp://",
+        &disk,
+        "refused",
+        "\"source\"",
+        "\"path\"",
+    ] {
+        assert!(
+            !public.contains(secret),
+            "public /status shows {secret:?}: {public}"
+        );
+    }
+    assert!(public.contains("\"segments\""), "{public}");
+    // Detail needs the password.
+    let (code, _) = ns
+        .run(|| common::http_get("127.0.0.1:8080", "/status?detail"))
+        .unwrap();
+    assert_eq!(code, 401);
+    let detail = common::status_detail(&ns, "pw").to_string();
+    for shown in ["tcp://127.0.0.1:9001", &disk] {
+        assert!(detail.contains(shown), "detail lacks {shown:?}: {detail}");
+    }
+}

@@ -70,7 +70,7 @@ fn pushed_stream_is_relayed_and_a_new_encoder_takes_over() {
     // A second encoder connects: it replaces the first at once.
     let _second = push(&ns);
     let replaced = common::wait_for(Duration::from_secs(10), || {
-        let st = common::get_json(&ns, "/status");
+        let st = common::status_detail(&ns, "test");
         let c = st["channels"][0].clone();
         c["camera"]["last_error"]
             .as_str()

@@ -221,7 +221,7 @@ fn malformed_camera_input_is_an_error_then_a_reconnect() {
     let ch2 = common::wait_camera_state(&ns, 2, "streaming", Duration::from_secs(20));
     assert!(ch2["camera"]["reconnects"].as_u64().unwrap() >= 2, "{ch2}");
     std::thread::sleep(Duration::from_secs(3));
-    let status = common::get_json(&ns, "/status");
+    let status = common::status_detail(&ns, "test");
     stop.store(true, Ordering::Relaxed);
     assert!(relay.is_running(), "the relay died");
 

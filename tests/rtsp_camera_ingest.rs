@@ -55,7 +55,8 @@ fn relay_and_decode(codec: &str) {
     std::thread::sleep(Duration::from_millis(1500));
     let _camera = common::start_gst_camera(&ns, 8554, "cam", codec, Some(("viewer", "s3cret")));
 
-    let ch = common::wait_camera_state(&ns, 7, "streaming", Duration::from_secs(20));
+    common::wait_camera_state(&ns, 7, "streaming", Duration::from_secs(20));
+    let ch = common::status_detail(&ns, "test")["channels"][0].clone();
     assert!(
         !ch["source"].as_str().unwrap().contains("s3cret"),
         "password leaked into status: {ch}"
@@ -103,7 +104,7 @@ fn wrong_camera_password_is_reported() {
     );
     let mut relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
     let ch = common::wait_for(Duration::from_secs(15), || {
-        let st = common::get_json(&ns, "/status");
+        let st = common::status_detail(&ns, "test");
         let ch = st["channels"][0].clone();
         (ch["camera"]["reconnects"].as_u64() >= Some(2)).then_some(ch)
     })

@@ -86,7 +86,7 @@ fn demo_plays_over_rtsp_tcp_and_multicast() {
         10,
     );
     let st = common::wait_for(Duration::from_secs(10), || {
-        let s = common::get_json(&ns, "/status");
+        let s = common::status_detail(&ns, "demo");
         let c = &s["channels"][0]["clients"];
         (c["tcp"] == 1 && c["multicast"] == 1).then_some(s)
     })
@@ -177,7 +177,7 @@ fn fifty_tcp_clients_receive_identical_packets() {
         })
         .collect();
     let st = common::wait_for(Duration::from_secs(20), || {
-        let s = common::get_json(&ns, "/status");
+        let s = common::status_detail(&ns, "pw");
         (s["channels"][0]["clients"]["tcp"] == 50).then_some(s)
     })
     .expect("50 TCP clients playing");

@@ -48,14 +48,43 @@ impl Site {
             path: path.to_path_buf(),
             source,
         })?;
-        Site::parse(&text, path)
+        let mut site = Site::parse(&text, path)?;
+        site.check_password_files();
+        Ok(site)
+    }
+
+    /// Password files that others than the owner may read: warned about
+    /// (in `check` and at start).
+    fn check_password_files(&mut self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for s in &self.file.servers {
+            let Some(PasswordSource::File(f)) = &s.password else {
+                continue;
+            };
+            let full = dir.join(f);
+            if let Ok(m) = std::fs::metadata(&full)
+                && m.permissions().mode() & 0o077 != 0
+            {
+                self.warnings.push(Issue {
+                    severity: Severity::Warning,
+                    key: format!("server {:?} password.file", s.name),
+                    message: format!(
+                        "{} can be read by its group or others (mode {:o})",
+                        full.display(),
+                        m.permissions().mode() & 0o777
+                    ),
+                    fix: format!("chmod 600 {}", full.display()),
+                });
+            }
+        }
     }
 
     /// Parses and validates `text`, reported as coming from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Site, ConfigError> {
         let file: SiteFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: parse_message(text, &e),
         })?;
         let (errors, warnings): (Vec<Issue>, Vec<Issue>) = validate::validate(&file)
             .into_iter()
@@ -100,13 +129,15 @@ impl Site {
         match &server.password {
             None => Ok(None),
             Some(PasswordSource::Inline(p)) => Ok(Some(Secret::new(p.clone()))),
-            Some(PasswordSource::Env(var)) => std::env::var(var)
-                .map(|v| Some(Secret::new(v)))
-                .map_err(|_| {
-                    err(format!(
-                        "environment variable {var} is not set; set it or change password.env"
-                    ))
-                }),
+            Some(PasswordSource::Env(var)) => match std::env::var(var) {
+                Ok(v) if v.is_empty() => Err(err(format!(
+                    "environment variable {var} is empty; an empty password is no password: set it"
+                ))),
+                Ok(v) => Ok(Some(Secret::new(v))),
+                Err(_) => Err(err(format!(
+                    "environment variable {var} is not set; set it or change password.env"
+                ))),
+            },
             Some(PasswordSource::File(f)) => {
                 let full = self.path.parent().unwrap_or(Path::new(".")).join(f);
                 let text = std::fs::read_to_string(&full).map_err(|e| {
@@ -122,6 +153,30 @@ impl Site {
                 Ok(Some(Secret::new(p)))
             }
         }
+    }
+}
+
+/// A TOML error without the source snippet toml would print (the line may
+/// hold a password or a camera URL with one): where it is, the key of that
+/// line, and the message, itself stripped of credentials.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = source::redact_credentials(e.message().trim());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.len() <= 64 && !k.starts_with('#'));
+    match key {
+        Some(k) => format!("line {line}, column {column} (`{k} = ...`): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
     }
 }
 

@@ -68,17 +68,24 @@ impl FromStr for Source {
             }
             "tcp" => {
                 let rest = rest.trim_end_matches('/');
-                let (host, port) = rest
-                    .rsplit_once(':')
-                    .ok_or_else(|| format!("tcp://{rest} needs a port: tcp://host:port"))?;
-                let port: u16 = port
-                    .parse()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("tcp://{rest}: {port:?} is not a port (1-65535)"))?;
+                let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                    format!("tcp://{} needs a port: tcp://host:port", redact_str(rest))
+                })?;
+                let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!(
+                        "tcp://{}: {port:?} is not a port (1-65535)",
+                        redact_str(rest)
+                    )
+                })?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 if host.is_empty() {
-                    return Err(format!("tcp://{rest} has no host"));
+                    return Err(format!("tcp://{} has no host", redact_str(rest)));
+                }
+                if host.contains('@') {
+                    return Err(format!(
+                        "tcp://{}: raw Annex-B sources take no credentials",
+                        redact_str(rest)
+                    ));
                 }
                 Ok(Source::TcpConnect {
                     host: host.to_string(),
@@ -88,23 +95,50 @@ impl FromStr for Source {
             "tcp-listen" => {
                 let rest = rest.trim_end_matches('/');
                 let addr: SocketAddr = rest.parse().map_err(|_| {
-                    format!("tcp-listen://{rest}: expected an IP address and port, e.g. tcp-listen://0.0.0.0:9000")
+                    format!("tcp-listen://{}: expected an IP address and port, e.g. tcp-listen://0.0.0.0:9000", redact_str(rest))
                 })?;
                 Ok(Source::TcpListen(addr))
             }
             other => Err(format!(
-                "unsupported source scheme {other:?}: use rtsp://, tcp:// or tcp-listen://"
+                "unsupported source scheme {:?}: use rtsp://, tcp:// or tcp-listen://",
+                redact_str(other)
             )),
         }
     }
 }
 
-/// Best effort redaction of a string that failed to parse as a URL.
-fn redact_str(s: &str) -> String {
-    match (s.find("://"), s.rfind('@')) {
-        (Some(i), Some(at)) if at > i => format!("{}://***@{}", &s[..i], &s[at + 1..]),
-        _ => s.to_string(),
+/// Hides the password of every `user:password@host` in `s`, with or
+/// without a scheme, wherever it stands in a longer text (an error message,
+/// a string that failed to parse as a URL). Words are split at whitespace
+/// and quotes; in a word, the password runs from the first `:` after the
+/// scheme to the last `@`.
+pub fn redact_credentials(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if let Some(at) = word.rfind('@') {
+            let start = word[..at].find("://").map_or(0, |i| i + 3);
+            if let Some(colon) = word[start..at].find(':') {
+                word.replace_range(start + colon + 1..at, "***");
+            }
+        }
+        out.push_str(word);
+        word.clear();
+    };
+    for c in s.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`') {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
     }
+    flush(&mut word, &mut out);
+    out
+}
+
+fn redact_str(s: &str) -> String {
+    redact_credentials(s)
 }
 
 impl<'de> Deserialize<'de> for Source {
@@ -151,7 +185,30 @@ mod tests {
         ] {
             assert!(bad.parse::<Source>().is_err(), "{bad}");
         }
-        let e = "rtsp://u:secret@[bad/x".parse::<Source>().unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
+        for bad in [
+            "rtsp://u:secret@[bad/x",
+            "admin:secret@198.18.0.5:554/stream",
+            "u:secret@cam",
+            "tcp://u:secret@cam:x",
+            "tcp://u:secret@cam:554",
+            "tcp-listen://u:secret@0.0.0.0:1",
+        ] {
+            let e = bad.parse::<Source>().unwrap_err();
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_hidden_anywhere_in_a_text() {
+        assert_eq!(
+            redact_credentials("invalid \"rtsp://admin:p@ss:w@rd@cam:554/x\" here"),
+            "invalid \"rtsp://admin:***@cam:554/x\" here"
+        );
+        assert_eq!(redact_credentials("admin:secret@cam"), "admin:***@cam");
+        assert_eq!(
+            redact_credentials("mail user@host, a:b"),
+            "mail user@host, a:b"
+        );
+        assert_eq!(redact_credentials("no secrets"), "no secrets");
     }
 }

@@ -20,7 +20,7 @@ use crate::serve::auth::{Attempt, Verdict};
 const GAP_TOLERANCE_MS: i64 = 100;
 
 /// Checks the request's credentials; `Err` is the response to send.
-fn authorize(
+pub(super) fn authorize(
     st: &AppState,
     method: &str,
     uri: &Uri,

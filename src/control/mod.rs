@@ -135,24 +135,33 @@ async fn health(State(st): State<AppState>) -> Response {
     )
 }
 
-fn channel_json(c: &Channel, clients: Option<&crate::runtime::rtsp::Clients>) -> serde_json::Value {
+/// A channel for `/status`: the public part (state and counts), and with
+/// `detail` what only the server password may see: the camera's source
+/// and last error, the interface, each client's address.
+fn channel_json(
+    c: &Channel,
+    clients: Option<&crate::runtime::rtsp::Clients>,
+    detail: bool,
+) -> serde_json::Value {
     let info = c.info.borrow().clone();
     let camera = c.status.borrow().clone();
     let m = &c.metrics;
-    json!({
+    let mut v = json!({
         "id": c.spec.id,
         "name": c.spec.name,
         "owner": c.spec.owner,
-        "source": c.spec.source.redacted(),
         "codec": info.codec.or(c.spec.codec),
         "video": info.video,
-        "camera": camera,
+        "camera": {
+            "state": camera.state,
+            "since": humantime::format_rfc3339_millis(camera.since).to_string(),
+            "reconnects": camera.reconnects,
+        },
         "multicast": c.spec.multicast.map(|e| json!({
             "group": e.dest.group,
             "port": e.dest.port,
             "rtcp_port": e.dest.rtcp().port(),
             "ttl": e.dest.ttl,
-            "interface": e.interface,
             "send_mode": e.mode,
         })),
         "frames": m.frames.get(),
@@ -165,20 +174,73 @@ fn channel_json(c: &Channel, clients: Option<&crate::runtime::rtsp::Clients>) ->
         "clients": {
             "tcp": m.clients_tcp.get(),
             "multicast": m.clients_multicast.get(),
-            "list": clients.map(|cl| cl.of_channel(c.spec.id)).unwrap_or_default(),
         },
         "tcp_bytes": m.tcp_bytes.get(),
         "tcp_packets": m.tcp_packets.get(),
         "tcp_key_frame_skips": m.key_frame_skips.get(),
         "tcp_stall_disconnects": m.stall_disconnects.get(),
-    })
+    });
+    if detail {
+        v["source"] = c.spec.source.redacted().into();
+        v["camera"] = serde_json::to_value(&camera).unwrap_or_default();
+        if let Some(e) = c.spec.multicast {
+            v["multicast"]["interface"] = e.interface.to_string().into();
+        }
+        v["clients"]["list"] = serde_json::to_value(
+            clients
+                .map(|cl| cl.of_channel(c.spec.id))
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+    }
+    v
 }
 
-async fn status(State(st): State<AppState>) -> Response {
+/// `GET /status`: public, states and counts only (no addresses, sources,
+/// paths or errors). `GET /status?detail` adds them, behind the server
+/// password (Digest).
+async fn status(
+    State(st): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let detail = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "detail" || p.starts_with("detail="))
+    });
+    if detail && let Err(r) = material::authorize(&st, "GET", &uri, &headers, peer.ip()) {
+        return *r;
+    }
     let dir = st.channels.borrow().clone();
     let uptime = SystemTime::now()
         .duration_since(st.started)
         .unwrap_or_default();
+    let material = st.recorder.as_ref().map(|r| {
+        let disks: Vec<serde_json::Value> = r
+            .disks()
+            .into_iter()
+            .map(|d| {
+                let mut v = json!({
+                    "status": d.status,
+                    "used_percent": d.used_percent,
+                    "available_bytes": d.available_bytes,
+                    "segments": d.segments,
+                });
+                if detail {
+                    v["path"] = d.path.display().to_string().into();
+                    v["reason"] = d.reason.into();
+                }
+                v
+            })
+            .collect();
+        json!({
+            "all_disks_broken": r.all_disks_broken(),
+            "segment_seconds": r.segment_length().as_secs_f64(),
+            "disks": disks,
+        })
+    });
     json_response(
         StatusCode::OK,
         json!({
@@ -189,12 +251,9 @@ async fn status(State(st): State<AppState>) -> Response {
                 "role": if st.server.failover_server { "failover" } else { "recorder" },
             },
             "uptime_seconds": uptime.as_secs(),
-            "material": st.recorder.as_ref().map(|r| json!({
-                "all_disks_broken": r.all_disks_broken(),
-                "segment_seconds": r.segment_length().as_secs_f64(),
-                "disks": r.disks(),
-            })),
-            "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref())).collect::<Vec<_>>(),
+            "detail": detail,
+            "material": material,
+            "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref(), detail)).collect::<Vec<_>>(),
         }),
     )
 }

@@ -462,3 +462,25 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// `GET /status?detail` from the control API at 127.0.0.1:8080 in `ns`,
+/// with the server password (Digest).
+pub fn status_detail(ns: &Netns, password: &str) -> serde_json::Value {
+    status_detail_at(ns, "127.0.0.1:8080", password)
+}
+
+pub fn status_detail_at(ns: &Netns, addr: &str, password: &str) -> serde_json::Value {
+    let (addr, password) = (addr.to_string(), password.to_string());
+    let r = ns.run(move || {
+        http::request(
+            &addr,
+            "GET",
+            "/status?detail",
+            &[],
+            b"",
+            ("admin", &password),
+        )
+    });
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
