@@ -154,7 +154,9 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
             continue;
         }
         let au = AccessUnit::new(codec, nals)?;
-        sink.access_unit(au, MediaTime(ticks as i64), now);
+        // An absurd camera clock saturates, never wraps.
+        let ticks = i64::try_from(ticks).unwrap_or(if ticks < 0 { i64::MIN } else { i64::MAX });
+        sink.access_unit(au, MediaTime(ticks), now);
         last_picture = now;
     }
 }

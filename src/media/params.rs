@@ -190,8 +190,9 @@ fn h265_sps(sps: &[u8]) -> Result<(u32, u32, Option<f64>), BitReaderError> {
         let right = r.read_ue("conf_win_right_offset")?;
         let top = r.read_ue("conf_win_top_offset")?;
         let bottom = r.read_ue("conf_win_bottom_offset")?;
-        width = width.saturating_sub(sub_w * left.saturating_add(right));
-        height = height.saturating_sub(sub_h * top.saturating_add(bottom));
+        // Offsets come from the camera: saturate, never wrap.
+        width = width.saturating_sub(left.saturating_add(right).saturating_mul(sub_w));
+        height = height.saturating_sub(top.saturating_add(bottom).saturating_mul(sub_h));
     }
     let fps = h265_sps_vui_fps(&mut r, max_sub_layers_minus1).unwrap_or(None);
     Ok((width, height, fps))
@@ -205,7 +206,10 @@ fn h265_sps_vui_fps<R: BitRead>(
 ) -> Result<Option<f64>, BitReaderError> {
     r.read_ue("bit_depth_luma_minus8")?;
     r.read_ue("bit_depth_chroma_minus8")?;
-    let log2_max_poc_lsb = r.read_ue("log2_max_pic_order_cnt_lsb_minus4")? + 4;
+    // A value from the camera: 0..=12 in a valid stream; saturate, never wrap.
+    let log2_max_poc_lsb = r
+        .read_ue("log2_max_pic_order_cnt_lsb_minus4")?
+        .saturating_add(4);
     let ordering_all = r.read_bit("sps_sub_layer_ordering_info_present_flag")?;
     let first = if ordering_all {
         0
@@ -435,6 +439,58 @@ mod tests {
         assert_eq!((info.width, info.height), (Some(640), Some(360)));
         assert_eq!(info.fps, Some(25.0));
         assert_eq!(p.iter().count(), 3);
+    }
+
+    /// Bits, MSB first, with Exp-Golomb codes (for crafted parameter sets).
+    #[derive(Default)]
+    struct Bits(Vec<bool>);
+
+    impl Bits {
+        fn put(&mut self, v: u64, n: u32) -> &mut Self {
+            for i in (0..n).rev() {
+                self.0.push(v >> i & 1 == 1);
+            }
+            self
+        }
+        fn ue(&mut self, v: u32) -> &mut Self {
+            let x = u64::from(v) + 1;
+            let n = 64 - x.leading_zeros();
+            self.put(0, n - 1).put(x, n)
+        }
+        fn bytes(&self) -> Vec<u8> {
+            self.0
+                .chunks(8)
+                .map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .fold(0u8, |b, (i, &bit)| b | (u8::from(bit) << (7 - i)))
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn absurd_conformance_offsets_saturate_instead_of_wrapping() {
+        let mut b = Bits::default();
+        b.put(0, 4).put(0, 3).put(1, 1); // vps id, max_sub_layers_minus1, nesting
+        b.put(0x5555, 16)
+            .put(0x5555_5555_5555_5555, 64)
+            .put(0x5555, 16); // profile_tier_level
+        b.ue(0).ue(1).ue(640).ue(360).put(1, 1); // sps id, 4:2:0, size, window
+        for _ in 0..4 {
+            b.ue(u32::MAX - 1); // offsets that overflow when added and doubled
+        }
+        b.ue(u32::MAX - 1); // bit depth: nonsense, then the data ends
+        // Emulation prevention: no 00 00 0x (x <= 3) in a NAL unit.
+        let mut sps = vec![0x42, 0x01];
+        for byte in b.bytes() {
+            if sps.ends_with(&[0, 0]) && byte <= 3 {
+                sps.push(3);
+            }
+            sps.push(byte);
+        }
+        let (w, h, fps) = h265_sps(&sps).expect("parses up to the window");
+        assert_eq!((w, h, fps), (0, 0, None));
     }
 
     #[test]

@@ -91,7 +91,8 @@ impl Timeline {
             self.offset = target.0.saturating_sub(source.0);
             self.anchored = true;
         } else if let Some((t, _)) = self.last {
-            let step = source.0.saturating_add(self.offset) - t.0;
+            // Camera timestamps may be anything: saturate, never wrap.
+            let step = source.0.saturating_add(self.offset).saturating_sub(t.0);
             // Plausible frame steps only (1 ms .. 1 s): not B-frame reordering
             // or a camera's clock jump.
             if (90..=i64::from(CLOCK_RATE)).contains(&step) {
@@ -225,6 +226,21 @@ mod tests {
             tl.map(MediaTime(3600), t0 + Duration::from_millis(2080)),
             out + 3600
         );
+    }
+
+    #[test]
+    fn extreme_camera_timestamps_saturate_instead_of_wrapping() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::new();
+        tl.new_session();
+        tl.map(MediaTime(i64::MAX), t0);
+        tl.map(MediaTime(i64::MIN), t0 + Duration::from_millis(40));
+        tl.map(MediaTime(0), t0 + Duration::from_millis(80));
+        tl.new_session();
+        // Reached without an overflow (a panic in debug builds, a silent
+        // wrap in release before).
+        tl.map(MediaTime(i64::MIN), t0 + Duration::from_millis(120));
+        assert!(tl.last().is_some());
     }
 
     #[test]

@@ -567,6 +567,21 @@ mod tests {
     }
 
     #[test]
+    fn extreme_times_saturate_instead_of_wrapping() {
+        let mut s = Segmenter::new(1, Duration::from_secs(2));
+        for (t, wall) in [
+            (i64::MAX, i64::MAX),
+            (i64::MIN, 0),
+            (0, i64::MIN),
+            (i64::MIN, i64::MAX),
+        ] {
+            if let Cut::Start { start_ms } = s.push(true, MediaTime(t), wall) {
+                assert!((0..=index::MAX_TIME_MS).contains(&start_ms), "{start_ms}");
+            }
+        }
+    }
+
+    #[test]
     fn first_segments_are_staggered_across_channels() {
         let firsts: Vec<i64> = (1..=8)
             .map(|c| Segmenter::new(c, Duration::from_secs(60)).first_length)
