@@ -245,3 +245,50 @@ fn public_status_names_no_addresses_sources_paths_or_errors() {
         assert!(detail.contains(shown), "detail lacks {shown:?}: {detail}");
     }
 }
+
+/// A raw GET with a given Authorization header; the status.
+fn get_with(addr: &str, path: &str, authorization: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
+    )
+    .unwrap();
+    common::http::read_reply(&mut s).unwrap().status
+}
+
+/// The material API's Digest: a captured header cannot be replayed nor used
+/// for another path, and an address that keeps failing is locked out.
+#[test]
+fn material_credentials_cannot_be_replayed_moved_or_guessed() {
+    let ns = Netns::new("httpdigest");
+    let dir = common::tempdir();
+    let _relay = start(&ns, dir.path(), None);
+    let (replay, moved, guesses, locked) = ns.run(|| {
+        let addr = "127.0.0.1:8080";
+        let path = "/channels/1/material";
+        let h = common::http::authorization(addr, "GET", path, "admin", "pw");
+        let first = get_with(addr, path, &h);
+        let again = get_with(addr, path, &h);
+        let h = common::http::authorization(addr, "GET", path, "admin", "pw");
+        let moved = get_with(addr, "/channels/2/material", &h);
+        // The replay and the moved header were failures too: 8 more make 10.
+        let mut guesses = Vec::new();
+        for i in 0..8 {
+            let h = common::http::authorization(addr, "GET", path, "admin", &format!("guess{i}"));
+            guesses.push(get_with(addr, path, &h));
+        }
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let locked = common::http::read_reply(&mut s).unwrap().status;
+        ((first, again), moved, guesses, locked)
+    });
+    assert_eq!(replay, (200, 401), "a replayed header was accepted");
+    assert_eq!(moved, 401, "a header for channel 1 opened channel 2");
+    assert!(guesses.iter().all(|s| *s == 401), "{guesses:?}");
+    assert_eq!(locked, 429, "the guessing address is not locked out");
+}

@@ -1065,15 +1065,18 @@ impl Writer {
 /// jumped or runs wild): then the arrival times. Never negative, never more
 /// than an index entry may claim.
 fn segment_span_ms(o: &Open) -> i64 {
-    let media = o
-        .last_time
-        .saturating_sub(o.first_time)
-        .saturating_add(o.interval)
-        / 90;
-    let wall = o
-        .last_wall
-        .saturating_sub(o.first_wall)
-        .saturating_add(o.interval / 90);
+    span_ms(
+        (o.first_time, o.last_time, o.interval),
+        (o.first_wall, o.last_wall),
+    )
+}
+
+/// [`segment_span_ms`] on plain numbers: media (first, last, frame
+/// interval) in 90 kHz ticks, wall (first, last) in ms.
+fn span_ms(media: (i64, i64, i64), wall: (i64, i64)) -> i64 {
+    let (first, last, interval) = media;
+    let media = last.saturating_sub(first).saturating_add(interval) / 90;
+    let wall = wall.1.saturating_sub(wall.0).saturating_add(interval / 90);
     let span = if (media - wall).abs() > MAX_MEDIA_DRIFT_MS {
         wall
     } else {
@@ -1291,6 +1294,17 @@ mod tests {
         // The next start lists what is there.
         fs::remove_dir(f.index_path()).unwrap();
         assert_eq!(f.open(), vec![b]);
+    }
+
+    #[test]
+    fn a_segment_spans_its_media_time_unless_the_camera_clock_jumped() {
+        // 2 s of frames at 25 fps, arriving with jitter: media time.
+        assert_eq!(span_ms((0, 49 * 3600, 3600), (10_000, 11_977)), 2000);
+        // The media clock ran an hour ahead within the segment: wall time.
+        assert_eq!(span_ms((0, 3600 * 90_000, 3600), (10_000, 11_960)), 2000);
+        // Backwards: wall time, never a start after the end.
+        assert_eq!(span_ms((900_000, 0, 3600), (10_000, 11_960)), 2000);
+        assert_eq!(span_ms((i64::MAX, i64::MIN, 3600), (i64::MAX, i64::MIN)), 0);
     }
 
     #[test]
