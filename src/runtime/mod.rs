@@ -31,6 +31,8 @@ use crate::record::Recorder;
 /// How long a shutdown waits for tasks to say goodbye (RTCP BYE, RTSP
 /// TEARDOWN) before giving up on them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A camera task that panicked is started again after this.
+const PANIC_RESTART: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -155,7 +157,26 @@ impl Server {
         let camera_spec = spec.clone();
         let camera_cancel = cancel.clone();
         let camera = async move {
-            crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel).await;
+            // A bug that panics (release builds check arithmetic overflow in
+            // mcrelay's own code) costs the channel a restart, not its life.
+            loop {
+                let run = crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel.clone());
+                match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                    Ok(()) => break,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(channel = camera_spec.id, "camera task panicked ({what}); restarting it in {PANIC_RESTART:?}");
+                        tokio::select! {
+                            () = tokio::time::sleep(PANIC_RESTART) => {}
+                            () = camera_cancel.cancelled() => break,
+                        }
+                    }
+                }
+            }
         };
         self.tasks
             .spawn(camera.instrument(tracing::info_span!(parent: &span, "camera")));
