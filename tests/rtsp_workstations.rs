@@ -591,7 +591,7 @@ fn gstreamer_joins_mid_gop_with_increasing_timestamps() {
     let clip = common::make_clip_with_gop(dir.path(), "640x360", "1M", 12, 50);
     let (_relay, _camera) = relay(&ns, dir.path(), &site("rtp-multicast", ""), &clip);
     let url = "rtsp://127.0.0.1:8554/1";
-    for (i, wait_ms) in [900u64, 1300].into_iter().enumerate() {
+    for (i, wait_ms) in [800u64, 1100].into_iter().enumerate() {
         // Join the group to see where the GOP starts, then start GStreamer
         // about a second into it.
         ns.run(|| {
@@ -617,8 +617,10 @@ fn gstreamer_joins_mid_gop_with_increasing_timestamps() {
             .filter_map(|l| l.split("cached_frames=").nth(1)?.trim().parse().ok())
             .next_back()
             .expect("the relay logged the client");
+        // GStreamer plays within about 50 ms: 21 and 29 frames in. (A
+        // burst of 17 or more made it warn.)
         assert!(
-            cached >= 20,
+            cached >= 18,
             "client {i} joined {cached} frames into the GOP: not the case under test"
         );
         assert_eq!(
