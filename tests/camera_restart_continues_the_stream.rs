@@ -1,7 +1,8 @@
 //! A camera dies and comes back: the multicast stream resumes on the same
 //! group with the same SSRC, sequence numbers continue without a gap and
 //! timestamps continue by the real time that passed. RTCP sender reports
-//! describe the same stream.
+//! describe the same stream. The log says what the session delivered and
+//! how long the camera was gone.
 
 mod common;
 
@@ -161,4 +162,66 @@ fn camera_restart_continues_sequence_and_timestamps() {
         let packets = u32::from_be_bytes(r[20..24].try_into().unwrap());
         assert!(packets > 0 && packets as usize <= got.len() + 100);
     }
+}
+
+/// The log of an RTSP camera's restart: the end of the session says what it
+/// delivered (the RTSP client counts no connection bytes, so not "after 0
+/// bytes"), and the first picture after it says how long the pictures
+/// stopped.
+#[test]
+fn an_rtsp_camera_restart_is_logged_with_what_it_sent_and_the_outage() {
+    let ns = Netns::new("rtsprestart");
+    let dir = common::tempdir();
+    let site = common::write_site(
+        dir.path(),
+        &SITE.replace("tcp://127.0.0.1:9001", "rtsp://127.0.0.1:9001/stream"),
+    );
+    let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
+    let clip = common::clip("camera-h264.h264");
+    let mut camera = common::start_rtsp_camera(&ns, &clip, "127.0.0.1:9001");
+    common::wait_camera_state(&ns, 1, "streaming", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    camera.kill();
+    let down_at = Instant::now();
+    common::wait_for(Duration::from_secs(10), || {
+        let st = common::get_json(&ns, "/status");
+        (st["channels"][0]["camera"]["state"] != "streaming").then_some(())
+    })
+    .expect("the relay notices the camera is gone");
+    std::thread::sleep(Duration::from_secs(2));
+    let _camera = common::start_rtsp_camera(&ns, &clip, "127.0.0.1:9001");
+    common::wait_camera_state(&ns, 1, "streaming", Duration::from_secs(10));
+    let back_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let log = common::plain_log(&dir.path().join("mcrelay-rec.log"));
+    assert!(!log.contains("after 0 bytes"), "{log}");
+    let ended = log
+        .lines()
+        .find(|l| l.contains("camera session ended") && l.contains("closed the RTSP session"))
+        .unwrap_or_else(|| panic!("no session end logged:\n{log}"));
+    // "... the camera closed the RTSP session after 78 pictures (97 kB of video) in 3.0 s ..."
+    let pictures: u64 = ended
+        .split("session after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no picture count in: {ended}"));
+    assert!(
+        (50..=150).contains(&pictures),
+        "about 3 s at 25 fps, logged {pictures}: {ended}"
+    );
+    let back = log
+        .lines()
+        .find(|l| l.contains("camera back after"))
+        .unwrap_or_else(|| panic!("no reconnect logged:\n{log}"));
+    let secs: f64 = back
+        .split("camera back after ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no outage length in: {back}"));
+    let outage = (back_at - down_at).as_secs_f64();
+    assert!(
+        secs >= 2.0 && secs <= outage + 0.5,
+        "logged an outage of {secs} s; the camera was down about {outage:.1} s: {back}"
+    );
 }

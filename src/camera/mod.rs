@@ -243,6 +243,17 @@ pub fn encode_test_clip(
     bitrate: &str,
     seconds: u32,
 ) -> std::io::Result<()> {
+    encode_test_clip_with_gop(out, size, bitrate, seconds, 25)
+}
+
+/// [`encode_test_clip`] with a key frame every `gop` frames.
+pub fn encode_test_clip_with_gop(
+    out: &Path,
+    size: &str,
+    bitrate: &str,
+    seconds: u32,
+    gop: u32,
+) -> std::io::Result<()> {
     let status = std::process::Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -263,7 +274,7 @@ pub fn encode_test_clip(
             "-preset",
             "veryfast",
         ])
-        .args(["-g", "25", "-bf", "0", "-refs", "1"])
+        .args(["-g", &gop.to_string(), "-bf", "0", "-refs", "1"])
         .args([
             "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-pix_fmt", "yuv420p", "-f",
             "h264",

@@ -174,6 +174,26 @@ pub struct RtspConfig {
     /// of a 4 Mbit/s camera).
     #[serde(default = "default_send_buffer")]
     pub send_buffer: usize,
+    /// How a new TCP client gets the frames cached since the last key frame.
+    #[serde(default)]
+    pub catch_up: CatchUpPolicy,
+}
+
+/// A client quirk policy: how the frames a new TCP client starts with (the
+/// cached GOP, already old) are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUpPolicy {
+    /// `paced` for clients that say they are GStreamer (whose jitter buffer
+    /// times frames by arrival and stamps a burst alike), `burst` for the
+    /// rest (ffmpeg, VLC/live555 time frames by their RTP timestamps).
+    #[default]
+    Auto,
+    /// The key frame at once, the rest at a bounded speed-up: every client
+    /// starts clean, one that joins late in a long GOP is live later.
+    Paced,
+    /// Everything cached at once: live soonest.
+    Burst,
 }
 
 fn default_send_buffer() -> usize {
@@ -228,6 +248,7 @@ impl RtspConfig {
             max_request_bytes: default_max_request(),
             max_headers: default_max_headers(),
             send_buffer: default_send_buffer(),
+            catch_up: CatchUpPolicy::default(),
         }
     }
 }

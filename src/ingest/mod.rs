@@ -63,6 +63,16 @@ pub enum IngestError {
         /// Bytes of an unfinished access unit dropped at the close.
         discarded: usize,
     },
+    /// An RTSP camera ended the session. The RTSP client does not count the
+    /// connection's bytes; what the session delivered is what it says.
+    #[error("the camera closed the RTSP session {}", rtsp_session_note(*.frames, *.bytes, *.after))]
+    RtspClosed {
+        /// Pictures delivered since PLAY, and their bytes.
+        frames: u64,
+        bytes: u64,
+        /// Time since PLAY.
+        after: Duration,
+    },
     #[error("no picture for {0:?}: the camera stalled")]
     Stalled(Duration),
     #[error("timed out after {after:?} waiting for {what}")]
@@ -85,6 +95,20 @@ pub enum IngestError {
     },
 }
 
+fn rtsp_session_note(frames: u64, bytes: u64, after: Duration) -> String {
+    let secs = after.as_secs_f64();
+    if frames == 0 {
+        format!("{secs:.1} s after PLAY, before sending a picture")
+    } else {
+        let size = if bytes < 1_000_000 {
+            format!("{} kB", bytes.div_ceil(1000))
+        } else {
+            format!("{:.1} MB", bytes as f64 / 1e6)
+        };
+        format!("after {frames} pictures ({size} of video) in {secs:.1} s")
+    }
+}
+
 fn unfinished_note(discarded: usize) -> String {
     if discarded == 0 {
         String::new()
@@ -102,21 +126,26 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
         .codec
         .map(|c| annexb::Candidates::new(c, spec.timing, ing.stall_timeout));
     let mut pending: Option<annexb::Ready> = None;
+    let mut continuity = Continuity::default();
     loop {
         sink.connecting();
         let started = Instant::now();
-        let mut delivered = false;
+        let mut frames = 0;
         let mut error = {
             let mut tracker = Tracker {
                 inner: sink,
-                delivered: &mut delivered,
+                frames: &mut frames,
+                continuity: &mut continuity,
+                channel: spec.id,
             };
             tokio::select! {
                 e = session(spec, &mut tracker, &mut listener, candidates.as_mut(), pending.take()) => e,
                 () = cancel.cancelled() => break,
             }
         };
-        tracing::warn!(channel = spec.id, source = %spec.source, %error, "camera session ended");
+        continuity.session_ended();
+        let delivered = frames > 0;
+        tracing::warn!(channel = spec.id, source = %spec.source, %error, frames, "camera session ended");
         sink.session_ended(&error);
         if let IngestError::Replaced { ready, .. } = &mut error {
             // The newer encoder takes over at once: no backoff.
@@ -141,10 +170,40 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
     sink.stopped();
 }
 
-/// Notes whether a session delivered any picture (for the backoff reset).
+/// Counts a session's pictures (for the backoff reset and the log) and
+/// logs the first one after an outage.
 struct Tracker<'a, S> {
     inner: &'a mut S,
-    delivered: &'a mut bool,
+    frames: &'a mut u64,
+    continuity: &'a mut Continuity,
+    channel: u32,
+}
+
+/// When a camera's pictures stopped and came back, across its sessions.
+/// Sans-IO: the arrival times are the pictures'.
+#[derive(Debug, Default)]
+struct Continuity {
+    last_picture: Option<Instant>,
+    /// A session ended since the last picture.
+    interrupted: bool,
+}
+
+impl Continuity {
+    /// A picture arrived at `at`. Returns how long the pictures had stopped
+    /// if this is the first one after a session ended.
+    fn picture(&mut self, at: Instant) -> Option<Duration> {
+        let outage = self
+            .last_picture
+            .filter(|_| self.interrupted)
+            .map(|t| at.saturating_duration_since(t));
+        self.interrupted = false;
+        self.last_picture = Some(at);
+        outage
+    }
+
+    fn session_ended(&mut self) {
+        self.interrupted = true;
+    }
 }
 
 impl<S: Sink> Sink for Tracker<'_, S> {
@@ -155,7 +214,15 @@ impl<S: Sink> Sink for Tracker<'_, S> {
         self.inner.parameters(nals);
     }
     fn access_unit(&mut self, au: AccessUnit, t: MediaTime, arrival: Instant) {
-        *self.delivered = true;
+        if let Some(outage) = self.continuity.picture(arrival) {
+            tracing::info!(
+                channel = self.channel,
+                outage_ms = outage.as_millis() as u64,
+                "camera back after {:.1} s",
+                outage.as_secs_f64()
+            );
+        }
+        *self.frames += 1;
         self.inner.access_unit(au, t, arrival);
     }
 }
@@ -244,5 +311,62 @@ async fn session(
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity_measures_the_outage_from_the_last_picture_to_the_next() {
+        let t0 = Instant::now();
+        let mut c = Continuity::default();
+        assert_eq!(c.picture(t0), None, "the first picture ends no outage");
+        assert_eq!(c.picture(t0 + Duration::from_millis(40)), None);
+        // The session ends a while after its last picture; the next one
+        // comes 12.3 s after that picture.
+        c.session_ended();
+        let back = t0 + Duration::from_millis(40 + 12_300);
+        assert_eq!(c.picture(back), Some(Duration::from_millis(12_300)));
+        assert_eq!(c.picture(back + Duration::from_millis(40)), None);
+        // Sessions that fail before a picture do not reset the start.
+        c.session_ended();
+        c.session_ended();
+        assert_eq!(
+            c.picture(back + Duration::from_secs(5)),
+            Some(Duration::from_millis(4960))
+        );
+    }
+
+    #[test]
+    fn an_rtsp_session_end_says_what_the_session_delivered() {
+        let e = IngestError::RtspClosed {
+            frames: 4500,
+            bytes: 62_500_000,
+            after: Duration::from_millis(180_040),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the camera closed the RTSP session after 4500 pictures (62.5 MB of video) in 180.0 s"
+        );
+        let e = IngestError::RtspClosed {
+            frames: 0,
+            bytes: 0,
+            after: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the camera closed the RTSP session 1.5 s after PLAY, before sending a picture"
+        );
+        let e = IngestError::RtspClosed {
+            frames: 78,
+            bytes: 96_512,
+            after: Duration::from_millis(3020),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the camera closed the RTSP session after 78 pictures (97 kB of video) in 3.0 s"
+        );
     }
 }

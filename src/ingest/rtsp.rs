@@ -118,14 +118,17 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
     if let Some(p) = parameter_sets(demuxed.streams()[index].parameters()) {
         sink.parameters(p);
     }
-    let mut last_picture = Instant::now();
+    let playing_since = Instant::now();
+    let mut last_picture = playing_since;
+    let (mut frames, mut bytes) = (0u64, 0u64);
     loop {
         let item = match tokio::time::timeout(stall, demuxed.next()).await {
             Err(_) => return Err(IngestError::Stalled(stall)),
             Ok(None) => {
-                return Err(IngestError::Closed {
-                    offset: 0,
-                    discarded: 0,
+                return Err(IngestError::RtspClosed {
+                    frames,
+                    bytes,
+                    after: playing_since.elapsed(),
                 });
             }
             Ok(Some(Err(e))) => return Err(IngestError::Rtsp(e.to_string())),
@@ -149,6 +152,7 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
         let ticks =
             i128::from(frame.timestamp().elapsed()) * i128::from(CLOCK_RATE) / i128::from(clock);
         let data = Bytes::from(frame.into_data());
+        bytes += data.len() as u64;
         let nals = split_length_prefixed(&data).map_err(IngestError::Frame)?;
         if nals.is_empty() {
             continue;
@@ -157,6 +161,7 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
         // An absurd camera clock saturates, never wraps.
         let ticks = i64::try_from(ticks).unwrap_or(if ticks < 0 { i64::MIN } else { i64::MAX });
         sink.access_unit(au, MediaTime(ticks), now);
+        frames += 1;
         last_picture = now;
     }
 }

@@ -160,7 +160,8 @@ impl Server {
             // A bug that panics (release builds check arithmetic overflow in
             // mcrelay's own code) costs the channel a restart, not its life.
             loop {
-                let run = crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel.clone());
+                let run =
+                    crate::ingest::run_camera(&camera_spec, &mut publisher, camera_cancel.clone());
                 match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
                     Ok(()) => break,
                     Err(panic) => {
@@ -169,7 +170,10 @@ impl Server {
                             .map(|s| s.to_string())
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
-                        tracing::error!(channel = camera_spec.id, "camera task panicked ({what}); restarting it in {PANIC_RESTART:?}");
+                        tracing::error!(
+                            channel = camera_spec.id,
+                            "camera task panicked ({what}); restarting it in {PANIC_RESTART:?}"
+                        );
                         tokio::select! {
                             () = tokio::time::sleep(PANIC_RESTART) => {}
                             () = camera_cancel.cancelled() => break,

@@ -3,8 +3,9 @@
 //! packets to TCP clients as interleaved frames.
 //!
 //! A TCP client reads the channel's broadcast ring from its own position:
-//! the ring is its bounded queue. It starts with the cached GOP (a picture at
-//! once), receives each batch of frames in one vectored write (`$`, channel,
+//! the ring is its bounded queue. It starts with the cached GOP (a picture
+//! at once, the rest paced by [`crate::serve::catch_up`] until it is live),
+//! receives each batch of frames in one vectored write (`$`, channel,
 //! length, then the packet's header part and body, shared with every other
 //! sink), skips to the next key frame when it falls a ring behind (counted),
 //! and is dropped when its socket accepts nothing for the stall time. Nothing
@@ -25,12 +26,13 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::channel::{Channel, Directory};
-use crate::config::RtspConfig;
+use crate::channel::{Channel, Directory, GOP_MAX_FRAMES, RING_FRAMES};
+use crate::config::{CatchUpPolicy, RtspConfig};
 use crate::control::sdp::{self, ChannelDescription, Delivery};
 use crate::metrics::{ChannelMetrics, Metrics};
 use crate::rtp::Frame;
 use crate::serve::auth::Authenticator;
+use crate::serve::catch_up::CatchUp;
 use crate::serve::request::{Incoming, RequestError, RequestReader};
 use crate::serve::session::{
     Action, Catalog, ChannelEntry, Connection, Refusal, SessionTransport, refusal_response,
@@ -44,6 +46,14 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 const IOV_MAX: usize = 1024;
 /// Connections beyond the client limit, for DESCRIBE probes and setups.
 const EXTRA_CONNECTIONS: usize = 64;
+/// While a client catches up, the frames that come meanwhile wait in its
+/// backlog, so that the ring does not lap a client that is behind only
+/// because it is paced: at most the largest cached GOP plus a ring. Beyond
+/// it, the ring laps it like any slow client.
+const CATCH_UP_MAX_FRAMES: usize = GOP_MAX_FRAMES + RING_FRAMES;
+/// A client this far behind its catch-up schedule is held back by its own
+/// link, not by the pacing: it is then fed like any other.
+const CATCH_UP_BEHIND: Duration = Duration::from_secs(1);
 
 /// Everything a connection needs, shared by all of them.
 pub struct RtspShared {
@@ -374,6 +384,9 @@ struct Player {
     backlog: VecDeque<Arc<Frame>>,
     rtp_channel: u8,
     waiting_key: bool,
+    /// Set while the client works through the cached GOP towards live.
+    catch_up: Option<CatchUp>,
+    started: Instant,
     queue: Arc<AtomicUsize>,
     bytes: Arc<AtomicU64>,
     _guard: ClientGuard,
@@ -386,9 +399,15 @@ enum Next {
 }
 
 impl Player {
-    /// The next frames to send: the backlog first, then the ring. A client
-    /// that fell a whole ring behind resumes at the next key frame.
+    /// The next frames to send: the backlog first, then the ring; paced
+    /// while the client catches up. A client that fell a whole ring behind
+    /// resumes at the next key frame.
     async fn next(&mut self) -> Next {
+        if self.catch_up.is_some()
+            && let Some(batch) = self.next_paced().await
+        {
+            return Next::Frames(batch);
+        }
         let m = &self.channel.metrics;
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -438,6 +457,79 @@ impl Player {
             .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
         Next::Frames(batch)
     }
+
+    /// The next frames while the client catches up, each when it is due
+    /// ([`CatchUp`]); `None` once it is live, lapped or held back by its own
+    /// link, and frames go as they come. Cancel-safe: the frames taken from
+    /// the ring wait in the backlog.
+    async fn next_paced(&mut self) -> Option<Vec<Arc<Frame>>> {
+        // Twice at most: sleep until the front frame is due, then take it.
+        loop {
+            while self.backlog.len() < CATCH_UP_MAX_FRAMES {
+                match self.rx.try_recv() {
+                    Ok(f) => self.backlog.push_back(f),
+                    Err(TryRecvError::Lagged(n)) => {
+                        // The frames after the backlog are lost: the client
+                        // resumes at the next key frame, live.
+                        self.channel.metrics.key_frame_skips.inc();
+                        tracing::debug!(
+                            frames = n,
+                            "TCP client fell behind while catching up; skipping to the next key frame"
+                        );
+                        self.backlog.clear();
+                        self.waiting_key = true;
+                        self.catch_up = None;
+                        return None;
+                    }
+                    // Closed: the backlog still goes out; the caller sees the end.
+                    Err(_) => break,
+                }
+            }
+            let cu = self.catch_up.as_mut()?;
+            let now = Instant::now();
+            let live = match self.backlog.front() {
+                None => true,
+                Some(f) => cu.is_live(f.time, f.arrival),
+            };
+            let due = self.backlog.front().map_or(now, |f| cu.due(f.time));
+            if live || now.saturating_duration_since(due) > CATCH_UP_BEHIND {
+                tracing::debug!(
+                    after = ?self.started.elapsed(),
+                    behind_schedule = ?now.saturating_duration_since(due),
+                    "TCP client caught up"
+                );
+                self.catch_up = None;
+                return None;
+            }
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                match self.backlog.front() {
+                    Some(f) if cu.due(f.time) <= now && !cu.is_live(f.time, f.arrival) => {}
+                    _ => break,
+                }
+                let f = self.backlog.pop_front().expect("front checked");
+                cu.sent(f.time);
+                bytes += f.byte_len();
+                batch.push(f);
+            }
+            self.queue
+                .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
+            return Some(batch);
+        }
+    }
+}
+
+/// Clients whose receiver times frames by their arrival (see
+/// [`crate::serve::catch_up`]), by their `User-Agent`: GStreamer's
+/// `rtspsrc` says `GStreamer/1.22.0` unless an application changes it (then
+/// set `rtsp.catch_up = "paced"`).
+fn times_by_arrival(user_agent: &str) -> bool {
+    user_agent.to_ascii_lowercase().contains("gstreamer")
 }
 
 async fn next_frames(player: &mut Option<Player>) -> Next {
@@ -775,13 +867,26 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
             return false;
         }
         if let Some((ch, rtp, gop, rx, queue, bytes, guard)) = start {
+            let paced = match shared.cfg.catch_up {
+                CatchUpPolicy::Paced => true,
+                CatchUpPolicy::Burst => false,
+                CatchUpPolicy::Auto => req
+                    .header(&rtsp_types::headers::USER_AGENT)
+                    .is_some_and(|ua| times_by_arrival(ua.as_str())),
+            };
             tracing::info!(
                 channel = ch.spec.id,
                 cached_frames = gop.len(),
                 "TCP client playing"
             );
+            let now = Instant::now();
             *player = Some(Player {
                 waiting_key: gop.is_empty(),
+                catch_up: gop
+                    .first()
+                    .filter(|_| paced)
+                    .map(|key| CatchUp::new(key.time, now)),
+                started: now,
                 backlog: gop.into(),
                 channel: ch,
                 rx,

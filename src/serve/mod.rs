@@ -3,5 +3,6 @@
 //! protocol logic here is sans-IO; `runtime::rtsp` drives it.
 
 pub mod auth;
+pub mod catch_up;
 pub mod request;
 pub mod session;

@@ -441,6 +441,139 @@ pub fn make_clip(dir: &Path, size: &str, bitrate: &str, seconds: u32) -> PathBuf
     out
 }
 
+/// [`make_clip`] with a key frame every `gop` frames.
+pub fn make_clip_with_gop(
+    dir: &Path,
+    size: &str,
+    bitrate: &str,
+    seconds: u32,
+    gop: u32,
+) -> PathBuf {
+    let out = dir.join(format!("clip-{size}-{bitrate}-g{gop}.h264"));
+    mcrelay::camera::encode_test_clip_with_gop(&out, size, bitrate, seconds, gop)
+        .expect("encode a test clip");
+    out
+}
+
+/// GStreamer's RTSP client over TCP (`rtspsrc protocols=tcp ! decodebin !
+/// fakesink`), started in the background with its warnings logged
+/// (`GST_DEBUG=*:2`) and every decoded frame printed (`fakesink
+/// silent=false`, `-v`).
+pub struct GstClient {
+    proc: Proc,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// What a [`GstClient`] saw.
+#[derive(Debug)]
+pub struct GstReport {
+    /// Presentation timestamps of the decoded frames, in order, ns.
+    pub pts: Vec<u64>,
+    /// Warning lines (GST_DEBUG level 2).
+    pub warnings: Vec<String>,
+    /// Lines saying the decoder saw a timestamp go backwards.
+    pub decreasing: usize,
+}
+
+impl GstClient {
+    pub fn start(ns: &Netns, dir: &Path, tag: &str, url: &str, creds: (&str, &str)) -> GstClient {
+        let out = dir.join(format!("gst-{tag}.out"));
+        let err = dir.join(format!("gst-{tag}.err"));
+        let mut cmd = ns.command("gst-launch-1.0");
+        cmd.env("GST_DEBUG", "*:2")
+            .env("GST_DEBUG_NO_COLOR", "1")
+            .args(["-v", "rtspsrc"])
+            .arg(format!("location={url}"))
+            .args(["protocols=tcp"])
+            .arg(format!("user-id={}", creds.0))
+            .arg(format!("user-pw={}", creds.1))
+            .args(["!", "decodebin", "!", "fakesink", "silent=false"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        GstClient {
+            proc: Proc::spawn(cmd, "gst-launch-1.0 (Debian package gstreamer1.0-tools)"),
+            out,
+            err,
+        }
+    }
+
+    /// Lets it play for `secs`, stops it and reads what it printed.
+    pub fn finish(mut self, secs: u64) -> GstReport {
+        std::thread::sleep(Duration::from_secs(secs));
+        assert!(
+            self.proc.is_running(),
+            "gst-launch-1.0 exited early:\n{}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+        if self.proc.interrupt(Duration::from_secs(5)).is_none() {
+            self.proc.kill();
+        }
+        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
+        // "... chain   ******* (fakesink0:sink) (345600 bytes, dts: none, pts: 0:00:01.040000000, ..."
+        let pts = stdout
+            .lines()
+            .filter(|l| l.contains("(fakesink0:sink)") && l.contains("chain"))
+            .filter_map(|l| {
+                l.split("pts: ")
+                    .nth(1)?
+                    .split(',')
+                    .next()
+                    .and_then(parse_gst_time)
+            })
+            .collect();
+        let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
+        let warnings: Vec<String> = stdout
+            .lines()
+            .chain(stderr.lines())
+            .filter(|l| l.contains("WARN"))
+            .map(str::to_string)
+            .collect();
+        let decreasing = stdout
+            .lines()
+            .chain(stderr.lines())
+            .filter(|l| l.contains("decreasing timestamp"))
+            .count();
+        GstReport {
+            pts,
+            warnings,
+            decreasing,
+        }
+    }
+}
+
+/// `H:MM:SS.nnnnnnnnn` (GST_TIME_FORMAT) in ns.
+fn parse_gst_time(s: &str) -> Option<u64> {
+    let mut it = s.trim().split(':');
+    let h: u64 = it.next()?.parse().ok()?;
+    let m: u64 = it.next()?.parse().ok()?;
+    let (sec, frac) = it.next()?.split_once('.')?;
+    let sec: u64 = sec.parse().ok()?;
+    let frac: u64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    Some(((h * 60 + m) * 60 + sec) * 1_000_000_000 + frac)
+}
+
+/// A log file's text without ANSI colour codes.
+pub fn plain_log(path: &Path) -> String {
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Sums a metric's samples from /metrics text.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()

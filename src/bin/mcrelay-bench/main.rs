@@ -41,27 +41,33 @@ enum Command {
     Suite {
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
-        /// Viewer counts for the one-channel sweep.
-        #[arg(long, value_delimiter = ',', default_value = "1,10,50,200")]
-        viewers: Vec<usize>,
-        /// Channel counts for the multicast sweep (mcrelay and the floor).
-        #[arg(long, value_delimiter = ',', default_value = "1,16,100,500")]
-        channels: Vec<usize>,
-        /// Channel counts at which the alternatives run (one process per channel).
-        #[arg(long, value_delimiter = ',', default_value = "1,16")]
-        alternative_channels: Vec<usize>,
-        /// Measurement window per run, seconds.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Camera bitrate and picture size (ffmpeg syntax).
-        #[arg(long, default_value = "4M")]
-        bitrate: String,
-        #[arg(long, default_value = "1920x1080")]
-        size: String,
-        /// Workstation hosts (viewers are spread over them).
-        #[arg(long, default_value_t = 20)]
-        hosts: usize,
-        /// A short run of a few rows, for CI.
+        /// Viewer counts for the one-channel sweep [default: 1,10,50,200;
+        /// with --quick: 2].
+        #[arg(long, value_delimiter = ',')]
+        viewers: Option<Vec<usize>>,
+        /// Channel counts for the multicast sweep (mcrelay and the floor)
+        /// [default: 1,16,100,500; with --quick: 2].
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<usize>>,
+        /// Channel counts at which the alternatives run (one process per
+        /// channel) [default: 1,16; with --quick: none].
+        #[arg(long, value_delimiter = ',')]
+        alternative_channels: Option<Vec<usize>>,
+        /// Measurement window per run, seconds [default: 20; with --quick: 2].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Camera bitrate (ffmpeg syntax) [default: 4M; with --quick: 1M].
+        #[arg(long)]
+        bitrate: Option<String>,
+        /// Camera picture size [default: 1920x1080; with --quick: 640x360].
+        #[arg(long)]
+        size: Option<String>,
+        /// Workstation hosts (viewers are spread over them) [default: 20;
+        /// with --quick: 2].
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// A short run of a few rows, for CI. Options given as well override
+        /// its settings.
         #[arg(long)]
         quick: bool,
         /// Only these relays (mcrelay-multicast, mcrelay-record, mcrelay-tcp, ffmpeg,
@@ -173,25 +179,35 @@ fn main() -> anyhow::Result<()> {
         } => floor::run(&clip, &mode, channels),
         Command::Suite {
             out,
-            mut viewers,
-            mut channels,
-            mut alternative_channels,
-            mut seconds,
-            mut bitrate,
-            mut size,
-            mut hosts,
+            viewers,
+            channels,
+            alternative_channels,
+            seconds,
+            bitrate,
+            size,
+            hosts,
             quick,
             relays,
             mcrelay_threads,
         } => {
             let wanted = |r: Relay| relays.is_empty() || relays.iter().any(|k| k == r.key());
-            let warm_up = if quick {
-                (viewers, channels, alternative_channels, seconds) = (vec![2], vec![2], vec![], 2);
-                (bitrate, size, hosts) = ("1M".into(), "640x360".into(), 2);
-                std::time::Duration::from_secs(2)
+            // The defaults of a full run, or of a quick one; what is given
+            // on the command line wins over either.
+            let pick = |full: &str, short: &str| if quick { short } else { full }.to_string();
+            let viewers = viewers.unwrap_or(if quick { vec![2] } else { vec![1, 10, 50, 200] });
+            let channels = channels.unwrap_or(if quick {
+                vec![2]
             } else {
-                std::time::Duration::from_secs(4)
-            };
+                vec![1, 16, 100, 500]
+            });
+            let alternative_channels =
+                alternative_channels.unwrap_or(if quick { vec![] } else { vec![1, 16] });
+            let seconds = seconds.unwrap_or(if quick { 2 } else { 20 });
+            let bitrate = bitrate.unwrap_or_else(|| pick("4M", "1M"));
+            let size = size.unwrap_or_else(|| pick("1920x1080", "640x360"));
+            let hosts = hosts.unwrap_or(if quick { 2 } else { 20 });
+            let warm_up = std::time::Duration::from_secs(if quick { 2 } else { 4 });
+            anyhow::ensure!(hosts >= 1, "--hosts: at least one workstation host");
             let clip = camera_clip(&size, &bitrate)?;
             let parsed = mcrelay::camera::Clip::load(&clip, None, None)?;
             let mut params = mcrelay::media::ParamSets::default();
@@ -321,7 +337,12 @@ fn main() -> anyhow::Result<()> {
                 report::targets(&by_viewers, &by_channels),
             );
             std::fs::write(out.join("results.md"), &md)?;
-            report::plot(&out.join("benchmarks.svg"), &by_viewers, &by_channels)?;
+            report::plot(
+                &out.join("benchmarks.svg"),
+                &bitrate,
+                &by_viewers,
+                &by_channels,
+            )?;
             println!("{md}");
             eprintln!(
                 "wrote {} and {} in {:.1} min",

@@ -54,6 +54,12 @@ pub struct RelayCounts {
     pub skipped: u64,
     pub recorded: u64,
     pub record_dropped: u64,
+    /// RTP packets and their bytes (headers included) sent to multicast.
+    pub mc_packets: u64,
+    pub mc_bytes: u64,
+    /// Seconds between the two reads of the counters (each timed at the
+    /// middle of its request): the window these counts cover.
+    pub window: f64,
 }
 
 impl RelayCounts {
@@ -70,6 +76,9 @@ impl RelayCounts {
             skipped: sum("mcrelay_multicast_skipped_frames_total"),
             recorded: sum("mcrelay_recorded_frames_total"),
             record_dropped: sum("mcrelay_record_dropped_frames_total"),
+            mc_packets: sum("mcrelay_multicast_packets_total"),
+            mc_bytes: sum("mcrelay_multicast_bytes_total"),
+            window: 0.0,
         }
     }
 }
@@ -210,7 +219,14 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
         sc.relay,
         Relay::McrelayMulticast | Relay::McrelayTcp | Relay::McrelayRecord
     );
-    let relay_counts = || is_mcrelay.then(|| RelayCounts::read(lan));
+    // Each read is stamped at the middle of its request.
+    let relay_counts = || {
+        is_mcrelay.then(|| {
+            let asked = Instant::now();
+            let c = RelayCounts::read(lan);
+            (c, asked + asked.elapsed() / 2)
+        })
+    };
     let r0 = relay_counts();
     let v0 = counters.snapshot();
     let p0 = probe.as_ref().map(|p| p.snapshot());
@@ -244,11 +260,14 @@ pub fn run(lan: &Lan, env: &Env, sc: Scenario, dir: &Path) -> anyhow::Result<Row
         decoded,
         expected_frames: decode_seconds * 25,
         counting_viewers,
-        relay: r0.zip(r1).map(|(a, b)| RelayCounts {
+        relay: r0.zip(r1).map(|((a, at), (b, bt))| RelayCounts {
             frames: b.frames.saturating_sub(a.frames),
             skipped: b.skipped.saturating_sub(a.skipped),
             recorded: b.recorded.saturating_sub(a.recorded),
             record_dropped: b.record_dropped.saturating_sub(a.record_dropped),
+            mc_packets: b.mc_packets.saturating_sub(a.mc_packets),
+            mc_bytes: b.mc_bytes.saturating_sub(a.mc_bytes),
+            window: (bt - at).as_secs_f64(),
         }),
         crashed,
     })
