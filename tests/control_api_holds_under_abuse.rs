@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -30,18 +30,6 @@ codec = "h264"
 "#,
         disk.display()
     )
-}
-
-/// A connection to `to` from the local address `from` (any 127/8 address
-/// works on lo).
-fn connect_from(from: &str, to: &str) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())?;
-    s.connect_timeout(
-        &to.parse::<SocketAddr>().unwrap().into(),
-        Duration::from_secs(2),
-    )?;
-    Ok(s.into())
 }
 
 /// Whether the server closed `s` (EOF or reset) within `within`.
@@ -111,7 +99,7 @@ fn half_sent_headers_are_closed_and_a_flood_locks_out_nobody() {
     let closed = ns.run(|| {
         let mut conns: Vec<TcpStream> = (0..20)
             .map(|_| {
-                let mut s = connect_from("127.0.0.3", "127.0.0.1:8080").unwrap();
+                let mut s = common::connect_from("127.0.0.3", "127.0.0.1:8080").unwrap();
                 s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                     .unwrap();
                 s
@@ -139,7 +127,7 @@ fn half_sent_headers_are_closed_and_a_flood_locks_out_nobody() {
         let junk = vec![b'a'; 288 * 1024];
         let mut conns = Vec::new();
         for _ in 0..300 {
-            if let Ok(mut s) = connect_from("127.0.0.2", "127.0.0.1:8080") {
+            if let Ok(mut s) = common::connect_from("127.0.0.2", "127.0.0.1:8080") {
                 let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
                 let _ = s.write_all(b"GET /health HTTP/1.1\r\nX-Junk: ");
                 let _ = s.write_all(&junk);
@@ -189,7 +177,7 @@ fn exhausting_descriptors_with_idle_connections_never_breaks_a_disk() {
             } else {
                 "127.0.0.1:8554"
             };
-            if let Ok(s) = connect_from(&from, to) {
+            if let Ok(s) = common::connect_from(&from, to) {
                 conns.push(s);
             }
         }

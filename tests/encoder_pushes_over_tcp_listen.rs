@@ -120,25 +120,7 @@ fn only_an_allowed_encoder_that_sends_a_picture_replaces_the_current_one() {
         .as_u64()
         .unwrap();
     ns.run(|| {
-        let connect_from = |from: &str| {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.bind(
-                &format!("{from}:0")
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-            s.connect(
-                &"127.0.0.1:9003"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-            std::net::TcpStream::from(s)
-        };
+        let connect_from = |from: &str| common::connect_from(from, "127.0.0.1:9003").unwrap();
         // A port scan: connect, close.
         for _ in 0..5 {
             drop(connect_from("127.0.0.1"));

@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::Netns;
@@ -281,20 +280,7 @@ fn an_upload_that_does_not_fit_is_refused_not_paid_for_with_local_material() {
     let site = common::write_site(dir.path(), &text);
     let _cam = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
     // The disk is a 16 MB tmpfs in mcrelay's own mount namespace.
-    let script = format!(
-        "mount -t tmpfs -o size=16m mcrelay-full {} && exec {} run --site {} --server rec-1",
-        disk.display(),
-        common::mcrelay(),
-        site.display()
-    );
-    let log = std::fs::File::create(dir.path().join("mcrelay-rec-1.log")).unwrap();
-    let mut cmd = ns.command("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut relay = common::Proc::spawn(cmd, "mcrelay run (own mount)");
-    common::wait_http(&ns, "127.0.0.1:8080", &mut relay, dir.path());
+    let _relay = common::start_mcrelay_on_tmpfs(&ns, dir.path(), &site, "rec-1", &[&disk], 16);
     let local = common::wait_for(Duration::from_secs(30), || {
         let s = listed(&ns);
         (s.len() >= 2).then_some(s)

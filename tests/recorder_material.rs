@@ -551,21 +551,7 @@ fn a_broken_disk_is_skipped_and_all_broken_disks_fail_health() {
     let _cam1 = common::start_camera(&ns, "camera-h264.h264", "127.0.0.1:9001");
     let _cam2 = common::start_camera(&ns, "camera-h265.h265", "127.0.0.1:9002");
     // mcrelay in a mount namespace of its own, each disk a small tmpfs.
-    let script = format!(
-        "mount -t tmpfs -o size=32m mcrelay-d1 {} && mount -t tmpfs -o size=32m mcrelay-d2 {} && exec {} run --site {} --server rec-1",
-        d1.display(),
-        d2.display(),
-        common::mcrelay(),
-        site.display()
-    );
-    let log = std::fs::File::create(dir.path().join("mcrelay-rec-1.log")).unwrap();
-    let mut cmd = ns.command("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut relay = common::Proc::spawn(cmd, "mcrelay run (own mounts)");
-    common::wait_http(&ns, "127.0.0.1:8080", &mut relay, dir.path());
+    let relay = common::start_mcrelay_on_tmpfs(&ns, dir.path(), &site, "rec-1", &[&d1, &d2], 32);
     let pid = relay.pid().to_string();
     let nsenter = |args: &[&str]| {
         let st = std::process::Command::new("nsenter")

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -42,16 +42,6 @@ fn start(ns: &Netns, dir: &std::path::Path, extra: &str) -> (common::Proc, commo
     (relay, camera)
 }
 
-fn connect_from(from: &str, to: &str) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    s.bind(&format!("{from}:0").parse::<SocketAddr>().unwrap().into())?;
-    s.connect_timeout(
-        &to.parse::<SocketAddr>().unwrap().into(),
-        Duration::from_secs(2),
-    )?;
-    Ok(s.into())
-}
-
 #[test]
 fn connections_that_never_authenticate_cannot_lock_out_a_workstation() {
     let ns = Netns::new("rtspunauth");
@@ -68,7 +58,7 @@ fn connections_that_never_authenticate_cannot_lock_out_a_workstation() {
         let mut cseq = 0;
         while t0.elapsed() < Duration::from_secs(12) {
             while conns.len() < 100 {
-                match connect_from("127.0.0.2", "127.0.0.1:8554") {
+                match common::connect_from("127.0.0.2", "127.0.0.1:8554") {
                     Ok(s) => {
                         s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
                         conns.push(s);
@@ -167,7 +157,7 @@ fn a_password_guesser_is_locked_out_and_others_are_not() {
     let statuses = ns.run(|| {
         let mut out = Vec::new();
         for i in 0..14 {
-            let s = connect_from("127.0.0.2", "127.0.0.1:8554").unwrap();
+            let s = common::connect_from("127.0.0.2", "127.0.0.1:8554").unwrap();
             let mut c = Client::from_stream(s, Some(("admin", &format!("guess{i}")))).unwrap();
             out.push(
                 c.request("DESCRIBE", URL, &[])
@@ -177,7 +167,7 @@ fn a_password_guesser_is_locked_out_and_others_are_not() {
         }
         // The right password from the guesser's address is refused too,
         // for now; another address gets in.
-        let s = connect_from("127.0.0.2", "127.0.0.1:8554").unwrap();
+        let s = common::connect_from("127.0.0.2", "127.0.0.1:8554").unwrap();
         let mut c = Client::from_stream(s, Some(("admin", "pw"))).unwrap();
         let locked = c
             .request("DESCRIBE", URL, &[])

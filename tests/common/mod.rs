@@ -617,3 +617,55 @@ pub fn status_detail_at(ns: &Netns, addr: &str, password: &str) -> serde_json::V
     assert_eq!(r.status, 200, "{}", r.text());
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
 }
+
+/// A TCP connection to `to` from the local address `from` (any 127/8
+/// address works on lo): a second host on one namespace's loopback.
+pub fn connect_from(from: &str, to: &str) -> std::io::Result<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(
+        &format!("{from}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
+    s.connect_timeout(
+        &to.parse::<std::net::SocketAddr>().unwrap().into(),
+        Duration::from_secs(2),
+    )?;
+    Ok(s.into())
+}
+
+/// Starts `mcrelay run --site SITE --server SERVER` in `ns`, in a mount
+/// namespace of its own where each of `disks` is a tmpfs of `size_mb`
+/// (disks that fill up or go away without touching the machine's), and
+/// waits until its control API answers.
+pub fn start_mcrelay_on_tmpfs(
+    ns: &Netns,
+    dir: &Path,
+    site: &Path,
+    server: &str,
+    disks: &[&Path],
+    size_mb: u32,
+) -> Proc {
+    let mut script = String::new();
+    for (i, d) in disks.iter().enumerate() {
+        script.push_str(&format!(
+            "mount -t tmpfs -o size={size_mb}m mcrelay-d{i} {} && ",
+            d.display()
+        ));
+    }
+    script.push_str(&format!(
+        "exec {} run --site {} --server {server}",
+        mcrelay(),
+        site.display()
+    ));
+    let log = std::fs::File::create(dir.join(format!("mcrelay-{server}.log"))).unwrap();
+    let mut cmd = ns.command("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut p = Proc::spawn(cmd, "mcrelay run (own mounts)");
+    wait_http(ns, "127.0.0.1:8080", &mut p, dir);
+    p
+}
