@@ -82,13 +82,17 @@ impl CatchUp {
 
     /// When the next frame, at media time `t`, is due.
     pub fn due(&self, t: MediaTime) -> Instant {
-        let gap = (t.0 - self.high.0).max(0);
-        let step = if self.high.0 - self.origin.0 < FAST_SPAN_TICKS {
+        // Media times come from the camera: saturate, never wrap.
+        let gap = t.0.saturating_sub(self.high.0).max(0);
+        let step = if self.high.0.saturating_sub(self.origin.0) < FAST_SPAN_TICKS {
             gap / 2
         } else {
             gap - (gap / 4).min(SLOW_CUT_TICKS)
         };
-        self.last_due + ticks_to_duration(step)
+        // A jump of years cannot overflow the clock: such a frame is due now.
+        self.last_due
+            .checked_add(ticks_to_duration(step))
+            .unwrap_or(self.last_due)
     }
 
     /// The frame at media time `t` was sent.
