@@ -640,20 +640,32 @@ fn retention_deletes_material_past_its_age() {
     // 16 s of recording nothing listed ended more than 4 + 5 s ago, and
     // the files of deleted segments are gone.
     std::thread::sleep(Duration::from_secs(16));
+    let ch1_files = || -> Vec<PathBuf> {
+        walk(dir.path())
+            .into_iter()
+            .filter(|p| {
+                p.to_string_lossy().contains("/ch1/") && p.extension().is_some_and(|e| e == "ts")
+            })
+            .collect()
+    };
+    // A segment may finish (file renamed, then indexed) or be deleted
+    // between the listing and the directory walk: compare a snapshot in
+    // which the listing did not change across the walk.
+    let mut last = String::new();
+    let snapshot = common::wait_for(Duration::from_secs(6), || {
+        let before = segments(&material(&ns, 1));
+        let files = ch1_files();
+        let after = segments(&material(&ns, 1));
+        last = format!("{files:?} vs {} listed", after.len());
+        (before == after && files.len() == after.len()).then_some(after)
+    });
+    let segs = snapshot.unwrap_or_else(|| panic!("files and index never agreed: {last}"));
     let now = mcrelay::record::now_ms(std::time::SystemTime::now());
-    let segs = segments(&material(&ns, 1));
     assert!(!segs.is_empty());
     for s in &segs {
         let end = s["end_ms"].as_i64().unwrap();
         assert!(now - end <= 9_500, "{s} outlived its retention");
     }
-    let files: Vec<PathBuf> = walk(dir.path())
-        .into_iter()
-        .filter(|p| {
-            p.to_string_lossy().contains("/ch1/") && p.extension().is_some_and(|e| e == "ts")
-        })
-        .collect();
-    assert_eq!(files.len(), segs.len(), "{files:?}");
     assert!(
         segs[0]["start_ms"].as_i64().unwrap() > now - 14_000,
         "the oldest segments were kept"
