@@ -129,8 +129,14 @@ fn kill_9_at_twenty_random_instants_loses_no_complete_segment() {
             assert!(names.contains(&name), "round {round}: {name} not listed");
         }
         // Kill somewhere in 0.2-4.5 s: before, during and after segment
-        // boundaries (2 s segments), during index appends.
-        let wait = rand::Rng::random_range(&mut rng, 200..4500);
+        // boundaries (2 s segments), during index appends. Every other
+        // round lives 3.5-4.5 s, so that segments complete whatever the
+        // draw (a first segment ends at the first key frame after 2 s).
+        let wait = if round % 2 == 0 {
+            rand::Rng::random_range(&mut rng, 3500..4500)
+        } else {
+            rand::Rng::random_range(&mut rng, 200..4500)
+        };
         std::thread::sleep(Duration::from_millis(wait));
         let before = complete_files(dir.path());
         relay.kill();
