@@ -165,7 +165,7 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
         return message;
     };
     let start = span.start.min(text.len());
-    let before = &text[..start];
+    let before = text.get(..start).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let key = text
@@ -173,7 +173,15 @@ fn parse_message(text: &str, e: &toml::de::Error) -> String {
         .nth(line - 1)
         .and_then(|l| l.split_once('='))
         .map(|(k, _)| k.trim())
-        .filter(|k| !k.is_empty() && k.len() <= 64 && !k.starts_with('#'));
+        // Only what reads as a TOML key is quoted back: anything else on
+        // the line may be a value, a URL with its password say (found by
+        // the config_loader fuzz target).
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= 64
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+        });
     match key {
         Some(k) => format!("line {line}, column {column} (`{k} = ...`): {message}"),
         None => format!("line {line}, column {column}: {message}"),

@@ -76,6 +76,17 @@ fn unknown_keys_are_errors_naming_the_key_and_file() {
 }
 
 #[test]
+fn a_parse_error_quotes_a_key_never_a_value_before_an_equals_sign() {
+    // Found by the config_loader fuzz target: the text before the line's
+    // first `=` was quoted as its key, even when it was a URL.
+    let err = parse("  //admin:Hunter2pw@127.0.( =01:81")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("Hunter2pw"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
 fn same_multicast_address_is_rejected() {
     let text = two_servers("", "").replace("239.1.1.2", "239.1.1.1");
     let e = errors(&text);

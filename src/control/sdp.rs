@@ -44,10 +44,17 @@ pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
     let pt = VIDEO_PAYLOAD_TYPE;
     let mut origin = Origin::with_ip_addr(d.channel_id, d.version, d.origin);
     origin.set_username("-");
-    let name = if d.name.is_empty() {
+    // The name is one SDP line: control characters (a line break would
+    // start a line of its own) become spaces.
+    let name: String = d
+        .name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let name = if name.trim().is_empty() {
         format!("Channel {}", d.channel_id)
     } else {
-        d.name.to_string()
+        name
     };
     let mut s = Session::new(origin, name);
     s.connection = Some(match d.delivery {
@@ -83,7 +90,9 @@ pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
     if !fmtp.is_empty() {
         m.add_attribute_with_value("fmtp", format!("{pt} {fmtp}"));
     }
-    if let Some(fps) = d.video.fps {
+    // A rate from a camera's SPS can be anything; only a plausible one is
+    // written (it formats as a positive number).
+    if let Some(fps) = d.video.fps.filter(|f| (0.001..=1000.0).contains(f)) {
         m.add_attribute_with_value("framerate", format_fps(fps));
     }
     if let Delivery::Rtsp = d.delivery {
@@ -110,6 +119,38 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn a_name_is_one_line_and_an_absurd_rate_is_left_out() {
+        // Found by the sdp_round_trip fuzz target.
+        let params = ParamSets::default();
+        for (name, fps, want) in [
+            ("Gate\r\na=control:evil", 0.0, "s=Gate  a=control:evil\r\n"),
+            ("\n", f64::NAN, "s=Channel 7\r\n"),
+            ("Yard", 1e300, "s=Yard\r\n"),
+            ("Yard", -25.0, "s=Yard\r\n"),
+        ] {
+            let video = VideoInfo {
+                width: None,
+                height: None,
+                fps: Some(fps),
+            };
+            let sdp = channel_sdp(&ChannelDescription {
+                channel_id: 7,
+                name,
+                origin: Ipv4Addr::LOCALHOST,
+                delivery: Delivery::Rtsp,
+                codec: Codec::H264,
+                params: &params,
+                video: &video,
+                version: 1,
+            });
+            assert!(sdp.contains(want), "{sdp}");
+            assert!(!sdp.contains("framerate"), "{sdp}");
+            let controls = sdp.lines().filter(|l| l.starts_with("a=control:"));
+            assert_eq!(controls.count(), 2, "{sdp}");
+        }
+    }
 
     #[test]
     fn h264_multicast_sdp() {

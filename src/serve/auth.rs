@@ -414,17 +414,22 @@ pub fn digest_answer(
     }
     let ha1 = md5_hex(&format!("{user}:{realm}:{password}"));
     let ha2 = md5_hex(&format!("{method}:{uri}"));
+    // Quoted values as RFC 7230 quoted-strings: `"` and `\` escaped (the
+    // hashes are over the values themselves).
+    let q = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let (user_q, realm_q, nonce_q, uri_q, cnonce_q) =
+        (q(user), q(realm), q(nonce), q(uri), q(cnonce));
     let auth_qop = get("qop").is_some_and(|q| q.split(',').any(|v| v.trim() == "auth"));
     Some(if auth_qop {
         let nc = format!("{nc:08x}");
         let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
         format!(
-            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"{cnonce}\", response=\"{response}\""
+            "Digest username=\"{user_q}\", realm=\"{realm_q}\", nonce=\"{nonce_q}\", uri=\"{uri_q}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"{cnonce_q}\", response=\"{response}\""
         )
     } else {
         let response = md5_hex(&format!("{ha1}:{nonce}:{ha2}"));
         format!(
-            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm=MD5, response=\"{response}\""
+            "Digest username=\"{user_q}\", realm=\"{realm_q}\", nonce=\"{nonce_q}\", uri=\"{uri_q}\", algorithm=MD5, response=\"{response}\""
         )
     })
 }
@@ -539,6 +544,23 @@ mod tests {
     fn nonce_of(challenge: &str) -> String {
         let p = parse_params(challenge.strip_prefix("Digest ").unwrap());
         p.into_iter().find(|(k, _)| k == "nonce").unwrap().1
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_the_user_round_trip() {
+        // Found by the digest_header fuzz target: the answer wrote the
+        // user name unescaped inside its quotes.
+        for user in ["ad\"min", "a\\b", "\"", "x\\\""] {
+            let a = Authenticator::new(user.into(), Secret::new("pw".into()), false, [7; 32])
+                .with_qop();
+            let challenge = &a.challenges(1000, false, PEER, 0)[0];
+            let h = digest_answer(challenge, user, "pw", "GET", "/a\"b", "c\"n", 1).unwrap();
+            assert_eq!(
+                a.check(&attempt("GET", "/a\"b", Some(&h)), 1001),
+                Verdict::Allowed,
+                "{h}"
+            );
+        }
     }
 
     #[test]
