@@ -35,8 +35,14 @@ impl Sink for Check {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&ctl, stream)) = data.split_first() else { return };
-    let codec = if ctl & 1 == 0 { Codec::H264 } else { Codec::H265 };
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
+    let codec = if ctl & 1 == 0 {
+        Codec::H264
+    } else {
+        Codec::H265
+    };
     let timing = match (ctl >> 1) & 3 {
         0 => TimingPolicy::Auto,
         1 => TimingPolicy::Arrival,
@@ -44,11 +50,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let chunk = 1 + (ctl as usize >> 3) * 7;
     let mut reader = Reader::new(codec, timing);
-    let mut sink = Check { codec, last: None, bytes: 0 };
+    let mut sink = Check {
+        codec,
+        last: None,
+        bytes: 0,
+    };
     let t0 = Instant::now();
     for (i, c) in stream.chunks(chunk).enumerate() {
         reader.splitter.push(c);
-        if reader.drain(t0 + Duration::from_millis(i as u64 * 13), &mut sink).is_err() {
+        if reader
+            .drain(t0 + Duration::from_millis(i as u64 * 13), &mut sink)
+            .is_err()
+        {
             return;
         }
     }

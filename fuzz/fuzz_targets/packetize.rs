@@ -36,7 +36,9 @@ fn reassemble(codec: Codec, payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
                     Codec::H265 => vec![(p[0] & 0x81) | (inner << 1), p[1]],
                 });
             }
-            fu.as_mut().expect("FU without start").extend_from_slice(&p[hl + 1..]);
+            fu.as_mut()
+                .expect("FU without start")
+                .extend_from_slice(&p[hl + 1..]);
             if end {
                 out.push(fu.take().expect("set"));
             }
@@ -52,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let codec = if data[0] & 1 == 0 { Codec::H264 } else { Codec::H265 };
+    let codec = if data[0] & 1 == 0 {
+        Codec::H264
+    } else {
+        Codec::H265
+    };
     let max = 64 + u16::from_be_bytes([data[1], data[2]]) as usize % 3000;
     let seq = u16::from(data[3]) << 8 | 0xf0;
     let mut nals = Vec::new();
@@ -62,21 +68,44 @@ fuzz_target!(|data: &[u8]| {
         nals.push(Bytes::copy_from_slice(&rest[2..2 + len]));
         rest = &rest[2 + len..];
     }
-    let Ok(au) = AccessUnit::new(codec, nals) else { return };
-    let mut p = Packetizer::new(codec, PacketizerConfig { payload_type: 96, ssrc: 7, max_payload: max, aggregate: data[0] & 2 == 0 }, seq);
+    let Ok(au) = AccessUnit::new(codec, nals) else {
+        return;
+    };
+    let mut p = Packetizer::new(
+        codec,
+        PacketizerConfig {
+            payload_type: 96,
+            ssrc: 7,
+            max_payload: max,
+            aggregate: data[0] & 2 == 0,
+        },
+        seq,
+    );
     let (packets, _) = p.packetize(&au, 1234);
-    let expected: Vec<&Bytes> = au.nals.iter().filter(|n| codec.classify(n) != NalKind::Invalid && !n.is_empty()).collect();
+    let expected: Vec<&Bytes> = au
+        .nals
+        .iter()
+        .filter(|n| codec.classify(n) != NalKind::Invalid && !n.is_empty())
+        .collect();
     if expected.is_empty() {
         return;
     }
     assert!(!packets.is_empty());
     for (i, pk) in packets.iter().enumerate() {
-        assert!(pk.len() <= max + 12, "packet of {} bytes, limit {}", pk.len(), max + 12);
+        assert!(
+            pk.len() <= max + 12,
+            "packet of {} bytes, limit {}",
+            pk.len(),
+            max + 12
+        );
         assert_eq!(pk.seq(), seq.wrapping_add(i as u16));
         assert_eq!(pk.timestamp(), 1234);
         assert_eq!(pk.marker(), i + 1 == packets.len());
     }
-    let payloads: Vec<Vec<u8>> = packets.iter().map(|pk| pk.to_vec()[12..].to_vec()).collect();
+    let payloads: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|pk| pk.to_vec()[12..].to_vec())
+        .collect();
     let got = reassemble(codec, &payloads);
     // The input's units in order; anything else must be an inserted parameter set.
     let mut want = expected.iter().peekable();
@@ -84,7 +113,11 @@ fuzz_target!(|data: &[u8]| {
         if want.peek().is_some_and(|w| w.as_ref() == n.as_slice()) {
             want.next();
         } else {
-            assert!(codec.classify(n).is_parameter_set(), "unexpected unit {:02x?}", &n[..n.len().min(4)]);
+            assert!(
+                codec.classify(n).is_parameter_set(),
+                "unexpected unit {:02x?}",
+                &n[..n.len().min(4)]
+            );
         }
     }
     assert!(want.peek().is_none(), "units lost");

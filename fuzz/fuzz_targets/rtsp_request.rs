@@ -21,7 +21,11 @@ impl Catalog for Cat {
         (key == "1" || key == "cam").then(|| ChannelEntry {
             id: 1,
             sdp: Some("v=0\r\n".into()),
-            multicast: Some(Destination { group: Ipv4Addr::new(239, 1, 1, 1), port: 5000, ttl: 1 }),
+            multicast: Some(Destination {
+                group: Ipv4Addr::new(239, 1, 1, 1),
+                port: 5000,
+                ttl: 1,
+            }),
         })
     }
     fn admit(&self, _: u32) -> Result<(), Refusal> {
@@ -30,10 +34,26 @@ impl Catalog for Cat {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&ctl, bytes)) = data.split_first() else { return };
-    let auth = (ctl & 1 == 0).then(|| Arc::new(Authenticator::new("admin".into(), Secret::new("pw".into()), ctl & 2 == 0, [1; 32])));
+    let Some((&ctl, bytes)) = data.split_first() else {
+        return;
+    };
+    let auth = (ctl & 1 == 0).then(|| {
+        Arc::new(Authenticator::new(
+            "admin".into(),
+            Secret::new("pw".into()),
+            ctl & 2 == 0,
+            [1; 32],
+        ))
+    });
     let peer = std::net::IpAddr::from([198, 18, 0, 1]);
-    let mut conn = Connection::new(auth, ctl & 4 == 0, Duration::from_secs(60), Instant::now(), peer, 9);
+    let mut conn = Connection::new(
+        auth,
+        ctl & 4 == 0,
+        Duration::from_secs(60),
+        Instant::now(),
+        peer,
+        9,
+    );
     let mut reader = RequestReader::new(4096, 32);
     let chunk = 1 + (ctl as usize >> 3) * 3;
     for piece in bytes.chunks(chunk) {
@@ -45,7 +65,12 @@ fuzz_target!(|data: &[u8]| {
                     let mut buf = Vec::new();
                     out.response.write(&mut buf).expect("a response serializes");
                     if let Some(c) = req.header(&rtsp_types::headers::CSEQ) {
-                        assert_eq!(out.response.header(&rtsp_types::headers::CSEQ).map(|v| v.as_str()), Some(c.as_str().trim()));
+                        assert_eq!(
+                            out.response
+                                .header(&rtsp_types::headers::CSEQ)
+                                .map(|v| v.as_str()),
+                            Some(c.as_str().trim())
+                        );
                     }
                 }
                 Ok(Some(_)) => {}
