@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mcrelay::config::{Site, plan};
 use mcrelay::emit::SendMode;
-use mcrelay::media::Codec;
+use mcrelay::media::{Codec, TrackKind};
 use mcrelay::runtime::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -444,10 +444,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             let dest = s
                 .multicast
                 .as_ref()
-                .and_then(|m| plan::destination(m, c.id).ok())
-                .map_or("-".to_string(), |d| {
-                    format!("{} (RTCP {})", d.rtp(), d.rtcp().port())
-                });
+                .and_then(|m| {
+                    let d = plan::destination(m, c.id).ok()?;
+                    let mut line = format!("{} (RTCP {})", d.rtp(), d.rtcp().port());
+                    // The camera's other tracks, when it has them.
+                    for kind in [TrackKind::Audio, TrackKind::Metadata] {
+                        if c.tracks.contains(&kind)
+                            && !c.source.is_annexb()
+                            && let Ok(t) = plan::track_destination(m, c.id, kind)
+                        {
+                            line.push_str(&format!(", {kind} {}", t.port));
+                        }
+                    }
+                    Some(line)
+                })
+                .unwrap_or_else(|| "-".to_string());
             println!(
                 "  channel {} -> {dest}  from {}",
                 mcrelay::config::channel_label(c),
@@ -503,6 +514,7 @@ fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<Exi
             params: &Default::default(),
             video: &info,
             version: 0,
+            tracks: &[],
         })
     );
     Ok(ExitCode::SUCCESS)

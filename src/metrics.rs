@@ -80,6 +80,8 @@ pub struct Metrics {
     tcp_bytes: Family<ChannelLabel, Counter>,
     key_frame_skips: Family<ChannelLabel, Counter>,
     stall_disconnects: Family<ChannelLabel, Counter>,
+    track_frames: Family<ChannelLabel, Counter>,
+    track_errors: Family<ChannelLabel, Counter>,
     rtsp_unauthorized: Counter,
     rtsp_refused: Counter,
     record: RecordFamilies,
@@ -135,6 +137,8 @@ impl Metrics {
         let tcp_bytes = Family::default();
         let key_frame_skips = Family::default();
         let stall_disconnects = Family::default();
+        let track_frames = Family::default();
+        let track_errors = Family::default();
         let rtsp_unauthorized = Counter::default();
         let rtsp_refused = Counter::default();
         let record = RecordFamilies::default();
@@ -182,6 +186,16 @@ impl Metrics {
             "tcp_stall_disconnects",
             "TCP clients dropped because their socket accepted nothing for the stall time",
             stall_disconnects.clone(),
+        );
+        r.register(
+            "track_frames",
+            "Audio and metadata frames received from the camera and packetized",
+            track_frames.clone(),
+        );
+        r.register(
+            "track_errors",
+            "Audio and metadata frames dropped: empty or too large for their RTP payload format",
+            track_errors.clone(),
         );
         r.register(
             "rtsp_unauthorized",
@@ -272,6 +286,8 @@ impl Metrics {
             tcp_bytes,
             key_frame_skips,
             stall_disconnects,
+            track_frames,
+            track_errors,
             rtsp_unauthorized,
             rtsp_refused,
             record,
@@ -346,6 +362,8 @@ impl Metrics {
             tcp_bytes: c(&self.tcp_bytes),
             key_frame_skips: c(&self.key_frame_skips),
             stall_disconnects: c(&self.stall_disconnects),
+            track_frames: c(&self.track_frames),
+            track_errors: c(&self.track_errors),
         }
     }
 
@@ -370,6 +388,8 @@ impl Metrics {
             &self.tcp_bytes,
             &self.key_frame_skips,
             &self.stall_disconnects,
+            &self.track_frames,
+            &self.track_errors,
             &self.record.frames,
             &self.record.bytes,
             &self.record.segments,
@@ -457,6 +477,8 @@ pub struct ChannelMetrics {
     pub tcp_bytes: Counter,
     pub key_frame_skips: Counter,
     pub stall_disconnects: Counter,
+    pub track_frames: Counter,
+    pub track_errors: Counter,
 }
 
 impl ChannelMetrics {

@@ -1,7 +1,9 @@
 //! The SDP a workstation opens, written from arbitrary channel names,
 //! parameter sets and frame rates, parsed back with sdp-types: it always
-//! parses, has one session name line and one video media, and what was
-//! written (group, port, payload type, parameter sets) reads back.
+//! parses, has one session name line, one video media and one media per
+//! track (AAC with an arbitrary config, PCMU, ONVIF metadata), and what was
+//! written (group, port, payload type, parameter sets, AAC config) reads
+//! back.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -9,8 +11,8 @@ use std::net::Ipv4Addr;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mcrelay::config::Destination;
-use mcrelay::control::sdp::{ChannelDescription, Delivery, channel_sdp};
-use mcrelay::media::Codec;
+use mcrelay::control::sdp::{ChannelDescription, Delivery, TrackLine, channel_sdp};
+use mcrelay::media::{Codec, Payload, TrackDesc, TrackKind};
 use mcrelay::media::params::{ParamSets, VideoInfo};
 
 fuzz_target!(|data: &[u8]| {
@@ -45,6 +47,50 @@ fuzz_target!(|data: &[u8]| {
         port: port.max(2),
         ttl: u32::from(head[13]),
     };
+    // Bits 2..5 of the first byte pick the tracks; the AAC config is the
+    // name's bytes.
+    let mut descs = Vec::new();
+    if head[0] & 4 != 0 {
+        descs.push(TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "MPEG4-GENERIC".into(),
+            clock_rate: 8000 + u32::from(head[1]) * 100,
+            channels: Some(u16::from(head[2] % 8)),
+            payload: Payload::Aac {
+                config: Bytes::copy_from_slice(name.as_bytes()),
+            },
+        });
+    }
+    if head[0] & 8 != 0 {
+        descs.push(TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "PCMU".into(),
+            clock_rate: 8000,
+            channels: None,
+            payload: Payload::Frame,
+        });
+    }
+    if head[0] & 16 != 0 {
+        descs.push(TrackDesc {
+            kind: TrackKind::Metadata,
+            encoding: "vnd.onvif.metadata".into(),
+            clock_rate: 90000,
+            channels: None,
+            payload: Payload::Message,
+        });
+    }
+    let tracks: Vec<TrackLine<'_>> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| TrackLine {
+            desc: d,
+            payload_type: d.payload_type(i),
+            dest: Some(Destination {
+                port: dest.port.wrapping_add(2 * (i as u16 + 1)),
+                ..dest
+            }),
+        })
+        .collect();
     let sdp = channel_sdp(&ChannelDescription {
         channel_id,
         name: &name,
@@ -58,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
         params: &params,
         video: &video,
         version: 1,
+        tracks: &tracks,
     });
     assert!(!sdp.is_empty());
     assert_eq!(
@@ -67,11 +114,24 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(
         sdp.lines().filter(|l| l.starts_with("m=")).count(),
-        1,
+        1 + tracks.len(),
         "{sdp}"
     );
     let s = sdp_types::Session::parse(sdp.as_bytes()).unwrap_or_else(|e| panic!("{e:?} in\n{sdp}"));
-    assert_eq!(s.medias.len(), 1);
+    assert_eq!(s.medias.len(), 1 + tracks.len());
+    for (t, m) in tracks.iter().zip(&s.medias[1..]) {
+        assert_eq!(m.media, t.desc.kind.sdp_media(), "{sdp}");
+        assert_eq!(m.fmt, t.payload_type.to_string(), "{sdp}");
+        if multicast {
+            assert_eq!(Some(m.port), t.dest.map(|d| d.port), "{sdp}");
+        }
+        let want = t.desc.fmtp().map(|f| format!("{} {f}", t.payload_type));
+        assert_eq!(
+            m.get_first_attribute_value("fmtp").flatten(),
+            want.as_deref(),
+            "{sdp}"
+        );
+    }
     let m = &s.medias[0];
     assert_eq!(m.media, "video");
     assert_eq!(m.fmt, "96");

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::media::time::Timeline;
-use crate::media::{AccessUnit, Codec, MediaTime, ParamSets};
+use crate::media::time::{CLOCK_RATE, Timeline};
+use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
+use crate::rtp::track::{TrackError, TrackPacketizer};
 use crate::rtp::{Frame, Packetizer, PacketizerConfig, VIDEO_PAYLOAD_TYPE};
 
 /// Identity and numbering of a channel's RTP stream. RFC 3550 5.1 asks for
@@ -19,12 +20,51 @@ pub struct StreamIds {
     pub rtp_base: u32,
 }
 
+impl StreamIds {
+    /// The identity of the channel's track of `kind` besides video: derived
+    /// from the video's, so that it is as stable as the video's and never
+    /// equal to it.
+    pub fn for_track(&self, kind: TrackKind) -> StreamIds {
+        let mix = |x: u64| {
+            // splitmix64's finalizer: every input bit moves every output bit.
+            let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let seed = (u64::from(self.ssrc) << 32 | u64::from(self.rtp_base)) ^ kind as u64;
+        let a = mix(seed);
+        let b = mix(a);
+        let mut ssrc = a as u32;
+        if ssrc == self.ssrc {
+            ssrc = !ssrc;
+        }
+        StreamIds {
+            ssrc,
+            initial_seq: (a >> 32) as u16,
+            rtp_base: b as u32,
+        }
+    }
+}
+
+/// One track besides video: its identity and packetizer.
+pub struct TrackCore {
+    pub desc: TrackDesc,
+    pub ids: StreamIds,
+    pub payload_type: u8,
+    packetizer: TrackPacketizer,
+}
+
 pub struct ChannelCore {
     ids: StreamIds,
     max_payload: usize,
     packetizer: Option<Packetizer>,
     timeline: Timeline,
     in_session: bool,
+    tracks: Vec<TrackCore>,
+    /// Tracks of earlier sessions, by kind: a camera that comes back with
+    /// the same track continues its sequence numbers.
+    retired: Vec<TrackCore>,
 }
 
 impl ChannelCore {
@@ -35,6 +75,8 @@ impl ChannelCore {
             packetizer: None,
             timeline: Timeline::new(),
             in_session: false,
+            tracks: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -82,6 +124,100 @@ impl ChannelCore {
         self.packetizer
             .as_mut()
             .is_some_and(|p| p.update_params(nals))
+    }
+
+    /// The session's tracks besides video, in the ingest's order. A track
+    /// of a kind seen before keeps its SSRC and continues its sequence
+    /// numbers. Returns true if they differ from the last session's.
+    pub fn set_tracks(&mut self, descs: Vec<TrackDesc>) -> bool {
+        let before: Vec<&TrackDesc> = self.tracks.iter().map(|t| &t.desc).collect();
+        let changed =
+            before.len() != descs.len() || before.iter().zip(&descs).any(|(a, b)| *a != b);
+        self.retired.append(&mut self.tracks);
+        for (index, desc) in descs.into_iter().enumerate() {
+            let old = self
+                .retired
+                .iter()
+                .position(|t| t.desc.kind == desc.kind)
+                .map(|i| self.retired.swap_remove(i));
+            let ids = self.ids.for_track(desc.kind);
+            let seq = old
+                .as_ref()
+                .map_or(ids.initial_seq, |t| t.packetizer.next_seq());
+            let payload_type = desc.payload_type(index);
+            let packetizer = TrackPacketizer::new(
+                desc.payload.clone(),
+                payload_type,
+                ids.ssrc,
+                seq,
+                self.max_payload,
+            );
+            self.tracks.push(TrackCore {
+                desc,
+                ids,
+                payload_type,
+                packetizer,
+            });
+        }
+        changed
+    }
+
+    pub fn tracks(&self) -> &[TrackCore] {
+        &self.tracks
+    }
+
+    /// Packetizes a frame of track `index` whose source time is `elapsed`
+    /// ticks of the track's clock on the session's time line. Placed on
+    /// the channel's timeline by the video's offset: `None` outside a
+    /// session, for an unknown track, or before the session's first
+    /// picture (nothing to be in sync with yet).
+    pub fn push_track(
+        &mut self,
+        index: usize,
+        data: &Bytes,
+        elapsed: i64,
+    ) -> Option<Result<Frame, TrackError>> {
+        if !self.in_session {
+            return None;
+        }
+        let offset = self.timeline.offset()?;
+        let (video_time, video_at) = self.timeline.last()?;
+        let track = self.tracks.get_mut(index)?;
+        let clock = i128::from(track.desc.clock_rate.max(1));
+        let rate = i128::from(CLOCK_RATE);
+        // Output media time (90 kHz) and the track's RTP timestamp: both
+        // are its source time moved by the session's offset, so a track
+        // keeps the camera's own sync with the video.
+        let time = i128::from(elapsed) * rate / clock + i128::from(offset);
+        let ticks = i128::from(elapsed) + (i128::from(offset) * clock).div_euclid(rate);
+        let rtp_timestamp = (ticks + i128::from(track.ids.rtp_base)).rem_euclid(1 << 32) as u32;
+        let time = MediaTime(time.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
+        // The instant this media time stands for, by the video's clock: what
+        // RTCP maps to wall-clock time, the same way for every track.
+        let ahead = time.0.saturating_sub(video_time.0);
+        let d = std::time::Duration::from_nanos(
+            (u128::from(ahead.unsigned_abs()) * 1_000_000_000 / CLOCK_RATE as u128)
+                .min(u64::MAX as u128) as u64,
+        );
+        let arrival = if ahead >= 0 {
+            video_at.checked_add(d)
+        } else {
+            video_at.checked_sub(d)
+        }
+        .unwrap_or(video_at);
+        Some(
+            track
+                .packetizer
+                .packetize(data, rtp_timestamp)
+                .map(|packets| Frame {
+                    packets,
+                    key: true,
+                    time,
+                    rtp_timestamp,
+                    arrival,
+                    interleaved: Default::default(),
+                }),
+        )
     }
 
     /// Packetizes an access unit whose source timestamp is `source` (90 kHz,
@@ -160,6 +296,61 @@ mod tests {
         assert_eq!(f3.packets[0].seq(), 1);
         assert_eq!(f3.rtp_timestamp, 90_000 - 1, "wrapped, one second after f2");
         assert!(f3.time > f2.time);
+    }
+
+    #[test]
+    fn a_track_keeps_the_cameras_sync_and_its_numbering_across_sessions() {
+        use crate::media::{Payload, TrackDesc};
+        let ids = StreamIds {
+            ssrc: 5,
+            initial_seq: 100,
+            rtp_base: 1000,
+        };
+        let pcmu = TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "PCMU".into(),
+            clock_rate: 8000,
+            channels: None,
+            payload: Payload::Frame,
+        };
+        let mut c = ChannelCore::new(ids, 1400);
+        let t0 = Instant::now();
+        c.start_session(Codec::H264);
+        assert!(c.set_tracks(vec![pcmu.clone()]));
+        let audio = Bytes::from_static(&[0xff; 160]);
+        assert!(
+            c.push_track(0, &audio, 0).is_none(),
+            "no picture yet to be in sync with"
+        );
+        // The camera's video starts at 9000 ticks (0.1 s) of its time line.
+        let (v, _) = c.push(&au(true), MediaTime(9000), t0).unwrap();
+        assert_eq!(v.time, MediaTime(0));
+        // Audio at 0.2 s of the same time line: 0.1 s after that picture.
+        let a = c.push_track(0, &audio, 1600).unwrap().unwrap();
+        assert_eq!(a.time, MediaTime(9000));
+        assert_eq!(a.arrival, t0 + Duration::from_millis(100));
+        let track = &c.tracks()[0];
+        assert_ne!(track.ids.ssrc, 5, "its own SSRC");
+        assert_eq!(track.payload_type, 0);
+        let base = track.ids.rtp_base;
+        assert_eq!(a.rtp_timestamp, base.wrapping_add(1600 - 800));
+        let seq = a.packets[0].seq();
+        let a2 = c.push_track(0, &audio, 1760).unwrap().unwrap();
+        assert_eq!(a2.rtp_timestamp.wrapping_sub(a.rtp_timestamp), 160);
+        // The camera comes back with the same audio: same SSRC, next number.
+        c.end_session();
+        c.start_session(Codec::H264);
+        assert!(!c.set_tracks(vec![pcmu]));
+        c.push(&au(true), MediaTime(0), t0 + Duration::from_secs(1))
+            .unwrap();
+        let a3 = c.push_track(0, &audio, 0).unwrap().unwrap();
+        assert_eq!(a3.packets[0].seq(), seq.wrapping_add(2));
+        assert_eq!(c.tracks()[0].ids.ssrc, track_ssrc(&c));
+        assert!(c.push_track(1, &audio, 0).is_none(), "no such track");
+    }
+
+    fn track_ssrc(c: &ChannelCore) -> u32 {
+        c.ids.for_track(TrackKind::Audio).ssrc
     }
 
     #[test]

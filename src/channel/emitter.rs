@@ -29,18 +29,13 @@ pub struct Emitter {
     retry_at: Option<Instant>,
     rtcp: RtcpSender,
     last_warn: Option<Instant>,
+    ssrc: u32,
+    clock_rate: u32,
 }
 
 impl Emitter {
     pub fn new(channel: u32, spec: EmitSpec, cname: String, ssrc: u32) -> Self {
-        Emitter {
-            spec,
-            channel,
-            sender: None,
-            retry_at: None,
-            rtcp: RtcpSender::new(ssrc, cname, DEFAULT_INTERVAL),
-            last_warn: None,
-        }
+        Self::for_track(channel, spec, cname, ssrc, crate::media::time::CLOCK_RATE)
     }
 
     fn sender(&mut self, now: Instant) -> Option<&mut MulticastSender> {
@@ -62,6 +57,37 @@ impl Emitter {
             }
         }
         self.sender.as_mut()
+    }
+
+    /// The emitter of a track besides video: its own destination, SSRC
+    /// and RTP clock.
+    /// Tracks of one channel share the CNAME, so receivers sync them
+    /// (RFC 3550 6.5.1).
+    pub fn for_track(
+        channel: u32,
+        spec: EmitSpec,
+        cname: String,
+        ssrc: u32,
+        clock_rate: u32,
+    ) -> Self {
+        Emitter {
+            spec,
+            channel,
+            sender: None,
+            retry_at: None,
+            rtcp: RtcpSender::new(ssrc, cname, DEFAULT_INTERVAL).with_clock_rate(clock_rate),
+            last_warn: None,
+            ssrc,
+            clock_rate,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
     }
 
     /// Sends a frame (and an RTCP report if one is due).

@@ -11,7 +11,7 @@ pub mod emitter;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
@@ -24,7 +24,7 @@ use crate::emit::SendMode;
 use crate::ingest::{IngestError, Sink};
 use crate::media::params::VideoInfo;
 use crate::media::time::TimingPolicy;
-use crate::media::{AccessUnit, Codec, MediaTime, ParamSets};
+use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
 use crate::metrics::{CameraState, ChannelMetrics};
 use crate::rtp::Frame;
 
@@ -55,6 +55,8 @@ pub struct ChannelSpec {
     pub multicast: Option<EmitSpec>,
     /// Encoders allowed to connect to a `tcp-listen://` source (empty: any).
     pub allow: Vec<crate::config::Allowed>,
+    /// The camera's tracks to take (video always among them).
+    pub tracks: Vec<TrackKind>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +68,21 @@ pub struct EmitSpec {
     pub interface: Ipv4Addr,
     pub loopback: bool,
     pub mode: SendMode,
+    /// The owner's destinations of the channel's audio and metadata, when
+    /// the channel takes them.
+    pub audio: Option<Destination>,
+    pub metadata: Option<Destination>,
+}
+
+impl EmitSpec {
+    /// Where a kind of track goes.
+    pub fn track(&self, kind: TrackKind) -> Option<Destination> {
+        match kind {
+            TrackKind::Video => Some(self.dest),
+            TrackKind::Audio => self.audio,
+            TrackKind::Metadata => self.metadata,
+        }
+    }
 }
 
 impl ChannelSpec {
@@ -82,6 +99,7 @@ impl ChannelSpec {
             ingest: IngestConfig::default(),
             multicast: None,
             allow: Vec::new(),
+            tracks: TrackKind::ALL.to_vec(),
         }
     }
 
@@ -95,6 +113,13 @@ impl ChannelSpec {
         let multicast = match (&owner.multicast, owner.protocol) {
             (Some(mc), Protocol::RtpMulticast) => {
                 let dest = plan::destination(mc, channel.id)?;
+                let track = |kind| {
+                    channel
+                        .tracks
+                        .contains(&kind)
+                        .then(|| plan::track_destination(mc, channel.id, kind))
+                        .transpose()
+                };
                 let (interface, loopback) = local
                     .multicast
                     .as_ref()
@@ -104,6 +129,8 @@ impl ChannelSpec {
                     interface,
                     loopback,
                     mode,
+                    audio: track(TrackKind::Audio)?,
+                    metadata: track(TrackKind::Metadata)?,
                 })
             }
             _ => None,
@@ -118,6 +145,7 @@ impl ChannelSpec {
             ingest: local.ingest.clone(),
             multicast,
             allow: channel.allow.clone(),
+            tracks: channel.tracks.clone(),
         })
     }
 }
@@ -129,8 +157,20 @@ pub struct StreamInfo {
     pub params: ParamSets,
     pub video: VideoInfo,
     pub ssrc: u32,
+    /// The tracks besides video, as the camera's last session had them.
+    pub tracks: Vec<TrackInfo>,
+    /// What the camera offers that the channel does not carry, and why.
+    pub not_carried: Vec<String>,
     /// Bumped on every change (the SDP's session version).
     pub version: u64,
+}
+
+/// A track besides video, as sinks and the SDP see it.
+#[derive(Clone, Debug)]
+pub struct TrackInfo {
+    pub desc: TrackDesc,
+    pub ssrc: u32,
+    pub payload_type: u8,
 }
 
 /// The camera's ingest status, for `/status`.
@@ -292,7 +332,15 @@ pub struct Publisher {
     channel: Arc<Channel>,
     streaming: bool,
     emitter: Option<emitter::Emitter>,
+    /// One per track besides video, in the core's order (`None`: the
+    /// channel sends that kind nowhere by multicast).
+    track_emitters: Vec<Option<emitter::Emitter>>,
+    cname: String,
     recorder: Option<crate::record::ChannelRecorder>,
+    /// What was last logged as not carried, so a reconnecting camera does
+    /// not log it again.
+    logged_not_carried: Vec<String>,
+    last_track_warn: Option<Instant>,
 }
 
 impl Publisher {
@@ -303,13 +351,17 @@ impl Publisher {
         let emitter = channel
             .spec
             .multicast
-            .map(|spec| emitter::Emitter::new(channel.spec.id, spec, cname, ids.ssrc));
+            .map(|spec| emitter::Emitter::new(channel.spec.id, spec, cname.clone(), ids.ssrc));
         Publisher {
             core,
             channel,
             streaming: false,
             emitter,
+            track_emitters: Vec::new(),
+            cname,
             recorder: None,
+            logged_not_carried: Vec::new(),
+            last_track_warn: None,
         }
     }
 
@@ -385,6 +437,92 @@ impl Sink for Publisher {
         self.channel.publish(frame);
     }
 
+    fn tracks(&mut self, tracks: Vec<TrackDesc>, not_carried: Vec<String>) {
+        let id = self.channel.spec.id;
+        if not_carried != self.logged_not_carried {
+            for what in &not_carried {
+                tracing::warn!(channel = id, "the camera offers {what}: not carried");
+            }
+            self.logged_not_carried = not_carried.clone();
+        }
+        let changed = self.core.set_tracks(tracks);
+        // Sockets and RTCP state follow the tracks: kept for a track whose
+        // identity and clock stayed, opened for a new one.
+        let mut old = std::mem::take(&mut self.track_emitters);
+        for t in self.core.tracks() {
+            let kept = old
+                .iter_mut()
+                .find(|e| {
+                    e.as_ref().is_some_and(|e| {
+                        e.ssrc() == t.ids.ssrc && e.clock_rate() == t.desc.clock_rate
+                    })
+                })
+                .and_then(Option::take);
+            let emitter = kept.or_else(|| {
+                let spec = self.channel.spec.multicast?;
+                let dest = spec.track(t.desc.kind)?;
+                Some(emitter::Emitter::for_track(
+                    id,
+                    EmitSpec { dest, ..spec },
+                    self.cname.clone(),
+                    t.ids.ssrc,
+                    t.desc.clock_rate,
+                ))
+            });
+            if changed {
+                tracing::info!(channel = id, track = %t.desc.name(), ssrc = t.ids.ssrc, multicast = emitter.is_some(), "track set up");
+            }
+            self.track_emitters.push(emitter);
+        }
+        let now = Instant::now();
+        for e in old.iter_mut().flatten() {
+            e.bye(now, SystemTime::now());
+        }
+        let infos: Vec<TrackInfo> = self
+            .core
+            .tracks()
+            .iter()
+            .map(|t| TrackInfo {
+                desc: t.desc.clone(),
+                ssrc: t.ids.ssrc,
+                payload_type: t.payload_type,
+            })
+            .collect();
+        self.channel.info.send_if_modified(|i| {
+            if !changed && i.not_carried == not_carried {
+                return false;
+            }
+            i.tracks = infos;
+            i.not_carried = not_carried;
+            i.version += 1;
+            true
+        });
+    }
+
+    fn track_frame(&mut self, index: usize, data: Bytes, elapsed: i64, arrival: Instant) {
+        let m = &self.channel.metrics;
+        match self.core.push_track(index, &data, elapsed) {
+            None => {}
+            Some(Err(e)) => {
+                m.track_errors.inc();
+                if self
+                    .last_track_warn
+                    .is_none_or(|t| arrival.duration_since(t) >= Duration::from_secs(10))
+                {
+                    self.last_track_warn = Some(arrival);
+                    let name = self.core.tracks().get(index).map(|t| t.desc.name());
+                    tracing::warn!(channel = self.channel.spec.id, track = name.unwrap_or_default(), error = %e, "track frame dropped");
+                }
+            }
+            Some(Ok(frame)) => {
+                m.track_frames.inc();
+                if let Some(Some(e)) = self.track_emitters.get_mut(index) {
+                    e.send(&frame, m, arrival, SystemTime::now());
+                }
+            }
+        }
+    }
+
     fn connecting(&mut self) {
         self.channel.set_state(CameraState::Connecting);
     }
@@ -408,8 +546,13 @@ impl Sink for Publisher {
         if let Some(r) = &mut self.recorder {
             r.end();
         }
-        if let Some(e) = &mut self.emitter {
-            e.bye(Instant::now(), SystemTime::now());
+        let now = Instant::now();
+        for e in self
+            .emitter
+            .iter_mut()
+            .chain(self.track_emitters.iter_mut().flatten())
+        {
+            e.bye(now, SystemTime::now());
         }
         self.channel.set_state(CameraState::Stopped);
     }

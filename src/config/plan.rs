@@ -12,10 +12,16 @@
 //! - One group per channel (`groups = N > 1`): channel n goes to group
 //!   `address + (n mod N)` on `port`. Receivers then get only the channels
 //!   they join, which matters on links slower than the server's total rate.
+//! - A channel's audio and metadata go to the same group as its video, on
+//!   the video port moved to another base: `audio_port` (default `port +
+//!   2000` with one group, `port + 2` with one per channel) and
+//!   `metadata_port` (default `port + 4000`, or `port + 4`). Video ports
+//!   stay where they were before tracks existed.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::types::MulticastConfig;
+use crate::media::TrackKind;
 
 /// Where one channel's RTP (and, one port up, RTCP) goes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -64,6 +70,34 @@ pub fn destination(mc: &MulticastConfig, id: u32) -> Result<Destination, String>
     }
 }
 
+/// The destination of a kind of track of channel `id`: the video
+/// destination with its port moved to the kind's base port
+/// ([`MulticastConfig::track_port`]).
+pub fn track_destination(
+    mc: &MulticastConfig,
+    id: u32,
+    kind: TrackKind,
+) -> Result<Destination, String> {
+    let video = destination(mc, id)?;
+    let shifted = u32::from(video.port) - u32::from(mc.port) + mc.track_port(kind);
+    if shifted + 1 > u32::from(u16::MAX) {
+        let setting = match kind {
+            TrackKind::Video => "port",
+            TrackKind::Audio => "audio_port",
+            TrackKind::Metadata => "metadata_port",
+        };
+        return Err(format!(
+            "channel {id}'s {kind} would use port {shifted} and RTCP {}, beyond 65535 (multicast.{setting} is {})",
+            shifted + 1,
+            mc.track_port(kind)
+        ));
+    }
+    Ok(Destination {
+        port: shifted as u16,
+        ..video
+    })
+}
+
 /// The multicast addresses a server owns: `[first, last]` as integers.
 pub fn group_range(mc: &MulticastConfig) -> (u32, u32) {
     let first = u32::from(mc.address);
@@ -83,6 +117,8 @@ mod tests {
             ttl: 4,
             loopback: true,
             groups,
+            audio_port: None,
+            metadata_port: None,
         }
     }
 
@@ -115,6 +151,32 @@ mod tests {
                 u32::from(Ipv4Addr::new(239, 192, 0, 16))
             )
         );
+    }
+
+    #[test]
+    fn tracks_move_the_video_port_to_their_base() {
+        let one = mc(1);
+        let audio = track_destination(&one, 3, TrackKind::Audio).unwrap();
+        assert_eq!(audio.rtp(), "239.192.0.1:7006".parse().unwrap());
+        let meta = track_destination(&one, 3, TrackKind::Metadata).unwrap();
+        assert_eq!(meta.rtp(), "239.192.0.1:9006".parse().unwrap());
+        assert_eq!(
+            track_destination(&one, 3, TrackKind::Video).unwrap(),
+            destination(&one, 3).unwrap()
+        );
+        let per = mc(16);
+        let a = track_destination(&per, 3, TrackKind::Audio).unwrap();
+        assert_eq!(a.rtp(), "239.192.0.4:5002".parse().unwrap());
+        let set = MulticastConfig {
+            audio_port: Some(64000),
+            ..mc(1)
+        };
+        assert_eq!(
+            track_destination(&set, 10, TrackKind::Audio).unwrap().port,
+            64020
+        );
+        let err = track_destination(&set, 800, TrackKind::Audio).unwrap_err();
+        assert!(err.contains("multicast.audio_port is 64000"), "{err}");
     }
 
     #[test]

@@ -310,3 +310,45 @@ fn server_names_follow_the_segment_name_grammar() {
     let ok = two_servers("", "").replacen("name = \"a\"", "name = \"rec_1.a\"", 1);
     assert!(parse(&ok).is_ok());
 }
+
+#[test]
+fn tracks_need_video_and_ports_of_their_own() {
+    let ch = |id: u32, tracks: &str| {
+        format!("[[server.channel]]\nid = {id}\nsource = \"rtsp://198.18.0.9/s\"\n{tracks}\n")
+    };
+    // Default: every track, on the default bases.
+    let site = parse(&two_servers(&ch(1, ""), "")).unwrap();
+    let (_, c) = site.channel(1).unwrap();
+    assert_eq!(c.tracks, crate::media::TrackKind::ALL);
+    // No video.
+    let e = errors(&two_servers(&ch(1, "tracks = [\"audio\"]"), ""));
+    assert!(
+        e.iter()
+            .any(|i| i.key.ends_with("tracks") && i.message.contains("video")),
+        "{e:?}"
+    );
+    // Audio past 65535: an error naming the setting, unless audio is left out.
+    let high = format!("audio_port = 65000\n{}", ch(300, ""));
+    let e = errors(&two_servers(&high, ""));
+    assert!(
+        e.iter()
+            .any(|i| i.message.contains("multicast.audio_port is 65000")),
+        "{e:?}"
+    );
+    let video_only = format!(
+        "audio_port = 65000\n{}",
+        ch(300, "tracks = [\"video\", \"metadata\"]")
+    );
+    assert!(parse(&two_servers(&video_only, "")).is_ok());
+    // Audio on a port channel 1001's video uses.
+    let clash = format!("{}{}", ch(1, ""), ch(1001, "tracks = [\"video\"]"));
+    let e = errors(&two_servers(&clash, ""));
+    assert!(
+        e.iter().any(|i| i
+            .message
+            .contains("channel 1001's video and channel 1's audio")
+            || i.message
+                .contains("channel 1's audio and channel 1001's video")),
+        "{e:?}"
+    );
+}

@@ -112,6 +112,29 @@ pub struct MulticastConfig {
     /// per channel, from address to address + N - 1 (channel id modulo N).
     #[serde(default = "default_groups")]
     pub groups: u32,
+    /// Where a channel's audio goes: its video destination with the port
+    /// moved by `audio_port - port`. Default: `port + 2000` with one group
+    /// (room for channel ids below 1000), `port + 2` with one group per
+    /// channel.
+    pub audio_port: Option<u16>,
+    /// The same for ONVIF metadata. Default: `port + 4000` with one group,
+    /// `port + 4` with one group per channel.
+    pub metadata_port: Option<u16>,
+}
+
+impl MulticastConfig {
+    /// The base port of a kind of track (video: `port`), past 65535 when
+    /// the default does not fit.
+    pub fn track_port(&self, kind: crate::media::TrackKind) -> u32 {
+        use crate::media::TrackKind;
+        let step = if self.groups > 1 { 2 } else { 2000 };
+        let port = u32::from(self.port);
+        match kind {
+            TrackKind::Video => port,
+            TrackKind::Audio => self.audio_port.map_or(port + step, u32::from),
+            TrackKind::Metadata => self.metadata_port.map_or(port + 2 * step, u32::from),
+        }
+    }
 }
 
 fn default_ttl() -> u32 {
@@ -410,6 +433,15 @@ pub struct ChannelConfig {
     /// addresses or networks ("198.18.0.5", "198.18.0.0/24"). Empty: any.
     #[serde(default)]
     pub allow: Vec<Allowed>,
+    /// The camera's tracks to relay, record and serve: "video" (required),
+    /// "audio", "metadata". Default: all. Leave "audio" out for a camera
+    /// whose sound must not leave the recorder.
+    #[serde(default = "all_tracks")]
+    pub tracks: Vec<crate::media::TrackKind>,
+}
+
+fn all_tracks() -> Vec<crate::media::TrackKind> {
+    crate::media::TrackKind::ALL.to_vec()
 }
 
 /// An address or network an encoder may connect from.

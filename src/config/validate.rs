@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::plan::{self, group_range};
 use super::source::Source;
 use super::types::{PasswordSource, Protocol, RtspConfig, ServerConfig, SiteFile};
+use crate::media::TrackKind;
 use crate::rtp::packetizer::MIN_MAX_PAYLOAD;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -154,6 +155,13 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
                     ch_key(s, c.id, "allow"),
                     "allow applies only to tcp-listen:// sources",
                     "remove allow, or make the source tcp-listen://",
+                );
+            }
+            if !c.tracks.contains(&TrackKind::Video) {
+                out.error(
+                    ch_key(s, c.id, "tracks"),
+                    "a channel always carries its camera's video",
+                    "add \"video\": tracks = [\"video\", \"audio\"]",
                 );
             }
         }
@@ -346,6 +354,42 @@ fn check_multicast(out: &mut Issues, s: &ServerConfig) {
                 }
             }
             Ok(_) => {}
+        }
+    }
+    // Audio and metadata ports: inside the port range, and never on a port
+    // (RTP or RTCP) another kind of track of this server uses in that group.
+    let mut used: HashMap<(Ipv4Addr, u16), (u32, TrackKind)> = HashMap::new();
+    for c in &s.channels {
+        for &kind in TrackKind::ALL.iter().filter(|k| c.tracks.contains(k)) {
+            let d = match plan::track_destination(mc, c.id, kind) {
+                Ok(d) => d,
+                // The video's own error is reported above.
+                Err(_) if kind == TrackKind::Video => continue,
+                Err(e) => {
+                    out.error(
+                        ch_key(s, c.id, "tracks"),
+                        e,
+                        format!("set multicast.{kind}_port lower, or leave \"{kind}\" out of the channel's tracks"),
+                    );
+                    continue;
+                }
+            };
+            for port in [d.port, d.port + 1] {
+                match used.insert((d.group, port), (c.id, kind)) {
+                    Some((other, k)) if k != kind => {
+                        out.error(
+                            ch_key(s, c.id, "tracks"),
+                            format!(
+                                "channel {}'s {kind} and channel {other}'s {k} both use {}:{port}",
+                                c.id, d.group
+                            ),
+                            "move multicast.audio_port / metadata_port past the video ports (port + 2 x the highest channel id + 2)",
+                        );
+                        break;
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 }

@@ -164,6 +164,16 @@ fn channel_json(
             "ttl": e.dest.ttl,
             "send_mode": e.mode,
         })),
+        "tracks": info.tracks.iter().map(|t| json!({
+            "kind": t.desc.kind,
+            "encoding": t.desc.encoding,
+            "clock_rate": t.desc.clock_rate,
+            "channels": t.desc.channels,
+            "payload_type": t.payload_type,
+            "multicast_port": c.spec.multicast.and_then(|e| e.track(t.desc.kind)).map(|d| d.port),
+        })).collect::<Vec<_>>(),
+        "tracks_not_carried": info.not_carried.len(),
+        "track_frames": m.track_frames.get(),
         "frames": m.frames.get(),
         "key_frames": m.key_frames.get(),
         "packets": m.packets.get(),
@@ -183,6 +193,8 @@ fn channel_json(
     if detail {
         v["source"] = c.spec.source.redacted().into();
         v["camera"] = serde_json::to_value(&camera).unwrap_or_default();
+        // The reasons can quote the camera's answers: behind the password.
+        v["tracks_not_carried"] = info.not_carried.clone().into();
         if let Some(e) = c.spec.multicast {
             v["multicast"]["interface"] = e.interface.to_string().into();
         }
@@ -301,6 +313,15 @@ async fn channel_sdp(State(st): State<AppState>, Path(file): Path<String>) -> Re
             ),
         );
     };
+    let tracks: Vec<sdp::TrackLine<'_>> = info
+        .tracks
+        .iter()
+        .map(|t| sdp::TrackLine {
+            desc: &t.desc,
+            payload_type: t.payload_type,
+            dest: emit.track(t.desc.kind),
+        })
+        .collect();
     let body = sdp::channel_sdp(&sdp::ChannelDescription {
         channel_id: id,
         name: &c.spec.name,
@@ -310,6 +331,7 @@ async fn channel_sdp(State(st): State<AppState>, Path(file): Path<String>) -> Re
         params: &info.params,
         video: &info.video,
         version: info.version,
+        tracks: &tracks,
     });
     (
         StatusCode::OK,

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use sdp_types::{Attribute, Connection, MediaType, Origin, Session, Time, TransportProto};
 
 use crate::config::Destination;
-use crate::media::Codec;
 use crate::media::params::{ParamSets, VideoInfo};
+use crate::media::{Codec, TrackDesc, TrackKind};
 use crate::rtp::VIDEO_PAYLOAD_TYPE;
 
 /// How the described stream reaches the workstation.
@@ -32,10 +32,27 @@ pub struct ChannelDescription<'a> {
     pub video: &'a VideoInfo,
     /// Bumped whenever the description changes (parameter sets).
     pub version: u64,
+    /// The tracks besides video, each on its own `m=` line.
+    pub tracks: &'a [TrackLine<'a>],
 }
 
-/// The track's control URL, relative to the DESCRIBE's Content-Base.
+/// A track besides video (audio, metadata) as the SDP lists it.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackLine<'a> {
+    pub desc: &'a TrackDesc,
+    pub payload_type: u8,
+    /// Where it is sent, for a multicast SDP (a track without one is left
+    /// out of it).
+    pub dest: Option<Destination>,
+}
+
+/// The video track's control URL, relative to the DESCRIBE's Content-Base.
 pub const TRACK_CONTROL: &str = "trackID=0";
+
+/// The control URL of track `n` (0: video).
+pub fn track_control(n: usize) -> String {
+    format!("trackID={n}")
+}
 
 /// Writes the SDP. Multicast: `c=IN IP4 group/ttl`, `m=video port RTP/AVP
 /// 96`, `a=rtcp`. RTSP: `c=IN IP4 0.0.0.0`, port 0 and `a=control`. Both:
@@ -100,6 +117,41 @@ pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
     }
     s.medias.push(m);
 
+    for (i, t) in d.tracks.iter().enumerate() {
+        let media = match t.desc.kind {
+            TrackKind::Audio => MediaType::Audio,
+            TrackKind::Video => MediaType::Video,
+            TrackKind::Metadata => MediaType::Application,
+        };
+        let (port, dest) = match (d.delivery, t.dest) {
+            (Delivery::Multicast(_), None) => continue,
+            (Delivery::Multicast(video), Some(dest)) => (dest.port, Some((video, dest))),
+            (Delivery::Rtsp, _) => (0, None),
+        };
+        let pt = t.payload_type;
+        let mut m = sdp_types::Media::new(media, port, TransportProto::RtpAvp, pt);
+        if let Some((video, dest)) = dest {
+            if dest.group != video.group {
+                m.connections.push(Connection::from_ip_addr_ttl(
+                    dest.group,
+                    Some(dest.ttl.min(255) as u8),
+                ));
+            }
+            m.add_attribute_with_value(
+                "rtcp",
+                format!("{} IN IP4 {}", dest.rtcp().port(), dest.group),
+            );
+        }
+        m.add_attribute_with_value("rtpmap", format!("{pt} {}", t.desc.rtpmap()));
+        if let Some(fmtp) = t.desc.fmtp() {
+            m.add_attribute_with_value("fmtp", format!("{pt} {fmtp}"));
+        }
+        if let Delivery::Rtsp = d.delivery {
+            m.add_attribute_with_value("control", track_control(i + 1));
+        }
+        s.medias.push(m);
+    }
+
     let mut out = Vec::new();
     // Writing to a Vec cannot fail.
     let _ = s.write(&mut out);
@@ -144,6 +196,7 @@ mod tests {
                 params: &params,
                 video: &video,
                 version: 1,
+                tracks: &[],
             });
             assert!(sdp.contains(want), "{sdp}");
             assert!(!sdp.contains("framerate"), "{sdp}");
@@ -178,6 +231,7 @@ mod tests {
             params: &params,
             video: &video,
             version: 3,
+            tracks: &[],
         });
         for line in [
             "v=0\r\n",
@@ -214,10 +268,99 @@ mod tests {
             params: &ParamSets::default(),
             video: &VideoInfo::default(),
             version: 0,
+            tracks: &[],
         });
         assert!(sdp.contains("s=Channel 2\r\n"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:96 H265/90000\r\n"), "{sdp}");
         assert!(!sdp.contains("a=fmtp"), "{sdp}");
+        assert!(Session::parse(sdp.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn every_track_is_an_m_line_on_its_own_port() {
+        use crate::media::Payload;
+        let aac = TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "MPEG4-GENERIC".into(),
+            clock_rate: 48000,
+            channels: Some(1),
+            payload: Payload::Aac {
+                config: Bytes::from_static(&[0x11, 0x88]),
+            },
+        };
+        let onvif = TrackDesc {
+            kind: TrackKind::Metadata,
+            encoding: "vnd.onvif.metadata".into(),
+            clock_rate: 90000,
+            channels: None,
+            payload: Payload::Message,
+        };
+        let group = Ipv4Addr::new(239, 255, 77, 1);
+        let at = |port| Destination {
+            group,
+            port,
+            ttl: 1,
+        };
+        let tracks = [
+            TrackLine {
+                desc: &aac,
+                payload_type: 97,
+                dest: Some(at(7002)),
+            },
+            TrackLine {
+                desc: &onvif,
+                payload_type: 98,
+                dest: Some(at(9002)),
+            },
+        ];
+        let sdp = channel_sdp(&ChannelDescription {
+            channel_id: 1,
+            name: "Gate",
+            origin: Ipv4Addr::LOCALHOST,
+            delivery: Delivery::Multicast(at(5002)),
+            codec: Codec::H264,
+            params: &ParamSets::default(),
+            video: &VideoInfo::default(),
+            version: 1,
+            tracks: &tracks,
+        });
+        let parsed = Session::parse(sdp.as_bytes()).unwrap();
+        let m: Vec<(&str, u16, &str)> = parsed
+            .medias
+            .iter()
+            .map(|m| (m.media.as_str(), m.port, m.fmt.as_str()))
+            .collect();
+        assert_eq!(
+            m,
+            [
+                ("video", 5002, "96"),
+                ("audio", 7002, "97"),
+                ("application", 9002, "98")
+            ],
+            "{sdp}"
+        );
+        for line in [
+            "a=rtpmap:97 MPEG4-GENERIC/48000/1\r\n",
+            "a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config=1188\r\n",
+            "a=rtcp:7003 IN IP4 239.255.77.1\r\n",
+            "a=rtpmap:98 vnd.onvif.metadata/90000\r\n",
+        ] {
+            assert!(sdp.contains(line), "missing {line:?} in\n{sdp}");
+        }
+        // RTSP: one control URL per track.
+        let sdp = channel_sdp(&ChannelDescription {
+            delivery: Delivery::Rtsp,
+            channel_id: 1,
+            name: "Gate",
+            origin: Ipv4Addr::LOCALHOST,
+            codec: Codec::H264,
+            params: &ParamSets::default(),
+            video: &VideoInfo::default(),
+            version: 1,
+            tracks: &tracks,
+        });
+        assert!(sdp.contains("a=control:trackID=1\r\n"), "{sdp}");
+        assert!(sdp.contains("a=control:trackID=2\r\n"), "{sdp}");
         assert!(Session::parse(sdp.as_bytes()).is_ok());
     }
 
@@ -232,6 +375,7 @@ mod tests {
             params: &ParamSets::default(),
             video: &VideoInfo::default(),
             version: 1,
+            tracks: &[],
         });
         for line in [
             "c=IN IP4 0.0.0.0\r\n",

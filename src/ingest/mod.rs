@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::ChannelSpec;
 use crate::config::Source;
 use crate::media::annexb::AnnexBError;
-use crate::media::{AccessUnit, AuError, Codec, MediaTime};
+use crate::media::{AccessUnit, AuError, Codec, MediaTime, TrackDesc};
 use backoff::{Backoff, STABLE_SESSION};
 
 /// Receives what a camera session produces.
@@ -35,6 +35,14 @@ pub trait Sink {
     /// One access unit; `source_time` is in 90 kHz ticks of the session's
     /// own timeline, `arrival` when its first byte arrived.
     fn access_unit(&mut self, au: AccessUnit, source_time: MediaTime, arrival: Instant);
+    /// The session's tracks besides video (their index is `track_frame`'s),
+    /// and what the camera offered that is not taken, by name and reason.
+    /// Called after `session_started`, before the first frame.
+    fn tracks(&mut self, _tracks: Vec<TrackDesc>, _not_carried: Vec<String>) {}
+    /// One frame of track `index`: `elapsed` is in the track's clock since
+    /// the session's start, on the same time line as the video's
+    /// `source_time`.
+    fn track_frame(&mut self, _index: usize, _data: Bytes, _elapsed: i64, _arrival: Instant) {}
     /// Connecting (or waiting for an encoder to connect).
     fn connecting(&mut self) {}
     /// The session ended with `error`; a reconnect follows.
@@ -225,6 +233,12 @@ impl<S: Sink> Sink for Tracker<'_, S> {
         *self.frames += 1;
         self.inner.access_unit(au, t, arrival);
     }
+    fn tracks(&mut self, tracks: Vec<TrackDesc>, not_carried: Vec<String>) {
+        self.inner.tracks(tracks, not_carried);
+    }
+    fn track_frame(&mut self, index: usize, data: Bytes, elapsed: i64, arrival: Instant) {
+        self.inner.track_frame(index, data, elapsed, arrival);
+    }
 }
 
 async fn session(
@@ -236,7 +250,7 @@ async fn session(
 ) -> IngestError {
     let stall = spec.ingest.stall_timeout;
     match &spec.source {
-        Source::Rtsp(url) => rtsp::session(url, stall, sink).await,
+        Source::Rtsp(url) => rtsp::session(url, stall, &spec.tracks, sink).await,
         Source::TcpConnect { host, port } => {
             let Some(codec) = spec.codec else {
                 return IngestError::Frame("raw Annex-B source without a codec".into());

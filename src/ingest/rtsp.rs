@@ -12,7 +12,9 @@ use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec}
 
 use super::{IngestError, Sink};
 use crate::media::time::CLOCK_RATE;
-use crate::media::{AccessUnit, Codec, MediaTime, split_length_prefixed};
+use crate::media::{
+    AccessUnit, Codec, MediaTime, Payload, TrackDesc, TrackKind, split_length_prefixed,
+};
 
 const USER_AGENT: &str = concat!("mcrelay/", env!("CARGO_PKG_VERSION"));
 
@@ -47,8 +49,13 @@ async fn step<T>(
 }
 
 /// Runs one RTSP session; returns why it ended.
-pub async fn session(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> IngestError {
-    match run(url, stall, sink).await {
+pub async fn session(
+    url: &url::Url,
+    stall: Duration,
+    wanted: &[TrackKind],
+    sink: &mut impl Sink,
+) -> IngestError {
+    match run(url, stall, wanted, sink).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -56,7 +63,12 @@ pub async fn session(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> I
 
 enum Never {}
 
-async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Never, IngestError> {
+async fn run(
+    url: &url::Url,
+    stall: Duration,
+    wanted: &[TrackKind],
+    sink: &mut impl Sink,
+) -> Result<Never, IngestError> {
     let (bare, creds) = split_credentials(url);
     let opts = SessionOptions::default()
         .creds(creds)
@@ -68,26 +80,60 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
     )
     .await?;
 
-    let found = session.streams().iter().enumerate().find_map(|(i, s)| {
-        let codec = match s.encoding_name().to_ascii_lowercase().as_str() {
-            "h264" => Codec::H264,
-            "h265" => Codec::H265,
-            _ => return None,
-        };
-        (s.media() == "video").then_some((i, codec))
-    });
-    let Some((index, codec)) = found else {
-        let offered: Vec<String> = session
-            .streams()
-            .iter()
-            .map(|s| format!("{}/{}", s.media(), s.encoding_name()))
-            .collect();
-        return Err(IngestError::NoVideo(offered.join(", ")));
+    let offered: Vec<Offered> = session
+        .streams()
+        .iter()
+        .map(|s| Offered {
+            media: s.media().to_string(),
+            encoding: s.encoding_name().to_string(),
+            clock_rate: s.clock_rate_hz(),
+            channels: s.channels().map(|c| c.get()),
+        })
+        .collect();
+    let mut plan = choose(&offered, wanted);
+    let Some((index, codec)) = plan.video else {
+        let names: Vec<String> = offered.iter().map(Offered::name).collect();
+        return Err(IngestError::NoVideo(names.join(", ")));
     };
-    let clock = session.streams()[index].clock_rate_hz();
+    let clock = offered[index].clock_rate;
     if clock == 0 {
         return Err(IngestError::Rtsp(
             "video stream with a zero clock rate".into(),
+        ));
+    }
+    // AAC needs its AudioSpecificConfig from the SDP's fmtp.
+    let mut tracks = Vec::new();
+    for (i, kind) in std::mem::take(&mut plan.tracks) {
+        let o = &offered[i];
+        let payload = match o.encoding.to_ascii_lowercase().as_str() {
+            "mpeg4-generic" => match session.streams()[i].parameters() {
+                Some(ParametersRef::Audio(a)) if !a.extra_data().is_empty() => Payload::Aac {
+                    config: Bytes::copy_from_slice(a.extra_data()),
+                },
+                _ => {
+                    plan.not_carried
+                        .push(format!("{} (no AAC config in the SDP)", o.name()));
+                    continue;
+                }
+            },
+            _ if kind == TrackKind::Metadata => Payload::Message,
+            _ => Payload::Frame,
+        };
+        tracks.push((
+            i,
+            TrackDesc {
+                kind,
+                // retina lowers the name; RFC 3551 and 3640 write audio
+                // encodings in capitals, ONVIF its metadata in lower case.
+                encoding: if kind == TrackKind::Audio {
+                    o.encoding.to_ascii_uppercase()
+                } else {
+                    o.encoding.to_ascii_lowercase()
+                },
+                clock_rate: o.clock_rate,
+                channels: o.channels,
+                payload,
+            },
         ));
     }
     let format = FrameFormat {
@@ -104,6 +150,18 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
         session.setup(index, setup),
     )
     .await?;
+    // A track the camera refuses to set up costs that track, not the video.
+    let mut set_up = Vec::new();
+    for (i, desc) in tracks {
+        let opts =
+            SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default()));
+        match step(stall, "the RTSP SETUP response", session.setup(i, opts)).await {
+            Ok(()) => set_up.push((i, desc)),
+            Err(e) => plan
+                .not_carried
+                .push(format!("{} (SETUP failed: {e})", desc.name())),
+        }
+    }
     let playing = step(
         stall,
         "the RTSP PLAY response",
@@ -118,6 +176,16 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
     if let Some(p) = parameter_sets(demuxed.streams()[index].parameters()) {
         sink.parameters(p);
     }
+    // Stream index -> track index.
+    let track_of: std::collections::HashMap<usize, usize> = set_up
+        .iter()
+        .enumerate()
+        .map(|(t, (i, _))| (*i, t))
+        .collect();
+    sink.tracks(
+        set_up.into_iter().map(|(_, d)| d).collect(),
+        plan.not_carried,
+    );
     let playing_since = Instant::now();
     let mut last_picture = playing_since;
     let (mut frames, mut bytes) = (0u64, 0u64);
@@ -135,11 +203,34 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
             Ok(Some(Ok(item))) => item,
         };
         let now = Instant::now();
-        let CodecItem::VideoFrame(frame) = item else {
-            if now.duration_since(last_picture) > stall {
-                return Err(IngestError::Stalled(stall));
+        let frame = match item {
+            CodecItem::VideoFrame(frame) => frame,
+            CodecItem::AudioFrame(f) => {
+                if let Some(&t) = track_of.get(&f.stream_id()) {
+                    let elapsed = f.timestamp().elapsed();
+                    sink.track_frame(t, Bytes::copy_from_slice(f.data()), elapsed, now);
+                }
+                if now.duration_since(last_picture) > stall {
+                    return Err(IngestError::Stalled(stall));
+                }
+                continue;
             }
-            continue;
+            CodecItem::MessageFrame(f) => {
+                if let Some(&t) = track_of.get(&f.stream_id()) {
+                    let elapsed = f.timestamp().elapsed();
+                    sink.track_frame(t, Bytes::copy_from_slice(f.data()), elapsed, now);
+                }
+                if now.duration_since(last_picture) > stall {
+                    return Err(IngestError::Stalled(stall));
+                }
+                continue;
+            }
+            _ => {
+                if now.duration_since(last_picture) > stall {
+                    return Err(IngestError::Stalled(stall));
+                }
+                continue;
+            }
         };
         if frame.stream_id() != index {
             continue;
@@ -166,6 +257,88 @@ async fn run(url: &url::Url, stall: Duration, sink: &mut impl Sink) -> Result<Ne
     }
 }
 
+/// A media of the camera's DESCRIBE.
+#[derive(Clone, Debug)]
+struct Offered {
+    media: String,
+    encoding: String,
+    clock_rate: u32,
+    channels: Option<u16>,
+}
+
+impl Offered {
+    fn name(&self) -> String {
+        format!("{}/{}", self.media, self.encoding)
+    }
+}
+
+/// What to set up of a DESCRIBE.
+#[derive(Debug, Default, PartialEq)]
+struct Plan {
+    video: Option<(usize, Codec)>,
+    /// Stream index and kind of each track besides video.
+    tracks: Vec<(usize, TrackKind)>,
+    /// Offered but not taken: name and reason.
+    not_carried: Vec<String>,
+}
+
+/// Audio encodings mcrelay relays (retina depacketizes each, and each has
+/// an RTP payload format mcrelay writes back: RFC 3640 for AAC, the frame
+/// as the payload for the others).
+const AUDIO: &[&str] = &["mpeg4-generic", "pcmu", "pcma", "g722", "l16"];
+
+/// The first H.264/H.265 video, the first audio and the first metadata
+/// stream mcrelay can carry, of those `wanted`; every other media named.
+fn choose(offered: &[Offered], wanted: &[TrackKind]) -> Plan {
+    let mut plan = Plan::default();
+    for (i, o) in offered.iter().enumerate() {
+        let encoding = o.encoding.to_ascii_lowercase();
+        let kind = match o.media.as_str() {
+            "video" => TrackKind::Video,
+            "audio" => TrackKind::Audio,
+            "application" => TrackKind::Metadata,
+            _ => {
+                plan.not_carried
+                    .push(format!("{} (not audio, video or metadata)", o.name()));
+                continue;
+            }
+        };
+        let carried = match kind {
+            TrackKind::Video => matches!(encoding.as_str(), "h264" | "h265"),
+            TrackKind::Audio => AUDIO.contains(&encoding.as_str()),
+            TrackKind::Metadata => encoding.starts_with("vnd.onvif.metadata"),
+        };
+        let taken = match kind {
+            TrackKind::Video => plan.video.is_some(),
+            _ => plan.tracks.iter().any(|(_, k)| *k == kind),
+        };
+        let reason = if !carried {
+            Some("an encoding mcrelay does not relay")
+        } else if !wanted.contains(&kind) {
+            Some("left out by the channel's tracks setting")
+        } else if taken {
+            Some("the channel already carries one")
+        } else if o.clock_rate == 0 {
+            Some("a zero clock rate")
+        } else {
+            None
+        };
+        match (reason, kind) {
+            (Some(why), _) => plan.not_carried.push(format!("{} ({why})", o.name())),
+            (None, TrackKind::Video) => {
+                let codec = if encoding == "h264" {
+                    Codec::H264
+                } else {
+                    Codec::H265
+                };
+                plan.video = Some((i, codec));
+            }
+            (None, kind) => plan.tracks.push((i, kind)),
+        }
+    }
+    plan
+}
+
 fn parameter_sets(p: Option<ParametersRef<'_>>) -> Option<Vec<Bytes>> {
     let Some(ParametersRef::Video(v)) = p else {
         return None;
@@ -182,6 +355,50 @@ fn parameter_sets(p: Option<ParametersRef<'_>>) -> Option<Vec<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer(media: &str, encoding: &str) -> Offered {
+        Offered {
+            media: media.into(),
+            encoding: encoding.into(),
+            clock_rate: if media == "video" { 90_000 } else { 8000 },
+            channels: None,
+        }
+    }
+
+    #[test]
+    fn every_carried_track_is_set_up_and_the_rest_named() {
+        let offered = [
+            offer("audio", "opus"),
+            offer("video", "H264"),
+            offer("audio", "PCMU"),
+            offer("video", "H265"),
+            offer("audio", "MPEG4-GENERIC"),
+            offer("application", "vnd.onvif.metadata"),
+            offer("text", "t140"),
+        ];
+        let plan = choose(&offered, &TrackKind::ALL);
+        assert_eq!(plan.video, Some((1, Codec::H264)));
+        assert_eq!(
+            plan.tracks,
+            [(2, TrackKind::Audio), (5, TrackKind::Metadata)]
+        );
+        assert_eq!(
+            plan.not_carried,
+            [
+                "audio/opus (an encoding mcrelay does not relay)",
+                "video/H265 (the channel already carries one)",
+                "audio/MPEG4-GENERIC (the channel already carries one)",
+                "text/t140 (not audio, video or metadata)",
+            ]
+        );
+        let video_only = choose(&offered, &[TrackKind::Video, TrackKind::Metadata]);
+        assert_eq!(video_only.tracks, [(5, TrackKind::Metadata)]);
+        assert!(
+            video_only
+                .not_carried
+                .contains(&"audio/PCMU (left out by the channel's tracks setting)".to_string())
+        );
+    }
 
     #[test]
     fn credentials_leave_the_url() {

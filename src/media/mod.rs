@@ -8,6 +8,7 @@ pub mod annexb;
 pub mod au;
 pub mod params;
 pub mod time;
+pub mod track;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use au::{AccessUnit, AuAssembler, AuError};
 pub use params::ParamSets;
 pub use time::MediaTime;
+pub use track::{Payload, TrackDesc, TrackKind};
 
 /// The video codecs mcrelay relays.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -110,6 +110,13 @@ impl Timeline {
     pub fn last(&self) -> Option<(MediaTime, Instant)> {
         self.last
     }
+
+    /// `output - source` of the current session, once its first frame
+    /// anchored it: the other tracks of the session, whose source times
+    /// share the video's time line, are placed with it.
+    pub fn offset(&self) -> Option<i64> {
+        self.anchored.then_some(self.offset)
+    }
 }
 
 /// How raw Annex-B streams, which carry no timestamps, are timed. A named

@@ -3,6 +3,7 @@
 
 pub mod packetizer;
 pub mod rtcp;
+pub mod track;
 
 use std::time::Instant;
 

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Frame;
-use crate::media::MediaTime;
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
@@ -94,6 +93,8 @@ pub struct RtcpSender {
     ssrc: u32,
     cname: String,
     interval: Duration,
+    /// The stream's RTP clock (90 kHz for video).
+    clock_rate: u32,
     packets: u32,
     octets: u32,
     /// RTP timestamp and arrival of the last frame sent.
@@ -108,12 +109,19 @@ impl RtcpSender {
             ssrc,
             cname,
             interval,
+            clock_rate: crate::media::time::CLOCK_RATE,
             packets: 0,
             octets: 0,
             last_frame: None,
             last_sent: None,
             next_report: None,
         }
+    }
+
+    /// The same for a stream with another RTP clock (audio).
+    pub fn with_clock_rate(mut self, clock_rate: u32) -> Self {
+        self.clock_rate = clock_rate.max(1);
+        self
     }
 
     /// Records a frame sent at `now` (all of its packets). The first frame
@@ -174,11 +182,13 @@ impl RtcpSender {
     /// frame sent by the real time since it arrived.
     pub fn sender_report(&self, now: Instant, wall: SystemTime) -> Option<SenderReport> {
         let (rtp, arrival) = self.last_frame?;
-        let elapsed = MediaTime::from_duration(now.saturating_duration_since(arrival));
+        let elapsed = now.saturating_duration_since(arrival).as_nanos()
+            * u128::from(self.clock_rate)
+            / 1_000_000_000;
         Some(SenderReport {
             ssrc: self.ssrc,
             ntp: NtpTime::from_system(wall),
-            rtp_timestamp: elapsed.rtp(rtp),
+            rtp_timestamp: rtp.wrapping_add(elapsed as u32),
             packet_count: self.packets,
             octet_count: self.octets,
         })
@@ -190,6 +200,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::media::MediaTime;
     use crate::rtp::RtpPacket;
 
     fn frame(rtp_timestamp: u32, arrival: Instant, payloads: &[usize]) -> Frame {

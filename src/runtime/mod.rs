@@ -269,10 +269,11 @@ fn same_spec(a: &ChannelSpec, b: &ChannelSpec) -> bool {
         && a.allow == b.allow
         && a.codec == b.codec
         && a.owner == b.owner
+        && a.tracks == b.tracks
         && a.multicast
-            .map(|m| (m.dest, m.interface, m.loopback, m.mode))
+            .map(|m| (m.dest, m.audio, m.metadata, m.interface, m.loopback, m.mode))
             == b.multicast
-                .map(|m| (m.dest, m.interface, m.loopback, m.mode))
+                .map(|m| (m.dest, m.audio, m.metadata, m.interface, m.loopback, m.mode))
 }
 
 /// A server started by [`start`].

@@ -228,6 +228,9 @@ impl Catalog for DirCatalog<'_> {
                 params: &info.params,
                 video: &info.video,
                 version: info.version,
+                // Tracks besides video are served over RTSP from a later
+                // change: until then a DESCRIBE lists video only.
+                tracks: &[],
             })
         });
         Some(ChannelEntry {

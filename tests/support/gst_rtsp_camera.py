@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """An RTSP camera that is not mcrelay's: GStreamer's RTSP server.
 
-Usage: gst_rtsp_camera.py PORT PATH CODEC [USER PASSWORD]
+Usage: gst_rtsp_camera.py PORT PATH CODEC[+AUDIO] [USER PASSWORD]
 
 Serves a live test pattern (640x360, 25 fps, 1 s GOP) encoded with x264 or
 x265 at rtsp://127.0.0.1:PORT/PATH, with Digest authentication when USER and
-PASSWORD are given. Run it with Debian's /usr/bin/python3 (python3-gi).
+PASSWORD are given. With +aac or +pcmu (e.g. h264+aac) the media has a
+second stream: a 440 Hz tone as AAC (48 kHz mono, RFC 3640 AAC-hbr) or
+G.711 mu-law (8 kHz). Run it with Debian's /usr/bin/python3 (python3-gi).
 Prints "ready" once listening.
 """
 import sys
@@ -18,16 +20,24 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 Gst.init(None)
-port, path, codec = sys.argv[1], sys.argv[2], sys.argv[3]
+port, path = sys.argv[1], sys.argv[2]
+codec, _, audio = sys.argv[3].partition("+")
 enc = {
     "h264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=400 "
             "! video/x-h264,profile=main ! rtph264pay name=pay0 pt=96 config-interval=-1",
     "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=400 "
             "! rtph265pay name=pay0 pt=96 config-interval=-1",
 }[codec]
+tone = "audiotestsrc is-live=true wave=sine freq=440 ! audioconvert ! audioresample "
+sound = {
+    "": "",
+    "aac": tone + "! audio/x-raw,format=S16LE,rate=48000,channels=1 ! voaacenc bitrate=64000 "
+           "! rtpmp4gpay name=pay1 pt=97",
+    "pcmu": tone + "! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay1",
+}[audio]
 launch = (
     "( videotestsrc is-live=true pattern=ball "
-    "! video/x-raw,width=640,height=360,framerate=25/1 ! " + enc + " )"
+    "! video/x-raw,width=640,height=360,framerate=25/1 ! " + enc + " " + sound + " )"
 )
 
 server = GstRtspServer.RTSPServer()

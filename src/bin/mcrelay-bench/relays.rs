@@ -128,6 +128,8 @@ pub fn group(ch: usize, channels: usize) -> Ipv4Addr {
         ttl: 1,
         loopback: false,
         groups: channels.max(2) as u32,
+        audio_port: None,
+        metadata_port: None,
     };
     mcrelay::config::plan::destination(&mc, ch as u32)
         .expect("the bench's plan is valid")

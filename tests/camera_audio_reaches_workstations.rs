@@ -1,0 +1,217 @@
+//! A camera's audio goes with its video: GStreamer's RTSP server sends
+//! H.264 with AAC or with G.711 mu-law over one interleaved TCP connection;
+//! mcrelay sends each track to its own port of the channel's group and
+//! lists both in the channel's SDP; Debian's ffmpeg, joined by that SDP,
+//! decodes the sound without a gap and in sync with the pictures.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Netns;
+
+fn site(source: &str) -> String {
+    format!(
+        r#"
+[[server]]
+name = "rec"
+password = "test"
+protocol = "rtp-multicast"
+control = "127.0.0.1:8080"
+[server.multicast]
+address = "239.255.21.1"
+port = 6000
+interface = "127.0.0.1"
+ttl = 1
+[server.ingest]
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+[[server.channel]]
+id = 3
+name = "door with intercom"
+source = "{source}"
+"#
+    )
+}
+
+const INPUT: &[&str] = &["-protocol_whitelist", "file,udp,rtp"];
+
+/// What ffmpeg's framecrc says of each stream: frames, decoded seconds,
+/// and the span of presentation times.
+#[derive(Debug, Default)]
+struct Decoded {
+    frames: u64,
+    seconds: f64,
+    first: Option<f64>,
+    last: f64,
+}
+
+fn framecrc(out: &str) -> Vec<Decoded> {
+    let mut base = Vec::new();
+    for l in out.lines().filter_map(|l| l.strip_prefix("#tb ")) {
+        // "#tb 1: 1/48000"
+        let (_, tb) = l.split_once(": ").expect("time base line");
+        let (n, d) = tb.trim().split_once('/').expect("n/d");
+        base.push(n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap());
+    }
+    let mut streams: Vec<Decoded> = base.iter().map(|_| Decoded::default()).collect();
+    for l in out.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = l.split(',').map(str::trim).collect();
+        if f.len() < 5 {
+            continue;
+        }
+        let i: usize = f[0].parse().unwrap();
+        let pts: f64 = f[2].parse::<f64>().unwrap() * base[i];
+        let dur: f64 = f[3].parse::<f64>().unwrap() * base[i];
+        let s = &mut streams[i];
+        s.frames += 1;
+        s.seconds += dur;
+        s.first.get_or_insert(pts);
+        s.last = pts + dur;
+    }
+    streams
+}
+
+/// The mean distance between each picture's time and the sound's time
+/// around it, in the order packets arrived, after ffmpeg had the sender
+/// reports that align the two (its first 1.5 s are left out).
+fn av_offset(packets: &str) -> (f64, usize) {
+    let mut last_audio: Option<f64> = None;
+    let mut sum = 0.0;
+    let mut n = 0;
+    let mut first: Option<f64> = None;
+    for l in packets.lines() {
+        let f: Vec<&str> = l.split(',').collect();
+        let (Some(stream), Some(Ok(pts))) = (f.get(1), f.get(2).map(|p| p.parse::<f64>())) else {
+            continue;
+        };
+        let start = *first.get_or_insert(pts);
+        match *stream {
+            "1" => last_audio = Some(pts),
+            "0" if pts - start > 1.5 => {
+                if let Some(a) = last_audio {
+                    sum += (pts - a).abs();
+                    n += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    (if n == 0 { f64::MAX } else { sum / n as f64 }, n)
+}
+
+fn relay_audio(audio: &str, rtpmap: &str) {
+    let ns = Netns::new(&format!("aud{audio}"));
+    let dir = common::tempdir();
+    let site = common::write_site(dir.path(), &site("rtsp://127.0.0.1:8554/cam"));
+    let _camera = common::start_gst_camera(&ns, 8554, "cam", &format!("h264+{audio}"), None);
+    let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
+    common::wait_camera_state(&ns, 3, "streaming", Duration::from_secs(20));
+
+    // The SDP lists the sound on the audio port of channel 3: 6000 + 2000 + 2 x 3.
+    let sdp = common::wait_for(Duration::from_secs(10), || {
+        let (code, body) = ns
+            .run(|| common::http_get("127.0.0.1:8080", "/channels/3.sdp"))
+            .ok()?;
+        (code == 200 && body.contains("m=audio")).then_some(body)
+    })
+    .expect("the SDP never listed the audio track");
+    assert!(sdp.contains("m=video 6006 RTP/AVP 96\r\n"), "{sdp}");
+    assert!(sdp.contains("a=rtcp:8007 IN IP4 239.255.21.1\r\n"), "{sdp}");
+    assert!(sdp.contains(rtpmap), "{sdp}");
+    let sdp_file = dir.path().join("ch3.sdp");
+    std::fs::write(&sdp_file, &sdp).unwrap();
+
+    // 10 s of both tracks decoded.
+    let out = dir.path().join("decoded.crc");
+    let err = dir.path().join("ffmpeg.err");
+    let started = Instant::now();
+    let status = ns
+        .command("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error"])
+        .args(INPUT)
+        .arg("-i")
+        .arg(&sdp_file)
+        .args([
+            "-t", "10", "-map", "0:v", "-map", "0:a", "-f", "framecrc", "-",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .expect("ffmpeg");
+    let took = started.elapsed();
+    let errors = std::fs::read_to_string(&err).unwrap();
+    assert!(status.success(), "ffmpeg failed: {errors}");
+    assert!(errors.trim().is_empty(), "decoder errors: {errors}");
+    let streams = framecrc(&std::fs::read_to_string(&out).unwrap());
+    eprintln!("{audio}: {streams:?} in {took:?}");
+    let [video, sound] = &streams[..] else {
+        panic!("two streams expected: {streams:?}");
+    };
+    // The pictures are there (a viewer starts at a key frame: up to 1 s).
+    assert!(video.frames >= 200, "video frames: {video:?}");
+    // At least 95% of the sound in the 10 s, with no gap: the decoded
+    // durations cover the span of its times.
+    assert!(sound.seconds >= 9.5, "audio decoded: {sound:?}");
+    let span = sound.last - sound.first.unwrap();
+    assert!(
+        sound.seconds >= 0.95 * span,
+        "audio has gaps: {:.2} s decoded over {span:.2} s",
+        sound.seconds
+    );
+    // The sound plays at real time, not faster (wrong clock rate).
+    assert!(took >= Duration::from_secs(9), "10 s decoded in {took:?}");
+
+    // Sync: with the sender reports, every picture's time is within 100 ms
+    // of the sound that arrived with it.
+    let packets = ns
+        .command("ffprobe")
+        .args(["-hide_banner", "-v", "error"])
+        .args(INPUT)
+        .args([
+            "-read_intervals",
+            "%+5",
+            "-show_entries",
+            "packet=stream_index,pts_time",
+            "-of",
+            "csv",
+        ])
+        .arg(&sdp_file)
+        .output()
+        .expect("ffprobe");
+    let (offset, n) = av_offset(&String::from_utf8_lossy(&packets.stdout));
+    eprintln!(
+        "{audio}: mean A/V offset {:.1} ms over {n} pictures",
+        offset * 1000.0
+    );
+    assert!(n >= 50, "only {n} pictures to compare");
+    assert!(
+        offset < 0.1,
+        "pictures are {:.0} ms from their sound",
+        offset * 1000.0
+    );
+
+    // Status names the track; metrics count its frames.
+    let ch = common::status_detail(&ns, "test")["channels"][0].clone();
+    let tracks = ch["tracks"].as_array().unwrap_or_else(|| panic!("{ch}"));
+    assert_eq!(tracks.len(), 1, "{ch}");
+    assert_eq!(tracks[0]["kind"], "audio", "{ch}");
+    let (_, metrics) = ns
+        .run(|| common::http_get("127.0.0.1:8080", "/metrics"))
+        .unwrap();
+    // 10 s of sound: 78 G.711 packets of 128 ms, 469 AAC frames.
+    assert!(
+        common::metric(&metrics, "mcrelay_track_frames_total") > 70.0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn aac_audio_is_relayed_to_multicast_with_the_video_and_in_sync() {
+    relay_audio("aac", "a=rtpmap:97 MPEG4-GENERIC/48000/1\r\n");
+}
+
+#[test]
+fn g711_audio_is_relayed_to_multicast_with_the_video_and_in_sync() {
+    relay_audio("pcmu", "a=rtpmap:0 PCMU/8000");
+}
