@@ -1,8 +1,10 @@
 //! A camera's audio goes with its video: GStreamer's RTSP server sends
 //! H.264 with AAC or with G.711 mu-law over one interleaved TCP connection;
-//! mcrelay sends each track to its own port of the channel's group and
-//! lists both in the channel's SDP; Debian's ffmpeg, joined by that SDP,
-//! decodes the sound without a gap and in sync with the pictures.
+//! mcrelay sends each track to its own port of the channel's group, lists
+//! both in the channel's SDP and in its RTSP DESCRIBE, and serves both over
+//! RTSP (TCP interleaved, and multicast). Debian's ffmpeg, joined each of
+//! the three ways, decodes the sound without a gap and in sync with the
+//! pictures.
 
 mod common;
 
@@ -18,6 +20,9 @@ name = "rec"
 password = "test"
 protocol = "rtp-multicast"
 control = "127.0.0.1:8080"
+[server.rtsp]
+listen = "127.0.0.1:8555"
+user = "admin"
 [server.multicast]
 address = "239.255.21.1"
 port = 6000
@@ -122,74 +127,102 @@ fn relay_audio(audio: &str, rtpmap: &str) {
     let sdp_file = dir.path().join("ch3.sdp");
     std::fs::write(&sdp_file, &sdp).unwrap();
 
-    // 10 s of both tracks decoded.
-    let out = dir.path().join("decoded.crc");
-    let err = dir.path().join("ffmpeg.err");
+    // 10 s of both tracks decoded, joined three ways at once.
+    let rtsp = "rtsp://admin:test@127.0.0.1:8555/3";
+    let sdp_arg = sdp_file.to_str().unwrap().to_string();
+    let ways: [(&str, Vec<&str>); 3] = [
+        ("multicast SDP", [INPUT, &["-i", &sdp_arg]].concat()),
+        ("RTSP over TCP", vec!["-rtsp_transport", "tcp", "-i", rtsp]),
+        (
+            "RTSP multicast",
+            vec!["-rtsp_transport", "udp_multicast", "-i", rtsp],
+        ),
+    ];
     let started = Instant::now();
-    let status = ns
-        .command("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-v", "error"])
-        .args(INPUT)
-        .arg("-i")
-        .arg(&sdp_file)
-        .args([
-            "-t", "10", "-map", "0:v", "-map", "0:a", "-f", "framecrc", "-",
-        ])
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .status()
-        .expect("ffmpeg");
-    let took = started.elapsed();
-    let errors = std::fs::read_to_string(&err).unwrap();
-    assert!(status.success(), "ffmpeg failed: {errors}");
-    assert!(errors.trim().is_empty(), "decoder errors: {errors}");
-    let streams = framecrc(&std::fs::read_to_string(&out).unwrap());
-    eprintln!("{audio}: {streams:?} in {took:?}");
-    let [video, sound] = &streams[..] else {
-        panic!("two streams expected: {streams:?}");
-    };
-    // The pictures are there (a viewer starts at a key frame: up to 1 s).
-    assert!(video.frames >= 200, "video frames: {video:?}");
-    // At least 95% of the sound in the 10 s, with no gap: the decoded
-    // durations cover the span of its times.
-    assert!(sound.seconds >= 9.5, "audio decoded: {sound:?}");
-    let span = sound.last - sound.first.unwrap();
-    assert!(
-        sound.seconds >= 0.95 * span,
-        "audio has gaps: {:.2} s decoded over {span:.2} s",
-        sound.seconds
-    );
-    // The sound plays at real time, not faster (wrong clock rate).
-    assert!(took >= Duration::from_secs(9), "10 s decoded in {took:?}");
+    let runs: Vec<_> = ways
+        .iter()
+        .enumerate()
+        .map(|(i, (_, input))| {
+            let out = dir.path().join(format!("decoded-{i}.crc"));
+            let err = dir.path().join(format!("ffmpeg-{i}.err"));
+            let child = ns
+                .command("ffmpeg")
+                .args(["-hide_banner", "-nostdin", "-v", "error"])
+                .args(input)
+                .args([
+                    "-t", "10", "-map", "0:v", "-map", "0:a", "-f", "framecrc", "-",
+                ])
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::fs::File::create(&err).unwrap())
+                .spawn()
+                .expect("ffmpeg");
+            (child, out, err)
+        })
+        .collect();
+    for ((mut child, out, err), (way, _)) in runs.into_iter().zip(&ways) {
+        let status = child.wait().unwrap();
+        let took = started.elapsed();
+        let errors = std::fs::read_to_string(&err).unwrap();
+        assert!(status.success(), "{way}: ffmpeg failed: {errors}");
+        assert!(errors.trim().is_empty(), "{way}: decoder errors: {errors}");
+        let streams = framecrc(&std::fs::read_to_string(&out).unwrap());
+        eprintln!("{audio} {way}: {streams:?} in {took:?}");
+        let [video, sound] = &streams[..] else {
+            panic!("{way}: two streams expected: {streams:?}");
+        };
+        // The pictures are there (a viewer starts at a key frame: up to 1 s).
+        assert!(video.frames >= 200, "{way}: video frames: {video:?}");
+        // At least 95% of the sound in the 10 s, with no gap: the decoded
+        // durations cover the span of its times.
+        assert!(sound.seconds >= 9.5, "{way}: audio decoded: {sound:?}");
+        let span = sound.last - sound.first.unwrap();
+        assert!(
+            sound.seconds >= 0.95 * span,
+            "{way}: audio has gaps: {:.2} s decoded over {span:.2} s",
+            sound.seconds
+        );
+        // The sound plays at real time, not faster (wrong clock rate).
+        assert!(
+            took >= Duration::from_secs(9),
+            "{way}: 10 s decoded in {took:?}"
+        );
+    }
 
-    // Sync: with the sender reports, every picture's time is within 100 ms
-    // of the sound that arrived with it.
-    let packets = ns
-        .command("ffprobe")
-        .args(["-hide_banner", "-v", "error"])
-        .args(INPUT)
-        .args([
-            "-read_intervals",
-            "%+5",
-            "-show_entries",
-            "packet=stream_index,pts_time",
-            "-of",
-            "csv",
-        ])
-        .arg(&sdp_file)
-        .output()
-        .expect("ffprobe");
-    let (offset, n) = av_offset(&String::from_utf8_lossy(&packets.stdout));
-    eprintln!(
-        "{audio}: mean A/V offset {:.1} ms over {n} pictures",
-        offset * 1000.0
-    );
-    assert!(n >= 50, "only {n} pictures to compare");
-    assert!(
-        offset < 0.1,
-        "pictures are {:.0} ms from their sound",
-        offset * 1000.0
-    );
+    // Sync: with the sender reports (multicast) or RTP-Info (TCP), every
+    // picture's time is within 100 ms of the sound that arrived with it.
+    let probes: Vec<_> = ways
+        .iter()
+        .map(|(_, input)| {
+            ns.command("ffprobe")
+                .args(["-hide_banner", "-v", "error"])
+                .args(input)
+                .args([
+                    "-read_intervals",
+                    "%+5",
+                    "-show_entries",
+                    "packet=stream_index,pts_time",
+                    "-of",
+                    "csv",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("ffprobe")
+        })
+        .collect();
+    for (probe, (way, _)) in probes.into_iter().zip(&ways) {
+        let packets = probe.wait_with_output().unwrap();
+        let (offset, n) = av_offset(&String::from_utf8_lossy(&packets.stdout));
+        eprintln!(
+            "{audio} {way}: mean A/V offset {:.1} ms over {n} pictures",
+            offset * 1000.0
+        );
+        assert!(n >= 50, "{way}: only {n} pictures to compare");
+        assert!(
+            offset < 0.1,
+            "{way}: pictures are {:.0} ms from their sound",
+            offset * 1000.0
+        );
+    }
 
     // Status names the track; metrics count its frames.
     let ch = common::status_detail(&ns, "test")["channels"][0].clone();
@@ -207,11 +240,11 @@ fn relay_audio(audio: &str, rtpmap: &str) {
 }
 
 #[test]
-fn aac_audio_is_relayed_to_multicast_with_the_video_and_in_sync() {
+fn aac_audio_reaches_multicast_and_rtsp_workstations_in_sync() {
     relay_audio("aac", "a=rtpmap:97 MPEG4-GENERIC/48000/1\r\n");
 }
 
 #[test]
-fn g711_audio_is_relayed_to_multicast_with_the_video_and_in_sync() {
+fn g711_audio_reaches_multicast_and_rtsp_workstations_in_sync() {
     relay_audio("pcmu", "a=rtpmap:0 PCMU/8000");
 }

@@ -215,6 +215,7 @@ impl ChannelCore {
                     time,
                     rtp_timestamp,
                     arrival,
+                    track: (index + 1).min(255) as u8,
                     interleaved: Default::default(),
                 }),
         )
@@ -243,6 +244,7 @@ impl ChannelCore {
                 time,
                 rtp_timestamp,
                 arrival,
+                track: 0,
                 interleaved: Default::default(),
             },
             params_changed,

@@ -36,6 +36,10 @@ mod tests;
 /// 1.3 MB of shared buffers per channel.
 pub const RING_FRAMES: usize = 64;
 
+/// Frames kept in a channel's ring of audio and metadata: AAC at 48 kHz
+/// sends 47 frames a second, so 128 hold 2.7 s; a few kB each.
+pub const TRACK_RING_FRAMES: usize = 128;
+
 /// The channels a server runs, by id: an immutable snapshot, republished
 /// whenever the set changes (at start, and when failover hands over channels).
 pub type Directory = Arc<std::collections::BTreeMap<u32, Arc<Channel>>>;
@@ -171,6 +175,19 @@ pub struct TrackInfo {
     pub desc: TrackDesc,
     pub ssrc: u32,
     pub payload_type: u8,
+    /// The RTP timestamp of media time 0 (give or take a tick): with it, a
+    /// media time of the channel is an RTP time of the track, as RTSP's
+    /// RTP-Info needs.
+    pub rtp_base: u32,
+}
+
+impl TrackInfo {
+    /// The track's RTP timestamp at channel media time `t`.
+    pub fn rtp_at(&self, t: MediaTime) -> u32 {
+        let ticks = (i128::from(t.0) * i128::from(self.desc.clock_rate))
+            .div_euclid(i128::from(crate::media::time::CLOCK_RATE));
+        (ticks + i128::from(self.rtp_base)).rem_euclid(1 << 32) as u32
+    }
 }
 
 /// The camera's ingest status, for `/status`.
@@ -257,6 +274,9 @@ impl GopCache {
 pub struct Channel {
     pub spec: ChannelSpec,
     frames: broadcast::Sender<Arc<Frame>>,
+    /// Frames of the tracks besides video (their `track` says which), apart
+    /// from the video's ring so that they never push pictures out of it.
+    track_frames: broadcast::Sender<Arc<Frame>>,
     /// Held only to push a frame and send it, or to subscribe and copy the
     /// cache: never across an await.
     gop: std::sync::Mutex<GopCache>,
@@ -268,10 +288,12 @@ pub struct Channel {
 impl Channel {
     pub fn new(spec: ChannelSpec, metrics: ChannelMetrics, now: SystemTime) -> Arc<Channel> {
         let (frames, _) = broadcast::channel(RING_FRAMES);
+        let (track_frames, _) = broadcast::channel(TRACK_RING_FRAMES);
         metrics.set_state(CameraState::Connecting);
         Arc::new(Channel {
             spec,
             frames,
+            track_frames,
             gop: std::sync::Mutex::new(GopCache::default()),
             info: watch::Sender::new(StreamInfo::default()),
             status: watch::Sender::new(CameraStatus {
@@ -296,6 +318,15 @@ impl Channel {
     pub fn subscribe_from_key_frame(&self) -> (Vec<Arc<Frame>>, broadcast::Receiver<Arc<Frame>>) {
         let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
         (gop.frames.clone(), self.frames.subscribe())
+    }
+
+    /// A new sink of the tracks besides video, from now on.
+    pub fn subscribe_tracks(&self) -> broadcast::Receiver<Arc<Frame>> {
+        self.track_frames.subscribe()
+    }
+
+    fn publish_track(&self, frame: Frame) {
+        let _ = self.track_frames.send(Arc::new(frame));
     }
 
     /// Publishes a frame to every sink.
@@ -486,6 +517,7 @@ impl Sink for Publisher {
                 desc: t.desc.clone(),
                 ssrc: t.ids.ssrc,
                 payload_type: t.payload_type,
+                rtp_base: t.ids.rtp_base,
             })
             .collect();
         self.channel.info.send_if_modified(|i| {
@@ -519,6 +551,7 @@ impl Sink for Publisher {
                 if let Some(Some(e)) = self.track_emitters.get_mut(index) {
                     e.send(&frame, m, arrival, SystemTime::now());
                 }
+                self.channel.publish_track(frame);
             }
         }
     }

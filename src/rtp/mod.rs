@@ -92,6 +92,9 @@ pub struct Frame {
     /// When the access unit arrived at ingest (monotonic): maps media time to
     /// real time for RTCP and pacing.
     pub arrival: Instant,
+    /// Which track of the channel: 0 the video, n the n-th track besides it
+    /// (the SDP's `trackID=n`).
+    pub track: u8,
     /// The frame as RTSP interleaved data on channel 0, built by the first
     /// TCP client that sends it and shared by all the others.
     pub interleaved: std::sync::OnceLock<Bytes>,

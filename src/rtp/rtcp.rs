@@ -214,6 +214,7 @@ mod tests {
             time: MediaTime(0),
             rtp_timestamp,
             arrival,
+            track: 0,
             interleaved: Default::default(),
         }
     }

@@ -218,6 +218,15 @@ impl Catalog for DirCatalog<'_> {
     fn find(&self, key: &str) -> Option<ChannelEntry> {
         let ch = self.channel(key)?;
         let info = ch.info.borrow().clone();
+        let lines: Vec<sdp::TrackLine<'_>> = info
+            .tracks
+            .iter()
+            .map(|t| sdp::TrackLine {
+                desc: &t.desc,
+                payload_type: t.payload_type,
+                dest: None,
+            })
+            .collect();
         let sdp = info.codec.or(ch.spec.codec).map(|codec| {
             sdp::channel_sdp(&ChannelDescription {
                 channel_id: ch.spec.id,
@@ -228,15 +237,18 @@ impl Catalog for DirCatalog<'_> {
                 params: &info.params,
                 video: &info.video,
                 version: info.version,
-                // Tracks besides video are served over RTSP from a later
-                // change: until then a DESCRIBE lists video only.
-                tracks: &[],
+                tracks: &lines,
             })
         });
         Some(ChannelEntry {
             id: ch.spec.id,
             sdp,
             multicast: ch.spec.multicast.map(|e| e.dest),
+            tracks: info
+                .tracks
+                .iter()
+                .map(|t| ch.spec.multicast.and_then(|e| e.track(t.desc.kind)))
+                .collect(),
         })
     }
 
@@ -384,6 +396,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: Cance
 struct Player {
     channel: Arc<Channel>,
     rx: broadcast::Receiver<Arc<Frame>>,
+    /// The tracks besides video, when the client set any up; each goes
+    /// live on the interleaved channel the client set it up on.
+    tracks_rx: Option<broadcast::Receiver<Arc<Frame>>>,
+    track_channels: Vec<Option<u8>>,
     backlog: VecDeque<Arc<Frame>>,
     rtp_channel: u8,
     waiting_key: bool,
@@ -411,12 +427,32 @@ impl Player {
         {
             return Next::Frames(batch);
         }
+        // Sound and metadata go live, whatever the pictures do.
+        if let Some(rx) = &mut self.tracks_rx {
+            let mut batch = Vec::new();
+            while batch.len() < MAX_BATCH_FRAMES {
+                match rx.try_recv() {
+                    Ok(f) if wanted(&self.track_channels, &f) => batch.push(f),
+                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Next::Frames(batch);
+            }
+        }
         let m = &self.channel.metrics;
         let mut batch = Vec::new();
         let mut bytes = 0;
         if self.backlog.is_empty() {
             loop {
-                match self.rx.recv().await {
+                let r = tokio::select! {
+                    r = self.rx.recv() => r,
+                    f = next_track(&mut self.tracks_rx, &self.track_channels) => {
+                        return Next::Frames(vec![f]);
+                    }
+                };
+                match r {
                     Ok(f) if self.waiting_key && !f.key => continue,
                     Ok(f) => {
                         self.waiting_key = false;
@@ -525,6 +561,56 @@ impl Player {
             return Some(batch);
         }
     }
+}
+
+/// Whether the client set up the track of `f`.
+fn wanted(channels: &[Option<u8>], f: &Frame) -> bool {
+    usize::from(f.track)
+        .checked_sub(1)
+        .and_then(|i| channels.get(i))
+        .is_some_and(Option::is_some)
+}
+
+/// The next frame of a track the client set up; never, without tracks.
+/// Cancel-safe (a broadcast receive is). A client that fell behind on
+/// them just goes on with the next: every audio frame stands alone.
+async fn next_track(
+    rx: &mut Option<broadcast::Receiver<Arc<Frame>>>,
+    channels: &[Option<u8>],
+) -> Arc<Frame> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(f) if wanted(channels, &f) => return f,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
+/// Writes frames of several tracks: each run of one track on the
+/// interleaved channel its track was set up on (video: `video`).
+async fn write_tracks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &[Arc<Frame>],
+    video: u8,
+    tracks: &[Option<u8>],
+    stall: Duration,
+) -> std::io::Result<(usize, usize)> {
+    let (mut bytes, mut packets) = (0, 0);
+    for run in frames.chunk_by(|a, b| a.track == b.track) {
+        let channel = match usize::from(run[0].track).checked_sub(1) {
+            None => Some(video),
+            Some(i) => tracks.get(i).copied().flatten(),
+        };
+        let Some(channel) = channel else { continue };
+        let (b, p) = write_frames(w, run, channel, stall).await?;
+        bytes += b;
+        packets += p;
+    }
+    Ok((bytes, packets))
 }
 
 /// Clients whose receiver times frames by their arrival (see
@@ -697,7 +783,7 @@ async fn connection<R, W>(
                     Next::Frames(f) => f,
                     Next::Gone => break,
                 };
-                match write_frames(&mut wr, &frames, p.rtp_channel, stall).await {
+                match write_tracks(&mut wr, &frames, p.rtp_channel, &p.track_channels, stall).await {
                     Ok((bytes, packets)) => {
                         let m: &ChannelMetrics = &p.channel.metrics;
                         m.tcp_bytes.inc_by(bytes as u64);
@@ -795,8 +881,12 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
             _ => {}
         }
         let mut start = None;
-        match out.action {
-            Action::Play { channel, transport } => {
+        match out.action.clone() {
+            Action::Play {
+                channel,
+                transport,
+                tracks,
+            } => {
                 let Some(ch) = dir.get(&channel).cloned() else {
                     let _ = write_response(
                         wr,
@@ -809,18 +899,44 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                 match transport {
                     SessionTransport::Tcp { rtp, .. } => {
                         let (gop, rx) = ch.subscribe_from_key_frame();
-                        if let Some(first) = gop.first().and_then(|f| f.packets.first()) {
+                        // Tracks besides video go live from now; their
+                        // RTP-Info maps the first picture's time into their
+                        // clocks, which is how a TCP client (no RTCP) syncs.
+                        let info = ch.info.borrow().clone();
+                        let mut track_channels = vec![None; info.tracks.len()];
+                        for (n, t) in &tracks {
+                            if let (SessionTransport::Tcp { rtp, .. }, Some(slot)) =
+                                (t, track_channels.get_mut(n - 1))
+                            {
+                                *slot = Some(*rtp);
+                            }
+                        }
+                        let tracks_rx = track_channels
+                            .iter()
+                            .any(Option::is_some)
+                            .then(|| ch.subscribe_tracks());
+                        if let Some(first_frame) = gop.first()
+                            && let Some(first) = first_frame.packets.first()
+                        {
                             let url = req.request_uri().map(|u| u.to_string()).unwrap_or_default();
-                            let track =
-                                format!("{}/{}", url.trim_end_matches('/'), sdp::TRACK_CONTROL);
-                            out.response.insert_header(
-                                rtsp_types::headers::RTP_INFO,
-                                format!(
-                                    "url={track};seq={};rtptime={}",
-                                    first.seq(),
-                                    first.timestamp()
-                                ),
+                            let base = url.trim_end_matches('/');
+                            let mut rtp_info = format!(
+                                "url={base}/{};seq={};rtptime={}",
+                                sdp::TRACK_CONTROL,
+                                first.seq(),
+                                first.timestamp()
                             );
+                            for (i, t) in info.tracks.iter().enumerate() {
+                                if track_channels[i].is_some() {
+                                    rtp_info.push_str(&format!(
+                                        ",url={base}/{};rtptime={}",
+                                        sdp::track_control(i + 1),
+                                        t.rtp_at(first_frame.time)
+                                    ));
+                                }
+                            }
+                            out.response
+                                .insert_header(rtsp_types::headers::RTP_INFO, rtp_info);
                         }
                         // Admitted and registered at once, before the
                         // awaited write: concurrent PLAYs cannot overshoot.
@@ -837,7 +953,18 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                             },
                             ch.metrics.clients_tcp.clone(),
                         ) {
-                            Ok(guard) => start = Some((ch, rtp, gop, rx, queue, bytes, guard)),
+                            Ok(guard) => {
+                                start = Some((
+                                    ch,
+                                    rtp,
+                                    gop,
+                                    rx,
+                                    (tracks_rx, track_channels),
+                                    queue,
+                                    bytes,
+                                    guard,
+                                ))
+                            }
                             Err(r) => {
                                 shared.metrics.rtsp_refused().inc();
                                 out.response = refusal_response(&req, r);
@@ -869,7 +996,7 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
         if write_response(wr, &out.response, stall).await.is_err() {
             return false;
         }
-        if let Some((ch, rtp, gop, rx, queue, bytes, guard)) = start {
+        if let Some((ch, rtp, gop, rx, (tracks_rx, track_channels), queue, bytes, guard)) = start {
             let paced = match shared.cfg.catch_up {
                 CatchUpPolicy::Paced => true,
                 CatchUpPolicy::Burst => false,
@@ -893,6 +1020,8 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                 backlog: gop.into(),
                 channel: ch,
                 rx,
+                tracks_rx,
+                track_channels,
                 rtp_channel: rtp,
                 queue,
                 bytes,

@@ -32,6 +32,9 @@ pub struct ChannelEntry {
     pub sdp: Option<String>,
     /// The channel's group, when its server sends it by multicast.
     pub multicast: Option<Destination>,
+    /// The tracks besides video the DESCRIBE lists (`trackID=1`...), with
+    /// their multicast destinations.
+    pub tracks: Vec<Option<Destination>>,
 }
 
 /// Why a client is refused.
@@ -63,7 +66,10 @@ pub enum SessionTransport {
 pub struct Session {
     pub id: String,
     pub channel: u32,
+    /// The video's transport (track 0, set up first).
     pub transport: SessionTransport,
+    /// The tracks besides video set up, by track number (1...).
+    pub tracks: Vec<(usize, SessionTransport)>,
     pub playing: bool,
     pub last_request: Instant,
 }
@@ -77,6 +83,8 @@ pub enum Action {
     Play {
         channel: u32,
         transport: SessionTransport,
+        /// Tracks besides video, by track number.
+        tracks: Vec<(usize, SessionTransport)>,
     },
     /// The session ended (TEARDOWN).
     Stop,
@@ -328,7 +336,7 @@ impl Connection {
         fresh_id: u64,
         catalog: &impl Catalog,
     ) -> Outcome {
-        let Some((key, _)) = path_key(req) else {
+        let Some((key, rest)) = path_key(req) else {
             return reply(cseq, StatusCode::NotFound, Action::None).text("no channel in the URL");
         };
         let Some(ch) = catalog.find(&key) else {
@@ -340,6 +348,23 @@ impl Connection {
         {
             return reply(cseq, StatusCode::AggregateOperationNotAllowed, Action::None)
                 .text("one channel per session: TEARDOWN first or use another connection");
+        }
+        // The track: the channel's URL or trackID=0 is the video.
+        let track = match rest.trim_end_matches('/') {
+            "" => 0,
+            t => match t
+                .strip_prefix("trackID=")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(n) if n <= ch.tracks.len() => n,
+                _ => {
+                    return reply(cseq, StatusCode::NotFound, Action::None)
+                        .text(&format!("channel {key:?} has no track {t:?}"));
+                }
+            },
+        };
+        if track > 0 {
+            return self.setup_track(req, cseq, track, &ch);
         }
         let transports = match req.typed_header::<Transports>() {
             Ok(Some(t)) => t,
@@ -387,24 +412,108 @@ impl Connection {
             id: format!("{fresh_id:016X}"),
             channel: ch.id,
             transport,
+            tracks: Vec::new(),
             playing: false,
             last_request: now,
         });
         session.transport = transport;
-        let transport_hdr = match transport {
-            SessionTransport::Tcp { rtp, rtcp } => {
-                format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}")
-            }
-            SessionTransport::Multicast(d) => format!(
-                "RTP/AVP;multicast;destination={};port={}-{};ttl={}",
-                d.group,
-                d.port,
-                d.rtcp().port(),
-                d.ttl
-            ),
-        };
+        // A video set up again on another transport leaves no track behind
+        // on the old one.
+        session
+            .tracks
+            .retain(|(_, t)| std::mem::discriminant(t) == std::mem::discriminant(&transport));
         self.with_session(reply(cseq, StatusCode::Ok, Action::None))
-            .header(headers::TRANSPORT, transport_hdr)
+            .header(headers::TRANSPORT, transport_header(transport))
+            .finish()
+    }
+
+    /// SETUP of track `track` (1...) besides video: after the video's, on
+    /// the same kind of transport; TCP on its own interleaved channels.
+    fn setup_track(
+        &mut self,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+        track: usize,
+        ch: &ChannelEntry,
+    ) -> Outcome {
+        let Some(session) = &self.session else {
+            return reply(cseq, StatusCode::MethodNotValidInThisState, Action::None)
+                .text("SETUP the video track (trackID=0) first");
+        };
+        if session.playing {
+            return reply(cseq, StatusCode::MethodNotValidInThisState, Action::None)
+                .text("the session is playing: SETUP its tracks before PLAY");
+        }
+        let transports = match req.typed_header::<Transports>() {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return reply(cseq, StatusCode::BadRequest, Action::None)
+                    .text("missing Transport header");
+            }
+            Err(_) => return self.unsupported(cseq, "malformed Transport header"),
+        };
+        let mut chosen = None;
+        for t in transports.iter() {
+            let Transport::Rtp(rtp) = t else { continue };
+            let tcp = rtp.lower_transport == Some(headers::transport::RtpLowerTransport::Tcp);
+            match session.transport {
+                SessionTransport::Tcp { .. } if tcp => {
+                    // The client's channels, unless the session uses them:
+                    // then the next free pair.
+                    let used = |c: u8| {
+                        std::iter::once(session.transport)
+                            .chain(
+                                session
+                                    .tracks
+                                    .iter()
+                                    .filter(|(n, _)| *n != track)
+                                    .map(|(_, t)| *t),
+                            )
+                            .any(|t| matches!(t, SessionTransport::Tcp { rtp, rtcp } if rtp == c || rtcp == c))
+                    };
+                    let asked = rtp
+                        .params
+                        .interleaved
+                        .map(|(a, b)| (a, b.unwrap_or(a.wrapping_add(1))));
+                    let pair = asked
+                        .filter(|&(a, b)| a != b && !used(a) && !used(b))
+                        .or_else(|| {
+                            (0..=127u8)
+                                .map(|i| (2 * i, 2 * i + 1))
+                                .find(|&(a, b)| !used(a) && !used(b))
+                        });
+                    if let Some((a, b)) = pair {
+                        chosen = Some(SessionTransport::Tcp { rtp: a, rtcp: b });
+                    }
+                    break;
+                }
+                SessionTransport::Multicast(_) if rtp.params.multicast && !tcp => {
+                    if let Some(dest) = ch.tracks.get(track - 1).copied().flatten() {
+                        chosen = Some(SessionTransport::Multicast(dest));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(transport) = chosen else {
+            let why = match session.transport {
+                SessionTransport::Tcp { .. } => {
+                    "the video is on RTP/AVP/TCP: set up this track the same way, on free interleaved channels"
+                }
+                SessionTransport::Multicast(_) => {
+                    "the video is on multicast: set up this track with RTP/AVP;multicast (or the track is not sent by multicast)"
+                }
+            };
+            return self.unsupported(cseq, why);
+        };
+        if let Some(s) = &mut self.session {
+            s.tracks.retain(|(n, _)| *n != track);
+            s.tracks.push((track, transport));
+            s.tracks.sort_by_key(|(n, _)| *n);
+        }
+        self.with_session(reply(cseq, StatusCode::Ok, Action::None))
+            .header(headers::TRANSPORT, transport_header(transport))
             .finish()
     }
 
@@ -428,6 +537,7 @@ impl Connection {
                 .text("PLAY needs the Session header");
         }
         let (channel, transport, was_playing) = (s.channel, s.transport, s.playing);
+        let tracks = s.tracks.clone();
         if !was_playing
             && matches!(transport, SessionTransport::Tcp { .. })
             && let Err(r) = catalog.admit(channel)
@@ -440,11 +550,30 @@ impl Connection {
         let action = if was_playing {
             Action::None
         } else {
-            Action::Play { channel, transport }
+            Action::Play {
+                channel,
+                transport,
+                tracks,
+            }
         };
         self.with_session(reply(cseq, StatusCode::Ok, action))
             .header(headers::RANGE, "npt=now-")
             .finish()
+    }
+}
+
+fn transport_header(t: SessionTransport) -> String {
+    match t {
+        SessionTransport::Tcp { rtp, rtcp } => {
+            format!("RTP/AVP/TCP;unicast;interleaved={rtp}-{rtcp}")
+        }
+        SessionTransport::Multicast(d) => format!(
+            "RTP/AVP;multicast;destination={};port={}-{};ttl={}",
+            d.group,
+            d.port,
+            d.rtcp().port(),
+            d.ttl
+        ),
     }
 }
 

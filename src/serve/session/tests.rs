@@ -21,6 +21,13 @@ fn group() -> Destination {
     }
 }
 
+fn audio_group() -> Destination {
+    Destination {
+        port: 7002,
+        ..group()
+    }
+}
+
 impl Catalog for Cat {
     fn find(&self, key: &str) -> Option<ChannelEntry> {
         match key {
@@ -28,11 +35,13 @@ impl Catalog for Cat {
                 id: 1,
                 sdp: Some("v=0\r\n".into()),
                 multicast: Some(group()),
+                tracks: vec![Some(audio_group()), None],
             }),
             "2" => Some(ChannelEntry {
                 id: 2,
                 sdp: None,
                 multicast: None,
+                tracks: Vec::new(),
             }),
             _ => None,
         }
@@ -198,7 +207,8 @@ fn tcp_session_lifecycle_with_digest() {
         o.action,
         Action::Play {
             channel: 1,
-            transport: SessionTransport::Tcp { rtp: 2, rtcp: 3 }
+            transport: SessionTransport::Tcp { rtp: 2, rtcp: 3 },
+            tracks: Vec::new(),
         }
     );
     assert_eq!(
@@ -279,7 +289,8 @@ fn multicast_setup_uses_the_servers_group_never_the_clients() {
         o.action,
         Action::Play {
             channel: 1,
-            transport: SessionTransport::Multicast(group())
+            transport: SessionTransport::Multicast(group()),
+            tracks: Vec::new(),
         }
     );
     // A multicast session expires without keep-alives; OPTIONS is one.
@@ -521,5 +532,96 @@ fn requests_answered_401_buy_no_time() {
         c.last_request(),
         t0,
         "401s and OPTIONS refreshed the idle timer"
+    );
+}
+
+#[test]
+fn each_track_is_set_up_on_its_own_channels_or_group() {
+    let cat = Cat { full: None };
+    // TCP: the audio asks for the video's channels and gets the next pair.
+    let mut c = Client::new(true, false);
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=1",
+        "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 455, "the video first");
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=1",
+        "Session: 0000000000000ABC\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 200);
+    assert_eq!(
+        header(&o, &headers::TRANSPORT),
+        "RTP/AVP/TCP;unicast;interleaved=2-3"
+    );
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=3",
+        "Session: 0000000000000ABC\r\nTransport: RTP/AVP/TCP;unicast\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 404, "channel 1 has two tracks besides video");
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=2",
+        "Session: 0000000000000ABC\r\nTransport: RTP/AVP;multicast\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 461, "the video is on TCP");
+    let o = c.send("PLAY", "rtsp://h/1", "Session: 0000000000000ABC\r\n", &cat);
+    assert_eq!(
+        o.action,
+        Action::Play {
+            channel: 1,
+            transport: SessionTransport::Tcp { rtp: 0, rtcp: 1 },
+            tracks: vec![(1, SessionTransport::Tcp { rtp: 2, rtcp: 3 })],
+        }
+    );
+
+    // Multicast: the track's own group and port; a track with no multicast
+    // destination cannot be set up that way.
+    let mut c = Client::new(true, false);
+    c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=0",
+        "Transport: RTP/AVP;multicast\r\n",
+        &cat,
+    );
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=1",
+        "Session: 0000000000000ABC\r\nTransport: RTP/AVP;multicast;destination=198.18.9.9\r\n",
+        &cat,
+    );
+    assert_eq!(
+        header(&o, &headers::TRANSPORT),
+        "RTP/AVP;multicast;destination=239.255.77.1;port=7002-7003;ttl=4"
+    );
+    let o = c.send(
+        "SETUP",
+        "rtsp://h/1/trackID=2",
+        "Session: 0000000000000ABC\r\nTransport: RTP/AVP;multicast\r\n",
+        &cat,
+    );
+    assert_eq!(status(&o), 461);
+    let o = c.send("PLAY", "rtsp://h/1", "Session: 0000000000000ABC\r\n", &cat);
+    assert_eq!(
+        o.action,
+        Action::Play {
+            channel: 1,
+            transport: SessionTransport::Multicast(group()),
+            tracks: vec![(1, SessionTransport::Multicast(audio_group()))],
+        }
     );
 }
