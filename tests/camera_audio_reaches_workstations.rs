@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Netns;
 
-fn site(source: &str) -> String {
+fn site(source: &str, disk: &std::path::Path) -> String {
     format!(
         r#"
 [[server]]
@@ -28,6 +28,9 @@ address = "239.255.21.1"
 port = 6000
 interface = "127.0.0.1"
 ttl = 1
+[server.storage]
+disks = ["{disk}"]
+segment = "2s"
 [server.ingest]
 reconnect_min = "100ms"
 reconnect_max = "500ms"
@@ -35,7 +38,8 @@ reconnect_max = "500ms"
 id = 3
 name = "door with intercom"
 source = "{source}"
-"#
+"#,
+        disk = disk.display()
     )
 }
 
@@ -108,7 +112,9 @@ fn av_offset(packets: &str) -> (f64, usize) {
 fn relay_audio(audio: &str, rtpmap: &str) {
     let ns = Netns::new(&format!("aud{audio}"));
     let dir = common::tempdir();
-    let site = common::write_site(dir.path(), &site("rtsp://127.0.0.1:8554/cam"));
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let site = common::write_site(dir.path(), &site("rtsp://127.0.0.1:8554/cam", &disk));
     let _camera = common::start_gst_camera(&ns, 8554, "cam", &format!("h264+{audio}"), None);
     let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
     common::wait_camera_state(&ns, 3, "streaming", Duration::from_secs(20));
@@ -222,6 +228,82 @@ fn relay_audio(audio: &str, rtpmap: &str) {
             "{way}: pictures are {:.0} ms from their sound",
             offset * 1000.0
         );
+    }
+
+    // The recording: AAC is in the segments beside the video, starting with
+    // it; G.711 has no MPEG-TS stream type ffmpeg reads, so those segments
+    // hold the video only (and say so in the log).
+    let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch3"))
+        .expect("segments")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    for seg in &segs[1..segs.len() - 1] {
+        let o = ns
+            .command("ffprobe")
+            .args(["-v", "error", "-count_packets"])
+            .args([
+                "-show_entries",
+                "stream=codec_name,start_time,nb_read_packets",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(seg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.stderr.is_empty(),
+            "{}: {}",
+            seg.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // The program lists its streams again after a blank line.
+        let streams: Vec<Vec<String>> = text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect();
+        eprintln!("{audio} {}: {streams:?}", seg.display());
+        assert_eq!(streams[0][0], "h264", "{text}");
+        if audio == "aac" {
+            assert_eq!(streams.len(), 2, "{text}");
+            assert_eq!(streams[1][0], "aac", "{text}");
+            let (v0, a0): (f64, f64) = (
+                streams[0][1].parse().unwrap(),
+                streams[1][1].parse().unwrap(),
+            );
+            assert!(
+                (v0 - a0).abs() <= 0.04,
+                "video starts at {v0}, audio at {a0}"
+            );
+            let (vp, ap): (f64, f64) = (
+                streams[0][2].parse().unwrap(),
+                streams[1][2].parse().unwrap(),
+            );
+            // 2 s segments: 25 fps and 46.9 AAC frames a second.
+            assert!(
+                ap >= 0.9 * vp * 46.875 / 25.0,
+                "{vp} pictures, {ap} AAC frames"
+            );
+            let dec = ns
+                .command("ffmpeg")
+                .args(["-v", "error", "-i"])
+                .arg(seg)
+                .args(["-map", "0:a", "-f", "null", "-"])
+                .output()
+                .unwrap();
+            assert!(
+                dec.status.success() && dec.stderr.is_empty(),
+                "{}",
+                String::from_utf8_lossy(&dec.stderr)
+            );
+        } else {
+            assert_eq!(streams.len(), 1, "{text}");
+        }
     }
 
     // Status names the track; metrics count its frames.

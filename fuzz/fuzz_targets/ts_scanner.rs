@@ -4,14 +4,16 @@
 //! pieces (split where the input says): the same summary either way, the
 //! packet and trailing counts add up, no panic.
 //! First byte odd: the rest describes access units (flags, time step,
-//! size) written by our TsWriter; the scanner finds every frame, the
-//! first PTS, no damage, and a span that covers the steps it was given.
+//! size) written by our TsWriter, with AAC frames between them when the
+//! input says (bit 2 of the first byte); the scanner finds every video
+//! frame (never an audio one), the first PTS, no damage, and a span that
+//! covers the steps it was given.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mcrelay::media::Codec;
-use mcrelay::record::ts::{TsScanner, TsWriter};
+use mcrelay::record::ts::{Adts, TsScanner, TsWriter};
 
 fn scan_whole(data: &[u8]) -> mcrelay::record::ts::ScanSummary {
     let mut s = TsScanner::new();
@@ -49,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
         Codec::H265
     };
     let mut w = TsWriter::new(codec);
+    if mode & 4 != 0 {
+        w = w.with_aac(Adts::from_config(&[0x11, 0x88]).expect("AAC LC"));
+    }
     let mut out = Vec::new();
     let start_pts = u64::from(mode) << 25;
     let mut pts = start_pts;
@@ -88,7 +93,12 @@ fuzz_target!(|data: &[u8]| {
         }
         w.write_au(&[Bytes::from(nal)], key, &params, pts, &mut out);
         frames += 1;
+        if au[0] & 2 != 0 {
+            let aac = vec![au[2]; usize::from(au[3]) * 5 + 1];
+            w.write_audio(&aac, pts.wrapping_add(u64::from(au[1])), &mut out);
+        }
     }
+    assert_eq!(out.len() % 188, 0);
     let sum = scan_whole(&out);
     assert_eq!(sum.frames, frames);
     assert_eq!(sum.bad_packets, 0);

@@ -477,6 +477,10 @@ impl Sink for Publisher {
             self.logged_not_carried = not_carried.clone();
         }
         let changed = self.core.set_tracks(tracks);
+        if let Some(r) = &mut self.recorder {
+            let descs: Vec<TrackDesc> = self.core.tracks().iter().map(|t| t.desc.clone()).collect();
+            r.set_tracks(&descs);
+        }
         // Sockets and RTCP state follow the tracks: kept for a track whose
         // identity and clock stayed, opened for a new one.
         let mut old = std::mem::take(&mut self.track_emitters);
@@ -550,6 +554,9 @@ impl Sink for Publisher {
                 m.track_frames.inc();
                 if let Some(Some(e)) = self.track_emitters.get_mut(index) {
                     e.send(&frame, m, arrival, SystemTime::now());
+                }
+                if let Some(r) = &mut self.recorder {
+                    r.push_track(index, &data, frame.time);
                 }
                 self.channel.publish_track(frame);
             }

@@ -89,6 +89,9 @@ impl DiskStatus {
 /// What a writer thread is asked to do.
 pub enum Job {
     Frame(Box<FrameJob>),
+    /// An AAC frame for the channel's segment, if that segment is open and
+    /// has an audio stream.
+    Audio(Box<AudioJob>),
     /// Finish the channel's segment `start_ms`.
     Close {
         channel: u32,
@@ -97,10 +100,21 @@ pub enum Job {
     Shutdown,
 }
 
+pub struct AudioJob {
+    pub channel: u32,
+    pub segment: SegmentName,
+    pub data: Bytes,
+    /// Media time, 90 kHz, on the video's time line.
+    pub time: i64,
+}
+
 pub struct FrameJob {
     pub channel: u32,
     pub segment: SegmentName,
     pub codec: Codec,
+    /// The camera's AAC stream, for a segment this frame starts: its
+    /// segment gets an audio stream.
+    pub audio: Option<crate::record::ts::Adts>,
     pub nals: Vec<Bytes>,
     /// Parameter sets to write before a key frame that lacks them.
     pub params: Vec<Bytes>,
@@ -266,6 +280,7 @@ impl Disk {
     pub fn offer(&self, job: Job) -> bool {
         let bytes = match &job {
             Job::Frame(f) => f.bytes,
+            Job::Audio(a) => a.data.len(),
             _ => 0,
         };
         // Counted before the send: the writer may take the job and subtract
@@ -895,6 +910,10 @@ impl Writer {
                     self.disk.queued.fetch_sub(f.bytes, Ordering::Relaxed);
                     self.frame(*f);
                 }
+                Ok(Job::Audio(a)) => {
+                    self.disk.queued.fetch_sub(a.data.len(), Ordering::Relaxed);
+                    self.audio(*a);
+                }
                 Ok(Job::Close { channel, start_ms }) => {
                     if self
                         .open
@@ -967,6 +986,25 @@ impl Writer {
         }
     }
 
+    fn audio(&mut self, a: AudioJob) {
+        let Some(o) = self
+            .open
+            .get_mut(&a.channel)
+            .filter(|o| o.name == a.segment && o.ts.has_audio())
+        else {
+            return;
+        };
+        let pts = a.time.rem_euclid(1 << 33) as u64;
+        o.ts.write_audio(&a.data, pts, &mut o.buf);
+        if o.buf.len() >= WRITE_CHUNK
+            && let Err(e) = flush(o)
+        {
+            let start = o.name.start_ms;
+            self.discard(a.channel);
+            self.fail(a.channel, start, &e, "cannot write a segment");
+        }
+    }
+
     fn create(&self, f: &FrameJob) -> io::Result<Open> {
         let path = self.disk.segment_path(f.channel, &f.segment);
         if let Some(dir) = path.parent() {
@@ -978,7 +1016,10 @@ impl Writer {
             name: f.segment.clone(),
             part,
             file,
-            ts: TsWriter::new(f.codec),
+            ts: match f.audio {
+                Some(adts) => TsWriter::new(f.codec).with_aac(adts),
+                None => TsWriter::new(f.codec),
+            },
             buf: Vec::with_capacity(WRITE_CHUNK + 64 * 1024),
             hash: Xxh3::new(),
             bytes: 0,

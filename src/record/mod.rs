@@ -22,10 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use self::disk::{Disk, DiskStatus, FrameJob, Job};
+use self::disk::{AudioJob, Disk, DiskStatus, FrameJob, Job};
 use self::index::{Entry, SegmentName};
 use crate::config::StorageConfig;
-use crate::media::{AccessUnit, MediaTime};
+use crate::media::{AccessUnit, MediaTime, Payload, TrackDesc};
 use crate::metrics::RecordMetrics;
 
 /// How often disks are checked (presence, a test write, usage, retention).
@@ -255,6 +255,7 @@ impl Recorder {
             current: None,
             seq: 0,
             losing: false,
+            audio: None,
         }
     }
 }
@@ -384,6 +385,9 @@ pub struct ChannelRecorder {
     /// Frames are being lost (a disk too slow or none usable) until a
     /// segment starts again: each is counted.
     losing: bool,
+    /// The camera's AAC track (its index among the tracks besides video),
+    /// recorded beside the video from the next segment on.
+    audio: Option<(usize, ts::Adts)>,
 }
 
 impl ChannelRecorder {
@@ -427,6 +431,7 @@ impl ChannelRecorder {
             channel: self.channel,
             segment: name.clone(),
             codec: au.codec,
+            audio: self.audio.map(|(_, a)| a),
             nals: au.nals.clone(),
             params: if au.key { params.to_vec() } else { Vec::new() },
             key: au.key,
@@ -443,6 +448,50 @@ impl ChannelRecorder {
             self.end();
             self.losing = true;
         }
+    }
+
+    /// The session's tracks besides video. The first AAC track is recorded
+    /// in the segments, as ADTS; other audio encodings (G.711, G.722, L16)
+    /// have no stream type ffmpeg reads in MPEG-TS and are not recorded yet.
+    pub fn set_tracks(&mut self, tracks: &[TrackDesc]) {
+        let audio = tracks
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| match &t.payload {
+                Payload::Aac { config } => match ts::Adts::from_config(config) {
+                    Ok(a) => Some((i, a)),
+                    Err(e) => {
+                        tracing::warn!(channel = self.channel, "AAC audio not recorded: {e}");
+                        None
+                    }
+                },
+                _ => None,
+            });
+        if audio != self.audio {
+            // A segment's streams are fixed at its start.
+            self.end();
+            self.audio = audio;
+        }
+    }
+
+    /// Queues one frame of track `index` (media time `time`, on the video's
+    /// time line); only the recorded audio track is kept. Never waits.
+    pub fn push_track(&mut self, index: usize, data: &Bytes, time: MediaTime) {
+        if self.audio.is_none_or(|(i, _)| i != index) {
+            return;
+        }
+        let Some((name, d)) = &self.current else {
+            return;
+        };
+        let job = AudioJob {
+            channel: self.channel,
+            segment: name.clone(),
+            data: data.clone(),
+            time: time.0,
+        };
+        // A full queue costs this audio frame; the video path counts and
+        // ends the segment when it meets the same full queue.
+        let _ = self.rec.disks[*d].offer(Job::Audio(Box::new(job)));
     }
 
     /// Ends the current segment (camera lost, channel stopped, frame

@@ -15,7 +15,8 @@
 //! for fMP4 — a fair price for material that must survive a crash.
 //!
 //! Layout: PAT (PID 0) and PMT (PID 0x1000) before every key frame, one video
-//! PID (0x100) that also carries the PCR, one PES per access unit with PTS
+//! PID (0x100) that also carries the PCR, an AAC audio PID (0x101, ADTS, one
+//! PES per AAC frame) when the camera sends AAC, one PES per access unit with PTS
 //! (= DTS: cameras send no B-frames; the relay keeps decode order), an access
 //! unit delimiter first (H.264 and H.265 in TS require it), parameter sets
 //! before each key frame that lacks them.
@@ -27,6 +28,7 @@ use crate::media::{Codec, NalKind};
 pub const PACKET: usize = 188;
 const PMT_PID: u16 = 0x1000;
 const VIDEO_PID: u16 = 0x100;
+const AUDIO_PID: u16 = 0x101;
 const PROGRAM: u16 = 1;
 /// The PCR runs this far ahead of the PTS: a decoder buffers a little before
 /// presenting (T-STD); 100 ms covers a key frame of a few hundred KB.
@@ -56,6 +58,7 @@ pub struct TsWriter {
     cc_pat: u8,
     cc_pmt: u8,
     cc_video: u8,
+    audio: Option<TsAudio>,
 }
 
 impl TsWriter {
@@ -65,7 +68,14 @@ impl TsWriter {
             cc_pat: 0,
             cc_pmt: 0,
             cc_video: 0,
+            audio: None,
         }
+    }
+
+    /// With an AAC stream (ADTS, PID 0x101) beside the video.
+    pub fn with_aac(mut self, adts: Adts) -> Self {
+        self.audio = Some(TsAudio { adts, cc: 0 });
+        self
     }
 
     pub fn codec(&self) -> Codec {
@@ -117,45 +127,37 @@ impl TsWriter {
 
         let mut chunks = PesBytes::new(&head, &es);
         let total = head.len() + es_len;
-        let mut written = 0;
-        let mut first = true;
-        while written < total {
-            let remaining = total - written;
-            let start = out.len();
-            out.resize(start + PACKET, 0xff);
-            let p = &mut out[start..];
-            p[0] = 0x47;
-            p[1] = (if first { 0x40 } else { 0 }) | (VIDEO_PID >> 8) as u8;
-            p[2] = VIDEO_PID as u8;
-            // Adaptation field: PCR and random access on the first packet,
-            // stuffing on the last.
-            let af_min = if first { 8 } else { 0 };
-            let room = PACKET - 4 - af_min;
-            let (af_len, payload) = if remaining >= room {
-                (af_min, room)
-            } else {
-                let af = PACKET - 4 - remaining;
-                (af, remaining)
-            };
-            self.cc_video = (self.cc_video + 1) & 0x0f;
-            p[3] = (if af_len > 0 { 0x30 } else { 0x10 }) | self.cc_video;
-            if af_len > 0 {
-                // adaptation_field_length counts the bytes after itself.
-                p[4] = (af_len - 1) as u8;
-                if af_len > 1 {
-                    p[5] = 0;
-                    if first {
-                        p[5] = if key { 0x50 } else { 0x10 };
-                        let pcr = pts.wrapping_sub(PCR_LEAD) & PTS_MASK;
-                        put_pcr(&mut p[6..12], pcr);
-                    }
-                }
-            }
-            let at = 4 + af_len;
-            chunks.fill(&mut p[at..at + payload]);
-            written += payload;
-            first = false;
-        }
+        let pcr = Some((pts.wrapping_sub(PCR_LEAD) & PTS_MASK, key));
+        write_pes(VIDEO_PID, &mut self.cc_video, pcr, &mut chunks, total, out);
+    }
+
+    /// Appends one AAC access unit (raw, as RFC 3640 carries it) presented
+    /// at `pts`, as ADTS in a PES of its own. Nothing without an audio
+    /// stream ([`TsWriter::with_aac`]).
+    pub fn write_audio(&mut self, au: &[u8], pts: u64, out: &mut Vec<u8>) {
+        let Some(a) = &mut self.audio else { return };
+        let Some(adts) = a.adts.header(au.len()) else {
+            return;
+        };
+        let pts = pts & PTS_MASK;
+        // PES: audio stream 0, a bounded length, PTS only.
+        let pes_len = 3 + 5 + adts.len() + au.len();
+        let mut head = [0u8; 14];
+        head[..4].copy_from_slice(&[0, 0, 1, 0xc0]);
+        head[4..6].copy_from_slice(&(pes_len.min(0xffff) as u16).to_be_bytes());
+        head[6] = 0x80;
+        head[7] = 0x80;
+        head[8] = 5;
+        put_timestamp(&mut head[9..14], 0x2, pts);
+        let body = [&adts[..], au];
+        let mut chunks = PesBytes::raw(&head, &body);
+        let total = head.len() + adts.len() + au.len();
+        write_pes(AUDIO_PID, &mut a.cc, None, &mut chunks, total, out);
+    }
+
+    /// Whether the stream has an audio PID.
+    pub fn has_audio(&self) -> bool {
+        self.audio.is_some()
     }
 
     /// Appends the PAT and the PMT.
@@ -175,9 +177,146 @@ impl TsWriter {
         pmt.push(stream_type(self.codec));
         pmt.extend_from_slice(&(0xe000 | VIDEO_PID).to_be_bytes());
         pmt.extend_from_slice(&[0xf0, 0x00]);
+        if self.audio.is_some() {
+            // ISO/IEC 13818-7 ADTS.
+            pmt.push(0x0f);
+            pmt.extend_from_slice(&(0xe000 | AUDIO_PID).to_be_bytes());
+            pmt.extend_from_slice(&[0xf0, 0x00]);
+        }
         self.cc_pmt = (self.cc_pmt + 1) & 0x0f;
         section(out, PMT_PID, self.cc_pmt, &mut pmt);
     }
+}
+
+/// Cuts a PES into packets of `pid`. With `pcr`, the first packet's
+/// adaptation field carries it (and the random access flag for a key
+/// frame); the last packet is filled up with adaptation-field stuffing.
+fn write_pes(
+    pid: u16,
+    cc: &mut u8,
+    pcr: Option<(u64, bool)>,
+    chunks: &mut PesBytes<'_>,
+    total: usize,
+    out: &mut Vec<u8>,
+) {
+    let mut written = 0;
+    let mut first = true;
+    while written < total {
+        let remaining = total - written;
+        let start = out.len();
+        out.resize(start + PACKET, 0xff);
+        let p = &mut out[start..];
+        p[0] = 0x47;
+        p[1] = (if first { 0x40 } else { 0 }) | (pid >> 8) as u8;
+        p[2] = pid as u8;
+        let with_pcr = pcr.filter(|_| first);
+        let af_min = if with_pcr.is_some() { 8 } else { 0 };
+        let room = PACKET - 4 - af_min;
+        let (af_len, payload) = if remaining >= room {
+            (af_min, room)
+        } else {
+            let af = PACKET - 4 - remaining;
+            (af, remaining)
+        };
+        *cc = (*cc + 1) & 0x0f;
+        p[3] = (if af_len > 0 { 0x30 } else { 0x10 }) | *cc;
+        if af_len > 0 {
+            // adaptation_field_length counts the bytes after itself.
+            p[4] = (af_len - 1) as u8;
+            if af_len > 1 {
+                p[5] = 0;
+                if let Some((pcr, key)) = with_pcr {
+                    p[5] = if key { 0x50 } else { 0x10 };
+                    put_pcr(&mut p[6..12], pcr);
+                }
+            }
+        }
+        let at = 4 + af_len;
+        chunks.fill(&mut p[at..at + payload]);
+        written += payload;
+        first = false;
+    }
+}
+
+/// The fixed part of an ADTS header (ISO/IEC 14496-3 1.A.2) for an AAC
+/// stream, from its AudioSpecificConfig.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adts {
+    /// ADTS profile: audio object type - 1 (AAC Main, LC, SSR, LTP).
+    profile: u8,
+    freq_index: u8,
+    channels: u8,
+}
+
+impl Adts {
+    /// Reads the object type, sampling frequency index and channel
+    /// configuration of an AudioSpecificConfig; HE-AAC (SBR, PS) is
+    /// written as its AAC core, which every decoder plays (implicit SBR).
+    pub fn from_config(config: &[u8]) -> Result<Adts, String> {
+        let bits = |from: usize, n: usize| -> Option<u32> {
+            let mut v = 0u32;
+            for i in from..from + n {
+                let byte = *config.get(i / 8)?;
+                v = (v << 1) | u32::from((byte >> (7 - i % 8)) & 1);
+            }
+            Some(v)
+        };
+        let short = || {
+            format!(
+                "an AudioSpecificConfig of {} bytes is too short",
+                config.len()
+            )
+        };
+        let mut object = bits(0, 5).ok_or_else(short)?;
+        let freq_index = bits(5, 4).ok_or_else(short)?;
+        let channels = bits(9, 4).ok_or_else(short)?;
+        if freq_index == 15 {
+            return Err("an explicit sampling rate, which ADTS cannot state".into());
+        }
+        if object == 5 || object == 29 {
+            // SBR/PS: extension frequency, then the core's object type.
+            object = bits(17, 5).ok_or_else(short)?;
+        }
+        if !(1..=4).contains(&object) {
+            return Err(format!(
+                "audio object type {object}, which ADTS cannot carry"
+            ));
+        }
+        if channels == 0 || channels > 7 {
+            return Err(format!(
+                "channel configuration {channels}, which ADTS cannot state"
+            ));
+        }
+        Ok(Adts {
+            profile: (object - 1) as u8,
+            freq_index: freq_index as u8,
+            channels: channels as u8,
+        })
+    }
+
+    /// The 7-byte header (no CRC) of a frame of `len` payload bytes.
+    fn header(&self, len: usize) -> Option<[u8; 7]> {
+        let frame = len + 7;
+        if frame >= 1 << 13 {
+            return None;
+        }
+        let f = frame as u16;
+        Some([
+            0xff,
+            0xf1, // MPEG-4, layer 0, no CRC
+            (self.profile << 6) | (self.freq_index << 2) | (self.channels >> 2),
+            ((self.channels & 3) << 6) | (f >> 11) as u8,
+            (f >> 3) as u8,
+            ((f as u8 & 7) << 5) | 0x1f, // buffer fullness 0x7ff: variable
+            0xfc,
+        ])
+    }
+}
+
+/// The audio stream of a [`TsWriter`].
+struct TsAudio {
+    adts: Adts,
+    cc: u8,
 }
 
 /// Writes a PSI section (its length field filled in, CRC appended) as one
@@ -204,6 +343,8 @@ fn section(out: &mut Vec<u8>, pid: u16, cc: u8, body: &mut Vec<u8>) {
 struct PesBytes<'a> {
     head: &'a [u8],
     nals: &'a [&'a [u8]],
+    /// Bytes before each piece: a start code for NAL units, none for audio.
+    prefix: &'static [u8],
     /// Position: index into `nals` (`usize::MAX` = in `head`) and offset
     /// within the 4-byte start code + NAL unit.
     nal: usize,
@@ -217,19 +358,29 @@ impl<'a> PesBytes<'a> {
         PesBytes {
             head,
             nals,
+            prefix: &START_CODE,
             nal: usize::MAX,
             off: 0,
         }
     }
 
+    /// The pieces as they are, without start codes.
+    fn raw(head: &'a [u8], pieces: &'a [&'a [u8]]) -> Self {
+        PesBytes {
+            prefix: &[],
+            ..PesBytes::new(head, pieces)
+        }
+    }
+
     fn fill(&mut self, mut dst: &mut [u8]) {
         while !dst.is_empty() {
+            let pre = self.prefix.len();
             let src: &[u8] = if self.nal == usize::MAX {
                 &self.head[self.off..]
-            } else if self.off < 4 {
-                &START_CODE[self.off..]
+            } else if self.off < pre {
+                &self.prefix[self.off..]
             } else {
-                &self.nals[self.nal][self.off - 4..]
+                &self.nals[self.nal][self.off - pre..]
             };
             if src.is_empty() {
                 self.nal = self.nal.wrapping_add(1);
@@ -529,6 +680,76 @@ mod tests {
         assert_eq!(&body[6..11], &[0, 0, 0, 1, 0x67]);
         assert_eq!(body.len(), 6 + 8 + 8 + 4 + idr.len());
         assert_eq!(&body[body.len() - idr.len()..], &idr[..]);
+    }
+
+    #[test]
+    fn adts_headers_follow_the_audio_specific_config() {
+        // AAC LC, 48 kHz, mono: the config GStreamer's voaacenc sends.
+        let lc = Adts::from_config(&[0x11, 0x88]).unwrap();
+        assert_eq!(
+            lc.header(100).unwrap(),
+            [0xff, 0xf1, 0x4c, 0x40, 0x0d, 0x7f, 0xfc]
+        );
+        // HE-AAC (explicit SBR, 24 kHz core, stereo) is written as its core.
+        let he = Adts::from_config(&[0x2b, 0x11, 0x88, 0x00]).unwrap();
+        assert_eq!(he.profile, 1);
+        for bad in [
+            &[][..],
+            &[0x17, 0x80, 0, 0, 0],
+            &[0xf8, 0x88],
+            &[0x11, 0x80],
+        ] {
+            assert!(Adts::from_config(bad).is_err(), "{bad:02x?}");
+        }
+        assert!(lc.header(8192).is_none(), "13 bits of frame length");
+    }
+
+    #[test]
+    fn audio_has_its_own_pid_and_the_scanner_still_reads_the_video() {
+        let mut w = TsWriter::new(Codec::H264).with_aac(Adts::from_config(&[0x11, 0x88]).unwrap());
+        let mut out = Vec::new();
+        let idr = Bytes::from([&[0x65u8][..], &[0xab; 3000][..]].concat());
+        let aac: Vec<u8> = (0..300).map(|i| i as u8).collect();
+        for i in 0..10u64 {
+            w.write_au(
+                std::slice::from_ref(&idr),
+                i == 0,
+                &[],
+                90_000 + i * 3600,
+                &mut out,
+            );
+            w.write_audio(&aac, 90_000 + i * 1920, &mut out);
+        }
+        let audio: Vec<&[u8]> = out
+            .chunks(PACKET)
+            .filter(|p| (u16::from(p[1] & 0x1f) << 8 | u16::from(p[2])) == AUDIO_PID)
+            .collect();
+        assert_eq!(
+            audio.len(),
+            20,
+            "300 bytes of AAC + headers: two packets each"
+        );
+        for (i, p) in audio.iter().enumerate() {
+            assert_eq!(p[3] & 0x0f, ((i + 1) & 0x0f) as u8, "continuity");
+        }
+        // The PES: stream 0xc0, bounded length, then ADTS and the frame.
+        let mut es = Vec::new();
+        for p in &audio[..2] {
+            let start = if p[3] & 0x20 != 0 {
+                5 + p[4] as usize
+            } else {
+                4
+            };
+            es.extend_from_slice(&p[start..]);
+        }
+        assert_eq!(&es[..4], &[0, 0, 1, 0xc0]);
+        assert_eq!(u16::from_be_bytes([es[4], es[5]]) as usize, 3 + 5 + 7 + 300);
+        assert_eq!(&es[14..16], &[0xff, 0xf1]);
+        assert_eq!(&es[21..], &aac[..]);
+        let mut s = TsScanner::new();
+        s.push(&out);
+        let sum = s.finish();
+        assert_eq!((sum.frames, sum.first_pts), (10, Some(90_000)));
     }
 
     fn segment(frames: usize, first_pts: u64, step: u64) -> Vec<u8> {
