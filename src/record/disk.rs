@@ -32,6 +32,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::index::{self, Entry, Inventory, Line, SegmentName};
+use super::reorder::DtsClock;
 use super::ts::{TsScanner, TsWriter};
 use crate::media::Codec;
 use crate::metrics::RecordMetrics;
@@ -115,6 +116,9 @@ pub struct FrameJob {
     /// The camera's AAC stream, for a segment this frame starts: its
     /// segment gets an audio stream.
     pub audio: Option<crate::record::ts::Adts>,
+    /// The stream's reorder depth (B-frames), for a segment this frame
+    /// starts: its decode times follow it.
+    pub reorder: u8,
     pub nals: Vec<Bytes>,
     /// Parameter sets to write before a key frame that lacks them.
     pub params: Vec<Bytes>,
@@ -883,6 +887,7 @@ struct Open {
     last_wall: i64,
     /// Last frame interval seen (the last frame's duration).
     interval: i64,
+    dts: DtsClock,
     last_frame: Instant,
     metrics: RecordMetrics,
 }
@@ -968,7 +973,12 @@ impl Writer {
         }
         let o = self.open.get_mut(&f.channel).expect("inserted above");
         let pts = f.time.rem_euclid(1 << 33) as u64;
-        o.ts.write_au(&f.nals, f.key, &f.params, pts, &mut o.buf);
+        let deep = o.dts.too_deep;
+        let dts = o.dts.next(f.time, o.interval).rem_euclid(1 << 33) as u64;
+        if deep == 0 && o.dts.too_deep > 0 {
+            tracing::warn!(channel = f.channel, segment = %f.segment, "the camera's B-frames reorder deeper than this segment assumed: some of its pictures get late decode times; the next segment follows the measured depth");
+        }
+        o.ts.write_au_dts(&f.nals, f.key, &f.params, pts, dts, &mut o.buf);
         let step = f.time.saturating_sub(o.last_time);
         if (1..=i64::from(crate::media::time::CLOCK_RATE)).contains(&step) {
             o.interval = step;
@@ -1028,6 +1038,7 @@ impl Writer {
             first_wall: f.wall_ms,
             last_wall: f.wall_ms,
             interval: 3600,
+            dts: DtsClock::new(f.reorder),
             last_frame: Instant::now(),
             metrics: f.metrics.clone(),
         })

@@ -13,6 +13,7 @@
 pub mod copy;
 pub mod disk;
 pub mod index;
+pub mod reorder;
 pub mod ts;
 
 use std::path::PathBuf;
@@ -256,6 +257,8 @@ impl Recorder {
             seq: 0,
             losing: false,
             audio: None,
+            reorder: reorder::ReorderProbe::default(),
+            segment_reorder: 0,
         }
     }
 }
@@ -388,6 +391,10 @@ pub struct ChannelRecorder {
     /// The camera's AAC track (its index among the tracks besides video),
     /// recorded beside the video from the next segment on.
     audio: Option<(usize, ts::Adts)>,
+    /// The stream's B-frame reorder depth, for the decode times.
+    reorder: reorder::ReorderProbe,
+    /// The depth the current segment was started with.
+    segment_reorder: u8,
 }
 
 impl ChannelRecorder {
@@ -401,6 +408,8 @@ impl ChannelRecorder {
             self.end();
         }
         let wall_ms = now_ms(wall);
+        let depth = self.reorder.depth();
+        self.reorder.push(time.0);
         let start_ms = match self.segmenter.push(au.key, time, wall_ms) {
             Cut::Wait => {
                 self.close();
@@ -422,6 +431,7 @@ impl ChannelRecorder {
             };
             self.seq += 1;
             self.losing = false;
+            self.segment_reorder = depth;
             self.current = Some((SegmentName::new(start_ms, &self.rec.server), d));
         }
         let Some((name, d)) = &self.current else {
@@ -432,6 +442,7 @@ impl ChannelRecorder {
             segment: name.clone(),
             codec: au.codec,
             audio: self.audio.map(|(_, a)| a),
+            reorder: self.segment_reorder,
             nals: au.nals.clone(),
             params: if au.key { params.to_vec() } else { Vec::new() },
             key: au.key,
@@ -467,6 +478,13 @@ impl ChannelRecorder {
                 },
                 _ => None,
             });
+        if audio.is_none()
+            && let Some(t) = tracks
+                .iter()
+                .find(|t| t.kind == crate::media::TrackKind::Audio)
+        {
+            tracing::info!(channel = self.channel, track = %t.name(), "this audio is relayed but not recorded: MPEG-TS has no stream type ffmpeg reads for it");
+        }
         if audio != self.audio {
             // A segment's streams are fixed at its start.
             self.end();
@@ -499,6 +517,8 @@ impl ChannelRecorder {
     pub fn end(&mut self) {
         self.close();
         self.segmenter.reset();
+        // The next session may reorder differently.
+        self.reorder.reset();
     }
 
     /// Asks the writer to finish the current segment.

@@ -16,8 +16,8 @@
 //!
 //! Layout: PAT (PID 0) and PMT (PID 0x1000) before every key frame, one video
 //! PID (0x100) that also carries the PCR, an AAC audio PID (0x101, ADTS, one
-//! PES per AAC frame) when the camera sends AAC, one PES per access unit with PTS
-//! (= DTS: cameras send no B-frames; the relay keeps decode order), an access
+//! PES per AAC frame) when the camera sends AAC, one PES per access unit with
+//! PTS, and DTS when a B-frame camera's differ ([`super::reorder`]), an access
 //! unit delimiter first (H.264 and H.265 in TS require it), parameter sets
 //! before each key frame that lacks them.
 
@@ -93,10 +93,25 @@ impl TsWriter {
         pts: u64,
         out: &mut Vec<u8>,
     ) {
+        self.write_au_dts(nals, key, params, pts, pts, out);
+    }
+
+    /// [`TsWriter::write_au`] with a decode time of its own (B-frames):
+    /// the PES carries both, and the PCR follows the decode time.
+    pub fn write_au_dts(
+        &mut self,
+        nals: &[Bytes],
+        key: bool,
+        params: &[Bytes],
+        pts: u64,
+        dts: u64,
+        out: &mut Vec<u8>,
+    ) {
         if key {
             self.write_psi(out);
         }
         let pts = pts & PTS_MASK;
+        let dts = dts & PTS_MASK;
         let has_aud = nals
             .first()
             .is_some_and(|n| self.codec.classify(n) == NalKind::Aud);
@@ -117,17 +132,27 @@ impl TsWriter {
         let es_len: usize = es.iter().map(|n| 4 + n.len()).sum();
 
         // PES header: start code, stream id, length 0 (unbounded: video),
-        // '10' marker, flags PTS only, header data length 5, PTS.
-        let mut head = [0u8; 14];
-        head[..4].copy_from_slice(&[0, 0, 1, 0xe0]);
-        head[6] = 0x80;
-        head[7] = 0x80;
-        head[8] = 5;
-        put_timestamp(&mut head[9..14], 0x2, pts);
+        // '10' marker, flags PTS (and DTS when it differs), header data
+        // length, the times.
+        let mut head_buf = [0u8; 19];
+        head_buf[..4].copy_from_slice(&[0, 0, 1, 0xe0]);
+        head_buf[6] = 0x80;
+        let head = if dts == pts {
+            head_buf[7] = 0x80;
+            head_buf[8] = 5;
+            put_timestamp(&mut head_buf[9..14], 0x2, pts);
+            &head_buf[..14]
+        } else {
+            head_buf[7] = 0xc0;
+            head_buf[8] = 10;
+            put_timestamp(&mut head_buf[9..14], 0x3, pts);
+            put_timestamp(&mut head_buf[14..19], 0x1, dts);
+            &head_buf[..]
+        };
 
-        let mut chunks = PesBytes::new(&head, &es);
+        let mut chunks = PesBytes::new(head, &es);
         let total = head.len() + es_len;
-        let pcr = Some((pts.wrapping_sub(PCR_LEAD) & PTS_MASK, key));
+        let pcr = Some((dts.wrapping_sub(PCR_LEAD) & PTS_MASK, key));
         write_pes(VIDEO_PID, &mut self.cc_video, pcr, &mut chunks, total, out);
     }
 

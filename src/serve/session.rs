@@ -417,11 +417,15 @@ impl Connection {
             last_request: now,
         });
         session.transport = transport;
-        // A video set up again on another transport leaves no track behind
-        // on the old one.
-        session
-            .tracks
-            .retain(|(_, t)| std::mem::discriminant(t) == std::mem::discriminant(&transport));
+        // A video set up again on another transport, or on channels a track
+        // uses, leaves no track behind there.
+        session.tracks.retain(|(_, t)| match (t, transport) {
+            (SessionTransport::Tcp { rtp, rtcp }, SessionTransport::Tcp { rtp: a, rtcp: b }) => {
+                ![a, b].contains(rtp) && ![a, b].contains(rtcp)
+            }
+            (SessionTransport::Multicast(_), SessionTransport::Multicast(_)) => true,
+            _ => false,
+        });
         self.with_session(reply(cseq, StatusCode::Ok, Action::None))
             .header(headers::TRANSPORT, transport_header(transport))
             .finish()

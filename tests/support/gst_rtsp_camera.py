@@ -4,7 +4,8 @@
 Usage: gst_rtsp_camera.py PORT PATH CODEC[+AUDIO] [USER PASSWORD]
 
 Serves a live test pattern (640x360, 25 fps, 1 s GOP) encoded with x264 or
-x265 at rtsp://127.0.0.1:PORT/PATH, with Digest authentication when USER and
+x265 (h264b: x264 with two B-frames between references) at
+rtsp://127.0.0.1:PORT/PATH, with Digest authentication when USER and
 PASSWORD are given. With +aac or +pcmu (e.g. h264+aac) the media has a
 second stream: a 440 Hz tone as AAC (48 kHz mono, RFC 3640 AAC-hbr) or
 G.711 mu-law (8 kHz). Run it with Debian's /usr/bin/python3 (python3-gi).
@@ -25,6 +26,11 @@ codec, _, audio = sys.argv[3].partition("+")
 enc = {
     "h264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=400 "
             "! video/x-h264,profile=main ! rtph264pay name=pay0 pt=96 config-interval=-1",
+    # B-frames: decode order differs from presentation order (IBBP, no
+    # pyramid), as some cameras' "high efficiency" modes send.
+    "h264b": "x264enc speed-preset=superfast bframes=2 b-adapt=false b-pyramid=false "
+             "key-int-max=25 bitrate=400 ! video/x-h264,profile=main "
+             "! rtph264pay name=pay0 pt=96 config-interval=-1",
     "h265": "x265enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=400 "
             "! rtph265pay name=pay0 pt=96 config-interval=-1",
 }[codec]

@@ -588,6 +588,30 @@ fn each_track_is_set_up_on_its_own_channels_or_group() {
             tracks: vec![(1, SessionTransport::Tcp { rtp: 2, rtcp: 3 })],
         }
     );
+    // The video set up again on the audio's channels: the audio is gone.
+    let mut c2 = Client::new(true, false);
+    for (i, (url, ch)) in [
+        ("trackID=0", "0-1"),
+        ("trackID=1", "2-3"),
+        ("trackID=0", "2-3"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let session = if i == 0 {
+            ""
+        } else {
+            "Session: 0000000000000ABC\r\n"
+        };
+        let o = c2.send(
+            "SETUP",
+            &format!("rtsp://h/1/{url}"),
+            &format!("{session}Transport: RTP/AVP/TCP;unicast;interleaved={ch}\r\n"),
+            &cat,
+        );
+        assert_eq!(status(&o), 200);
+    }
+    assert!(c2.conn.session().unwrap().tracks.is_empty());
 
     // Multicast: the track's own group and port; a track with no multicast
     // destination cannot be set up that way.
