@@ -67,7 +67,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
 
     // Start the RTSP cameras on free loopback ports and point the channels
     // at them: the relay ingests RTSP over TCP, as a real site does.
-    for (channel, data) in server.channels.iter_mut().zip([CLIP_H264, CLIP_H265]) {
+    // The H.264 camera has sound too (G.711, a beep each second).
+    for ((channel, data), audio) in server
+        .channels
+        .iter_mut()
+        .zip([CLIP_H264, CLIP_H265])
+        .zip([true, false])
+    {
         let clip =
             Clip::parse(Bytes::from_static(data), channel.codec, None).context("embedded clip")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -80,7 +86,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         let cancel = shutdown.child_token();
         tokio::spawn(async move {
             if let Err(e) =
-                camera::serve_rtsp(Arc::new(clip), listener, CAMERA_PATH, None, cancel).await
+                camera::serve_rtsp(Arc::new(clip), listener, CAMERA_PATH, None, audio, cancel).await
             {
                 tracing::error!(error = %e, "simulated camera failed");
             }

@@ -141,6 +141,9 @@ enum Command {
         /// Frame rate, if the clip does not state one (default 25).
         #[arg(long)]
         fps: Option<f64>,
+        /// RTSP: a G.711 audio track too (a beep each second).
+        #[arg(long)]
+        audio: bool,
     },
 }
 
@@ -274,6 +277,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             password,
             codec,
             fps,
+            audio,
         } => {
             let codec = codec.map(|c| match c {
                 ClipCodec::H264 => Codec::H264,
@@ -304,6 +308,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             listener,
                             &path,
                             creds,
+                            audio,
                             shutdown,
                         )
                         .await?;

@@ -142,6 +142,7 @@ pub async fn serve_rtsp(
     listener: TcpListener,
     path: &str,
     credentials: Option<(String, String)>,
+    audio: bool,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     use crate::channel::core::StreamIds;
@@ -195,42 +196,131 @@ pub async fn serve_rtsp(
         },
         metrics,
     });
-    tokio::spawn(play(clip, publisher, cancel.clone()));
+    tokio::spawn(play(clip, publisher, audio, cancel.clone()));
     crate::runtime::rtsp::serve(listener, shared, cancel).await;
     drop(directory);
     Ok(())
 }
 
 /// Feeds the clip's access units at its frame rate, forever, with
-/// timestamps that keep counting across loops.
+/// timestamps that keep counting across loops; with `audio`, a G.711
+/// mu-law track beside it ([`Beeps`]) on the same time line.
 async fn play(
     clip: Arc<Clip>,
     mut publisher: crate::channel::Publisher,
+    audio: bool,
     cancel: CancellationToken,
 ) {
     use crate::ingest::Sink;
     publisher.session_started(clip.codec);
+    if audio {
+        publisher.tracks(vec![Beeps::track()], Vec::new());
+    }
+    let mut beeps = audio.then(Beeps::default);
     let period = clip.frame_period();
     let ticks = f64::from(crate::media::time::CLOCK_RATE) / clip.fps;
     let mut start = Instant::now();
-    let mut i: u64 = 0;
-    let mut base: u64 = 0;
+    // Pictures and audio frames sent, and how many of each were sent when
+    // the schedule last re-anchored to `start`.
+    let (mut i, mut base): (u64, u64) = (0, 0);
+    let (mut j, mut audio_base): (u64, u64) = (0, 0);
     loop {
-        let due = start + period.mul_f64((i - base) as f64);
+        let video_due = start + period.mul_f64((i - base) as f64);
+        let audio_due = beeps
+            .as_ref()
+            .map(|_| start + Beeps::FRAME * (j - audio_base) as u32);
+        let due = audio_due.map_or(video_due, |a| a.min(video_due));
         let now = Instant::now();
         if now > due + MAX_LAG {
             start = now;
             base = i;
+            audio_base = j;
         }
         tokio::select! {
             () = tokio::time::sleep_until(due.into()) => {}
             () = cancel.cancelled() => return,
+        }
+        if let (Some(b), Some(a)) = (beeps.as_mut(), audio_due)
+            && a < video_due
+        {
+            let (data, elapsed) = b.next_frame();
+            publisher.track_frame(0, data, elapsed, Instant::now());
+            j += 1;
+            continue;
         }
         let au = clip.access_units[(i % clip.access_units.len() as u64) as usize].clone();
         let t = crate::media::MediaTime((i as f64 * ticks).round() as i64);
         publisher.access_unit(au, t, Instant::now());
         i += 1;
     }
+}
+
+/// The simulated camera's sound: G.711 mu-law at 8 kHz in 20 ms frames, a
+/// 200 ms 880 Hz beep at the start of every second of media time (so that
+/// a listener hears it, and a test can line it up with the pictures),
+/// silence between.
+#[derive(Debug, Default)]
+pub struct Beeps {
+    frames: u64,
+}
+
+impl Beeps {
+    pub const FRAME: Duration = Duration::from_millis(20);
+    const RATE: u32 = 8000;
+    const SAMPLES: u64 = 160;
+
+    pub fn track() -> crate::media::TrackDesc {
+        crate::media::TrackDesc {
+            kind: crate::media::TrackKind::Audio,
+            encoding: "PCMU".into(),
+            clock_rate: Self::RATE,
+            channels: Some(1),
+            payload: crate::media::Payload::Frame,
+        }
+    }
+
+    /// The next frame and its time (8 kHz ticks since the first).
+    pub fn next_frame(&mut self) -> (Bytes, i64) {
+        let first = self.frames * Self::SAMPLES;
+        let data: Vec<u8> = (first..first + Self::SAMPLES)
+            .map(|n| {
+                let in_second = n % u64::from(Self::RATE);
+                let beep = in_second < u64::from(Self::RATE) / 5;
+                let t = n as f64 / f64::from(Self::RATE);
+                let v = if beep {
+                    (t * 880.0 * std::f64::consts::TAU).sin() * 8000.0
+                } else {
+                    0.0
+                };
+                ulaw(v as i16)
+            })
+            .collect();
+        self.frames += 1;
+        (Bytes::from(data), first as i64)
+    }
+}
+
+/// G.711 mu-law of a 16-bit sample (ITU-T G.711, the usual bias-and-segment
+/// form).
+fn ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let mut s = i32::from(sample);
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(CLIP) + BIAS;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && s & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0f;
+    !(sign | (exponent << 4) | mantissa) as u8
 }
 
 /// Encodes a test-pattern clip with Debian's ffmpeg (libx264): `seconds`
@@ -346,6 +436,26 @@ async fn stream_annexb(clip: &Clip, mut sock: TcpStream) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mu_law_matches_g711() {
+        // Zero, the extremes, and a value in each direction.
+        assert_eq!(ulaw(0), 0xff);
+        assert_eq!(ulaw(i16::MAX), 0x80);
+        assert_eq!(ulaw(i16::MIN), 0x00);
+        assert_eq!(ulaw(1000), 0xce);
+        assert_eq!(ulaw(-1000), 0x4e);
+        let mut b = Beeps::default();
+        let (f0, t0) = b.next_frame();
+        let (_, t1) = b.next_frame();
+        assert_eq!((f0.len(), t0, t1), (160, 0, 160));
+        assert!(f0.iter().any(|&x| x != 0xff), "a beep at the start");
+        for _ in 2..20 {
+            b.next_frame();
+        }
+        let (quiet, _) = b.next_frame();
+        assert!(quiet.iter().all(|&x| x == 0xff), "silence after 200 ms");
+    }
 
     #[test]
     fn shipped_clips_parse() {
