@@ -77,6 +77,10 @@ enum Command {
         /// Runtime threads for mcrelay (it is pinned to one CPU).
         #[arg(long, default_value_t = 1)]
         mcrelay_threads: usize,
+        /// Cameras send a G.711 audio track too (mcrelay relays it to its
+        /// own multicast port): the extra cost of a track.
+        #[arg(long)]
+        audio: bool,
     },
     /// The floor sender (run by the suite on the recorder host).
     #[command(hide = true)]
@@ -189,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             quick,
             relays,
             mcrelay_threads,
+            audio,
         } => {
             let wanted = |r: Relay| relays.is_empty() || relays.iter().any(|k| k == r.key());
             // The defaults of a full run, or of a quick one; what is given
@@ -222,6 +227,7 @@ fn main() -> anyhow::Result<()> {
                 gst_rtsp_relay: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                     .join("benches/support/gst_rtsp_relay.py"),
                 mcrelay_threads,
+                audio,
             };
             std::fs::create_dir_all(&out)?;
             let work = tempfile::tempdir()?;

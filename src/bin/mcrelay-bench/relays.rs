@@ -116,6 +116,8 @@ pub struct Env {
     pub fmtp: String,
     /// `mcrelay run --threads`.
     pub mcrelay_threads: usize,
+    /// The camera sends a G.711 track too.
+    pub audio: bool,
 }
 
 /// Channel `ch`'s group (1-based channels, one group per channel): the
@@ -391,5 +393,8 @@ pub fn camera(lan: &Lan, env: &Env) -> anyhow::Result<Proc> {
         "--path",
         "stream",
     ]);
+    if env.audio {
+        c.arg("--audio");
+    }
     Proc::spawn(c)
 }
