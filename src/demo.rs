@@ -67,7 +67,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
 
     // Start the RTSP cameras on free loopback ports and point the channels
     // at them: the relay ingests RTSP over TCP, as a real site does.
-    // The H.264 camera has sound too (G.711, a beep each second).
+    // The H.264 camera has sound (G.711, a beep each second) and ONVIF
+    // metadata (a licence plate each second) too.
     for ((channel, data), audio) in server
         .channels
         .iter_mut()
@@ -84,9 +85,14 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         channel.source = url.parse::<Source>().map_err(anyhow::Error::msg)?;
         tracing::info!(channel = channel.id, camera = %url, codec = %clip.codec, "simulated RTSP camera streaming its clip");
         let cancel = shutdown.child_token();
+        let tracks = camera::CameraTracks {
+            audio,
+            metadata: audio,
+        };
         tokio::spawn(async move {
             if let Err(e) =
-                camera::serve_rtsp(Arc::new(clip), listener, CAMERA_PATH, None, audio, cancel).await
+                camera::serve_rtsp(Arc::new(clip), listener, CAMERA_PATH, None, tracks, cancel)
+                    .await
             {
                 tracing::error!(error = %e, "simulated camera failed");
             }

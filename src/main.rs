@@ -144,6 +144,9 @@ enum Command {
         /// RTSP: a G.711 audio track too (a beep each second).
         #[arg(long)]
         audio: bool,
+        /// RTSP: an ONVIF metadata track too (a licence plate each second).
+        #[arg(long)]
+        metadata: bool,
     },
 }
 
@@ -278,6 +281,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             codec,
             fps,
             audio,
+            metadata,
         } => {
             let codec = codec.map(|c| match c {
                 ClipCodec::H264 => Codec::H264,
@@ -308,7 +312,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             listener,
                             &path,
                             creds,
-                            audio,
+                            mcrelay::camera::CameraTracks { audio, metadata },
                             shutdown,
                         )
                         .await?;

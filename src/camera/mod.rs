@@ -142,7 +142,7 @@ pub async fn serve_rtsp(
     listener: TcpListener,
     path: &str,
     credentials: Option<(String, String)>,
-    audio: bool,
+    tracks: CameraTracks,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     use crate::channel::core::StreamIds;
@@ -196,27 +196,45 @@ pub async fn serve_rtsp(
         },
         metrics,
     });
-    tokio::spawn(play(clip, publisher, audio, cancel.clone()));
+    tokio::spawn(play(clip, publisher, tracks, cancel.clone()));
     crate::runtime::rtsp::serve(listener, shared, cancel).await;
     drop(directory);
     Ok(())
 }
 
+/// The tracks a simulated camera sends besides its video.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CameraTracks {
+    /// G.711 mu-law, a beep each second ([`Beeps`]).
+    pub audio: bool,
+    /// ONVIF metadata, an analytics document each second ([`Plates`]).
+    pub metadata: bool,
+}
+
 /// Feeds the clip's access units at its frame rate, forever, with
-/// timestamps that keep counting across loops; with `audio`, a G.711
-/// mu-law track beside it ([`Beeps`]) on the same time line.
+/// timestamps that keep counting across loops; the tracks besides video on
+/// the same time line.
 async fn play(
     clip: Arc<Clip>,
     mut publisher: crate::channel::Publisher,
-    audio: bool,
+    tracks: CameraTracks,
     cancel: CancellationToken,
 ) {
     use crate::ingest::Sink;
     publisher.session_started(clip.codec);
-    if audio {
-        publisher.tracks(vec![Beeps::track()], Vec::new());
+    let mut descs = Vec::new();
+    if tracks.audio {
+        descs.push(Beeps::track());
     }
-    let mut beeps = audio.then(Beeps::default);
+    let metadata_index = descs.len();
+    if tracks.metadata {
+        descs.push(Plates::track());
+    }
+    if !descs.is_empty() {
+        publisher.tracks(descs, Vec::new());
+    }
+    let mut plates = tracks.metadata.then(Plates::default);
+    let mut beeps = tracks.audio.then(Beeps::default);
     let period = clip.frame_period();
     let ticks = f64::from(crate::media::time::CLOCK_RATE) / clip.fps;
     let mut start = Instant::now();
@@ -251,7 +269,57 @@ async fn play(
         let au = clip.access_units[(i % clip.access_units.len() as u64) as usize].clone();
         let t = crate::media::MediaTime((i as f64 * ticks).round() as i64);
         publisher.access_unit(au, t, Instant::now());
+        // A metadata document with the first picture of each second.
+        if let Some(p) = plates.as_mut()
+            && (i as f64 % clip.fps.round().max(1.0)) < 1.0
+        {
+            publisher.track_frame(metadata_index, p.next_document(), t.0, Instant::now());
+        }
         i += 1;
+    }
+}
+
+/// The simulated camera's ONVIF metadata: once a second, a
+/// `tt:MetadataStream` document with one analytics frame naming a licence
+/// plate `MCR-n` (n counting up), padded past one RTP packet so that it
+/// is split and joined again on its way.
+#[derive(Debug, Default)]
+pub struct Plates {
+    n: u64,
+}
+
+impl Plates {
+    pub fn track() -> crate::media::TrackDesc {
+        crate::media::TrackDesc {
+            kind: crate::media::TrackKind::Metadata,
+            encoding: "vnd.onvif.metadata".into(),
+            clock_rate: crate::media::time::CLOCK_RATE,
+            channels: None,
+            payload: crate::media::Payload::Message,
+        }
+    }
+
+    pub fn next_document(&mut self) -> Bytes {
+        self.n += 1;
+        let n = self.n;
+        let when = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        // A description long enough to need two packets.
+        let note = "x".repeat(1500);
+        Bytes::from(format!(
+            concat!(
+                r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+                r#"<tt:MetadataStream xmlns:tt="http://www.onvif.org/ver10/schema">"#,
+                r#"<tt:VideoAnalytics><tt:Frame UtcTime="{when}">"#,
+                r#"<tt:Object ObjectId="{n}"><tt:Appearance><tt:Class>"#,
+                r#"<tt:Type Likelihood="0.93">LicensePlate</tt:Type></tt:Class>"#,
+                r#"<tt:Extension><Plate>MCR-{n}</Plate><Note>{note}</Note></tt:Extension>"#,
+                r#"</tt:Appearance></tt:Object></tt:Frame></tt:VideoAnalytics>"#,
+                r#"</tt:MetadataStream>"#
+            ),
+            when = when,
+            n = n,
+            note = note
+        ))
     }
 }
 

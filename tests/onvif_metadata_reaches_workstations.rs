@@ -1,0 +1,132 @@
+//! ONVIF metadata (the stream that carries motion and analytics events,
+//! ANPR among them) goes with the video: mcrelay's simulated camera sends a
+//! licence-plate document each second as `application/vnd.onvif.metadata`
+//! beside H.264 and G.711; mcrelay ingests all three with retina over one
+//! interleaved connection and sends the metadata to its own multicast port.
+//! A receiver on that port joins the packets back into the documents, whole
+//! and in order, under one SSRC of their own.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::Netns;
+
+const SITE: &str = r#"
+[[server]]
+name = "rec"
+password = "test"
+protocol = "rtp-multicast"
+control = "127.0.0.1:8080"
+[server.multicast]
+address = "239.255.23.1"
+port = 6000
+interface = "127.0.0.1"
+ttl = 1
+[[server.channel]]
+id = 5
+name = "gate with ANPR"
+source = "rtsp://127.0.0.1:8610/stream"
+"#;
+
+#[test]
+fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
+    let ns = Netns::new("onvif");
+    let dir = common::tempdir();
+    let site = common::write_site(dir.path(), SITE);
+    let mut cmd = ns.command(common::mcrelay());
+    cmd.args(["camera", "--clip"])
+        .arg(common::clip("camera-h264.h264"))
+        .args(["--listen", "127.0.0.1:8610", "--audio", "--metadata"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _camera = common::Proc::spawn(cmd, "mcrelay camera with metadata");
+    let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
+    common::wait_camera_state(&ns, 5, "streaming", Duration::from_secs(20));
+
+    // The SDP lists it on the metadata base: 6000 + 4000 + 2 x 5.
+    let sdp = common::wait_for(Duration::from_secs(10), || {
+        let (code, body) = ns
+            .run(|| common::http_get("127.0.0.1:8080", "/channels/5.sdp"))
+            .ok()?;
+        (code == 200 && body.contains("m=application")).then_some(body)
+    })
+    .expect("the SDP never listed the metadata track");
+    assert!(sdp.contains("m=application 10010 RTP/AVP 98\r\n"), "{sdp}");
+    assert!(
+        sdp.contains("a=rtpmap:98 vnd.onvif.metadata/90000\r\n"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("m=audio 8010 RTP/AVP 0\r\n"), "{sdp}");
+
+    // 6 s of the metadata port, and the video's SSRC for comparison.
+    let group = "239.255.23.1".parse().unwrap();
+    let (packets, video_ssrc) = ns.run(move || {
+        let meta = common::join(group, 10010);
+        let video = common::join(group, 6010);
+        let mut buf = vec![0u8; 65536];
+        let mut packets = Vec::new();
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            if let Ok(n) = meta.recv(&mut buf) {
+                packets.push(buf[..n].to_vec());
+            }
+        }
+        video.recv(&mut buf).expect("video packets");
+        (packets, u32::from_be_bytes(buf[8..12].try_into().unwrap()))
+    });
+    assert!(packets.len() >= 8, "{} metadata packets", packets.len());
+    let ssrcs: BTreeSet<u32> = packets
+        .iter()
+        .map(|p| u32::from_be_bytes(p[8..12].try_into().unwrap()))
+        .collect();
+    assert_eq!(ssrcs.len(), 1, "one SSRC: {ssrcs:?}");
+    assert!(
+        !ssrcs.contains(&video_ssrc),
+        "its own SSRC, not the video's"
+    );
+    for w in packets.windows(2) {
+        let (a, b) = (
+            u16::from_be_bytes([w[0][2], w[0][3]]),
+            u16::from_be_bytes([w[1][2], w[1][3]]),
+        );
+        assert_eq!(b, a.wrapping_add(1), "no packet lost or reordered");
+        assert_eq!(w[0][1] & 0x7f, 98, "payload type");
+    }
+
+    // Join by the marker bit: whole documents, plates counting up by one.
+    let mut docs = Vec::new();
+    let mut current = Vec::new();
+    let mut started = false;
+    for p in &packets {
+        let marker = p[1] & 0x80 != 0;
+        if started {
+            current.extend_from_slice(&p[12..]);
+        }
+        if marker {
+            if started {
+                docs.push(String::from_utf8(std::mem::take(&mut current)).expect("UTF-8 XML"));
+            }
+            started = true;
+        }
+    }
+    assert!(docs.len() >= 4, "{} whole documents in 6 s", docs.len());
+    let mut plates = Vec::new();
+    for d in &docs {
+        assert!(d.starts_with("<?xml"), "{d}");
+        assert!(d.ends_with("</tt:MetadataStream>"), "{d}");
+        assert!(d.len() > 1400, "split across packets: {} bytes", d.len());
+        let plate = d
+            .split("<Plate>MCR-")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no plate in {d}"));
+        plates.push(plate);
+    }
+    assert!(
+        plates.windows(2).all(|w| w[1] == w[0] + 1),
+        "plates in order, none lost: {plates:?}"
+    );
+}
