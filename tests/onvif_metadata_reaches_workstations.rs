@@ -4,7 +4,8 @@
 //! beside H.264 and G.711; mcrelay ingests all three with retina over one
 //! interleaved connection and sends the metadata to its own multicast port.
 //! A receiver on that port joins the packets back into the documents, whole
-//! and in order, under one SSRC of their own.
+//! and in order, under one SSRC of their own; the recorded segments hold
+//! them too, as a data stream beside the video, each at its time.
 
 mod common;
 
@@ -24,6 +25,9 @@ address = "239.255.23.1"
 port = 6000
 interface = "127.0.0.1"
 ttl = 1
+[server.storage]
+disks = ["DISK"]
+segment = "2s"
 [[server.channel]]
 id = 5
 name = "gate with ANPR"
@@ -34,7 +38,12 @@ source = "rtsp://127.0.0.1:8610/stream"
 fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
     let ns = Netns::new("onvif");
     let dir = common::tempdir();
-    let site = common::write_site(dir.path(), SITE);
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let site = common::write_site(
+        dir.path(),
+        &SITE.replace("DISK", &disk.display().to_string()),
+    );
     let mut cmd = ns.command(common::mcrelay());
     cmd.args(["camera", "--clip"])
         .arg(common::clip("camera-h264.h264"))
@@ -129,4 +138,104 @@ fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
         plates.windows(2).all(|w| w[1] == w[0] + 1),
         "plates in order, none lost: {plates:?}"
     );
+
+    // The recording: a data stream beside the video, each document at the
+    // time of the picture it came with.
+    let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch5"))
+        .expect("segments")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let seg = &segs[1];
+    let o = ns
+        .command("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(seg)
+        .output()
+        .unwrap();
+    let types: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(types, ["video", "data"], "{}", seg.display());
+    let o = ns
+        .command("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "d:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(seg)
+        .output()
+        .unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    // The camera sends one with the picture at each whole second: as many
+    // as the segment's pictures span.
+    let o = ns
+        .command("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(seg)
+        .output()
+        .unwrap();
+    let pictures: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    let (first, last) = (pictures[0], pictures[pictures.len() - 1]);
+    let want: Vec<f64> = (first.ceil() as i64..=last.floor() as i64)
+        .map(|k| k as f64)
+        .filter(|k| *k >= first - 0.001)
+        .collect();
+    assert_eq!(
+        times.len(),
+        want.len(),
+        "{}: {times:?}, pictures {first}..{last}",
+        seg.display()
+    );
+    for (t, w) in times.iter().zip(&want) {
+        assert!((t - w).abs() < 0.05, "{times:?} vs {want:?}");
+    }
+    let o = ns
+        .command("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(seg)
+        .args(["-map", "0:d", "-c", "copy", "-f", "data", "-"])
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(xml.matches("<?xml").count(), times.len(), "{xml}");
+    assert_eq!(
+        xml.matches("</tt:MetadataStream>").count(),
+        times.len(),
+        "{xml}"
+    );
+    assert_eq!(xml.matches("<Plate>MCR-").count(), times.len(), "{xml}");
 }

@@ -4,8 +4,9 @@
 //! pieces (split where the input says): the same summary either way, the
 //! packet and trailing counts add up, no panic.
 //! First byte odd: the rest describes access units (flags, time step,
-//! size) written by our TsWriter, with AAC frames between them when the
-//! input says (bit 2 of the first byte); the scanner finds every video
+//! size) written by our TsWriter, with AAC frames and metadata documents
+//! between them when the input says (bits 2 and 3 of the first byte); the
+//! scanner finds every video
 //! frame (never an audio one), the first PTS, no damage, and a span that
 //! covers the steps it was given.
 #![no_main]
@@ -54,6 +55,9 @@ fuzz_target!(|data: &[u8]| {
     if mode & 4 != 0 {
         w = w.with_aac(Adts::from_config(&[0x11, 0x88]).expect("AAC LC"));
     }
+    if mode & 8 != 0 {
+        w = w.with_metadata();
+    }
     let mut out = Vec::new();
     let start_pts = u64::from(mode) << 25;
     let mut pts = start_pts;
@@ -96,6 +100,11 @@ fuzz_target!(|data: &[u8]| {
         if au[0] & 2 != 0 {
             let aac = vec![au[2]; usize::from(au[3]) * 5 + 1];
             w.write_audio(&aac, pts.wrapping_add(u64::from(au[1])), &mut out);
+        }
+        if au[0] & 4 != 0 {
+            // A metadata document, up to 75 KiB (past a PES length field).
+            let doc = vec![au[1]; usize::from(au[3]) * 300 + 1];
+            w.write_metadata(&doc, pts, &mut out);
         }
     }
     assert_eq!(out.len() % 188, 0);

@@ -90,9 +90,9 @@ impl DiskStatus {
 /// What a writer thread is asked to do.
 pub enum Job {
     Frame(Box<FrameJob>),
-    /// An AAC frame for the channel's segment, if that segment is open and
-    /// has an audio stream.
-    Audio(Box<AudioJob>),
+    /// An AAC frame or a metadata document for the channel's segment, if
+    /// that segment is open and has the stream.
+    Track(Box<TrackJob>),
     /// Finish the channel's segment `start_ms`.
     Close {
         channel: u32,
@@ -101,9 +101,11 @@ pub enum Job {
     Shutdown,
 }
 
-pub struct AudioJob {
+pub struct TrackJob {
     pub channel: u32,
     pub segment: SegmentName,
+    /// Audio (AAC) or metadata.
+    pub kind: crate::media::TrackKind,
     pub data: Bytes,
     /// Media time, 90 kHz, on the video's time line.
     pub time: i64,
@@ -116,6 +118,8 @@ pub struct FrameJob {
     /// The camera's AAC stream, for a segment this frame starts: its
     /// segment gets an audio stream.
     pub audio: Option<crate::record::ts::Adts>,
+    /// The camera's metadata stream, for a segment this frame starts.
+    pub metadata: bool,
     /// The stream's reorder depth (B-frames), for a segment this frame
     /// starts: its decode times follow it.
     pub reorder: u8,
@@ -284,7 +288,7 @@ impl Disk {
     pub fn offer(&self, job: Job) -> bool {
         let bytes = match &job {
             Job::Frame(f) => f.bytes,
-            Job::Audio(a) => a.data.len(),
+            Job::Track(t) => t.data.len(),
             _ => 0,
         };
         // Counted before the send: the writer may take the job and subtract
@@ -915,9 +919,9 @@ impl Writer {
                     self.disk.queued.fetch_sub(f.bytes, Ordering::Relaxed);
                     self.frame(*f);
                 }
-                Ok(Job::Audio(a)) => {
-                    self.disk.queued.fetch_sub(a.data.len(), Ordering::Relaxed);
-                    self.audio(*a);
+                Ok(Job::Track(t)) => {
+                    self.disk.queued.fetch_sub(t.data.len(), Ordering::Relaxed);
+                    self.track(*t);
                 }
                 Ok(Job::Close { channel, start_ms }) => {
                     if self
@@ -996,16 +1000,21 @@ impl Writer {
         }
     }
 
-    fn audio(&mut self, a: AudioJob) {
+    fn track(&mut self, a: TrackJob) {
+        use crate::media::TrackKind;
         let Some(o) = self
             .open
             .get_mut(&a.channel)
-            .filter(|o| o.name == a.segment && o.ts.has_audio())
+            .filter(|o| o.name == a.segment)
         else {
             return;
         };
         let pts = a.time.rem_euclid(1 << 33) as u64;
-        o.ts.write_audio(&a.data, pts, &mut o.buf);
+        match a.kind {
+            TrackKind::Audio => o.ts.write_audio(&a.data, pts, &mut o.buf),
+            TrackKind::Metadata => o.ts.write_metadata(&a.data, pts, &mut o.buf),
+            TrackKind::Video => return,
+        }
         if o.buf.len() >= WRITE_CHUNK
             && let Err(e) = flush(o)
         {
@@ -1026,9 +1035,15 @@ impl Writer {
             name: f.segment.clone(),
             part,
             file,
-            ts: match f.audio {
-                Some(adts) => TsWriter::new(f.codec).with_aac(adts),
-                None => TsWriter::new(f.codec),
+            ts: {
+                let mut ts = TsWriter::new(f.codec);
+                if let Some(adts) = f.audio {
+                    ts = ts.with_aac(adts);
+                }
+                if f.metadata {
+                    ts = ts.with_metadata();
+                }
+                ts
             },
             buf: Vec::with_capacity(WRITE_CHUNK + 64 * 1024),
             hash: Xxh3::new(),

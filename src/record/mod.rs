@@ -23,10 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use self::disk::{AudioJob, Disk, DiskStatus, FrameJob, Job};
+use self::disk::{Disk, DiskStatus, FrameJob, Job, TrackJob};
 use self::index::{Entry, SegmentName};
 use crate::config::StorageConfig;
-use crate::media::{AccessUnit, MediaTime, Payload, TrackDesc};
+use crate::media::{AccessUnit, MediaTime, Payload, TrackDesc, TrackKind};
 use crate::metrics::RecordMetrics;
 
 /// How often disks are checked (presence, a test write, usage, retention).
@@ -257,6 +257,7 @@ impl Recorder {
             seq: 0,
             losing: false,
             audio: None,
+            metadata: None,
             reorder: reorder::ReorderProbe::default(),
             segment_reorder: 0,
         }
@@ -391,6 +392,8 @@ pub struct ChannelRecorder {
     /// The camera's AAC track (its index among the tracks besides video),
     /// recorded beside the video from the next segment on.
     audio: Option<(usize, ts::Adts)>,
+    /// The camera's ONVIF metadata track, recorded from the next segment on.
+    metadata: Option<usize>,
     /// The stream's B-frame reorder depth, for the decode times.
     reorder: reorder::ReorderProbe,
     /// The depth the current segment was started with.
@@ -442,6 +445,7 @@ impl ChannelRecorder {
             segment: name.clone(),
             codec: au.codec,
             audio: self.audio.map(|(_, a)| a),
+            metadata: self.metadata.is_some(),
             reorder: self.segment_reorder,
             nals: au.nals.clone(),
             params: if au.key { params.to_vec() } else { Vec::new() },
@@ -462,8 +466,9 @@ impl ChannelRecorder {
     }
 
     /// The session's tracks besides video. The first AAC track is recorded
-    /// in the segments, as ADTS; other audio encodings (G.711, G.722, L16)
-    /// have no stream type ffmpeg reads in MPEG-TS and are not recorded yet.
+    /// in the segments, as ADTS, and the ONVIF metadata as PES private
+    /// data; other audio encodings (G.711, G.722, L16) have no stream type
+    /// ffmpeg reads in MPEG-TS and are not recorded yet.
     pub fn set_tracks(&mut self, tracks: &[TrackDesc]) {
         let audio = tracks
             .iter()
@@ -485,31 +490,39 @@ impl ChannelRecorder {
         {
             tracing::info!(channel = self.channel, track = %t.name(), "this audio is relayed but not recorded: MPEG-TS has no stream type ffmpeg reads for it");
         }
-        if audio != self.audio {
+        let metadata = tracks.iter().position(|t| t.kind == TrackKind::Metadata);
+        if audio != self.audio || metadata != self.metadata {
             // A segment's streams are fixed at its start.
             self.end();
             self.audio = audio;
+            self.metadata = metadata;
         }
     }
 
     /// Queues one frame of track `index` (media time `time`, on the video's
-    /// time line); only the recorded audio track is kept. Never waits.
+    /// time line): the recorded audio track's, and the metadata's. Never
+    /// waits.
     pub fn push_track(&mut self, index: usize, data: &Bytes, time: MediaTime) {
-        if self.audio.is_none_or(|(i, _)| i != index) {
+        let kind = if self.audio.is_some_and(|(i, _)| i == index) {
+            TrackKind::Audio
+        } else if self.metadata == Some(index) {
+            TrackKind::Metadata
+        } else {
             return;
-        }
+        };
         let Some((name, d)) = &self.current else {
             return;
         };
-        let job = AudioJob {
+        let job = TrackJob {
             channel: self.channel,
             segment: name.clone(),
+            kind,
             data: data.clone(),
             time: time.0,
         };
         // A full queue costs this audio frame; the video path counts and
         // ends the segment when it meets the same full queue.
-        let _ = self.rec.disks[*d].offer(Job::Audio(Box::new(job)));
+        let _ = self.rec.disks[*d].offer(Job::Track(Box::new(job)));
     }
 
     /// Ends the current segment (camera lost, channel stopped, frame

@@ -16,7 +16,9 @@
 //!
 //! Layout: PAT (PID 0) and PMT (PID 0x1000) before every key frame, one video
 //! PID (0x100) that also carries the PCR, an AAC audio PID (0x101, ADTS, one
-//! PES per AAC frame) when the camera sends AAC, one PES per access unit with
+//! PES per AAC frame) when the camera sends AAC, a metadata PID (0x102, PES
+//! private data, one PES per ONVIF document) when it sends metadata, one PES
+//! per access unit with
 //! PTS, and DTS when a B-frame camera's differ ([`super::reorder`]), an access
 //! unit delimiter first (H.264 and H.265 in TS require it), parameter sets
 //! before each key frame that lacks them.
@@ -29,6 +31,7 @@ pub const PACKET: usize = 188;
 const PMT_PID: u16 = 0x1000;
 const VIDEO_PID: u16 = 0x100;
 const AUDIO_PID: u16 = 0x101;
+const METADATA_PID: u16 = 0x102;
 const PROGRAM: u16 = 1;
 /// The PCR runs this far ahead of the PTS: a decoder buffers a little before
 /// presenting (T-STD); 100 ms covers a key frame of a few hundred KB.
@@ -59,6 +62,8 @@ pub struct TsWriter {
     cc_pmt: u8,
     cc_video: u8,
     audio: Option<TsAudio>,
+    /// The metadata PID's continuity counter, when there is one.
+    metadata: Option<u8>,
 }
 
 impl TsWriter {
@@ -69,6 +74,7 @@ impl TsWriter {
             cc_pmt: 0,
             cc_video: 0,
             audio: None,
+            metadata: None,
         }
     }
 
@@ -185,6 +191,44 @@ impl TsWriter {
         self.audio.is_some()
     }
 
+    /// With a metadata stream (PES private data, PID 0x102) for the
+    /// camera's ONVIF metadata documents.
+    pub fn with_metadata(mut self) -> Self {
+        self.metadata = Some(0);
+        self
+    }
+
+    pub fn has_metadata(&self) -> bool {
+        self.metadata.is_some()
+    }
+
+    /// Appends one metadata document (ONVIF XML, as the camera sent it)
+    /// presented at `pts`, in a PES of its own (private stream 1).
+    pub fn write_metadata(&mut self, doc: &[u8], pts: u64, out: &mut Vec<u8>) {
+        let Some(cc) = &mut self.metadata else { return };
+        let pts = pts & PTS_MASK;
+        let pes_len = 3 + 5 + doc.len();
+        let mut head = [0u8; 14];
+        head[..4].copy_from_slice(&[0, 0, 1, 0xbd]);
+        // Past 64 KiB the length is 0: unbounded, as for video.
+        head[4..6]
+            .copy_from_slice(&(if pes_len > 0xffff { 0 } else { pes_len as u16 }).to_be_bytes());
+        head[6] = 0x80;
+        head[7] = 0x80;
+        head[8] = 5;
+        put_timestamp(&mut head[9..14], 0x2, pts);
+        let body = [doc];
+        let mut chunks = PesBytes::raw(&head, &body);
+        write_pes(
+            METADATA_PID,
+            cc,
+            None,
+            &mut chunks,
+            head.len() + doc.len(),
+            out,
+        );
+    }
+
     /// Appends the PAT and the PMT.
     pub fn write_psi(&mut self, out: &mut Vec<u8>) {
         // PAT: program 1 -> PMT PID.
@@ -206,6 +250,12 @@ impl TsWriter {
             // ISO/IEC 13818-7 ADTS.
             pmt.push(0x0f);
             pmt.extend_from_slice(&(0xe000 | AUDIO_PID).to_be_bytes());
+            pmt.extend_from_slice(&[0xf0, 0x00]);
+        }
+        if self.metadata.is_some() {
+            // PES private data.
+            pmt.push(0x06);
+            pmt.extend_from_slice(&(0xe000 | METADATA_PID).to_be_bytes());
             pmt.extend_from_slice(&[0xf0, 0x00]);
         }
         self.cc_pmt = (self.cc_pmt + 1) & 0x0f;

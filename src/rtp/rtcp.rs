@@ -31,6 +31,9 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// step, and each group has one sender.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a frame can anchor the reports' RTP-to-wall-clock mapping.
+pub const ANCHOR_WINDOW: Duration = Duration::from_secs(10);
+
 /// A 64-bit NTP timestamp: seconds since 1900 in the high word, fraction in the low.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct NtpTime(pub u64);
@@ -97,8 +100,11 @@ pub struct RtcpSender {
     clock_rate: u32,
     packets: u32,
     octets: u32,
-    /// RTP timestamp and arrival of the last frame sent.
-    last_frame: Option<(u32, Instant)>,
+    /// Frames of the last [`ANCHOR_WINDOW`] as (RTP timestamp, arrival),
+    /// each mapping its timestamp to wall-clock time earlier than every
+    /// frame after it (a sliding-window minimum): the front is the frame
+    /// that arrived with the least delay, the report's anchor.
+    anchors: std::collections::VecDeque<(u32, Instant)>,
     last_sent: Option<Instant>,
     next_report: Option<Instant>,
 }
@@ -112,7 +118,7 @@ impl RtcpSender {
             clock_rate: crate::media::time::CLOCK_RATE,
             packets: 0,
             octets: 0,
-            last_frame: None,
+            anchors: std::collections::VecDeque::new(),
             last_sent: None,
             next_report: None,
         }
@@ -129,7 +135,7 @@ impl RtcpSender {
     pub fn on_sent(&mut self, frame: &Frame, now: Instant) {
         self.packets = self.packets.wrapping_add(frame.packets.len() as u32);
         self.octets = self.octets.wrapping_add(frame.payload_len() as u32);
-        self.last_frame = Some((frame.rtp_timestamp, frame.arrival));
+        self.anchor(frame.rtp_timestamp, frame.arrival);
         self.last_sent = Some(now);
         if self.next_report.is_none() {
             self.next_report = Some(now);
@@ -178,10 +184,49 @@ impl RtcpSender {
         out
     }
 
-    /// The report for `now`: the RTP timestamp is extrapolated from the last
-    /// frame sent by the real time since it arrived.
+    /// The instant frame (rtp, at) implies for RTP time `r`: its arrival
+    /// moved by the media time between them.
+    fn implied(&self, (rtp, at): (u32, Instant), r: u32) -> Option<Instant> {
+        let ticks = i64::from(r.wrapping_sub(rtp) as i32);
+        let d = Duration::from_nanos(
+            (u128::from(ticks.unsigned_abs()) * 1_000_000_000 / u128::from(self.clock_rate)) as u64,
+        );
+        if ticks >= 0 {
+            at.checked_add(d)
+        } else {
+            at.checked_sub(d)
+        }
+    }
+
+    /// Keeps the window's least-delayed frame at the front. A frame whose
+    /// arrival, moved to the new frame's timestamp, is no earlier than the
+    /// new frame's arrival can never be the anchor again.
+    fn anchor(&mut self, rtp: u32, at: Instant) {
+        while let Some(&back) = self.anchors.back() {
+            if self.implied(back, rtp).is_none_or(|b| b >= at) {
+                self.anchors.pop_back();
+            } else {
+                break;
+            }
+        }
+        self.anchors.push_back((rtp, at));
+        while let Some(&(_, front_at)) = self.anchors.front() {
+            if at.saturating_duration_since(front_at) > ANCHOR_WINDOW {
+                self.anchors.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The report for `now`. Its RTP timestamp is extrapolated, by the real
+    /// time since, from the frame of the last few seconds that arrived with
+    /// the least delay: arrival jitter does not move the mapping from
+    /// report to report (a receiver that syncs tracks by reports would see
+    /// every jitter as a jump), and a camera clock that drifts is followed
+    /// within the window.
     pub fn sender_report(&self, now: Instant, wall: SystemTime) -> Option<SenderReport> {
-        let (rtp, arrival) = self.last_frame?;
+        let &(rtp, arrival) = self.anchors.front()?;
         let elapsed = now.saturating_duration_since(arrival).as_nanos()
             * u128::from(self.clock_rate)
             / 1_000_000_000;
@@ -320,6 +365,50 @@ mod tests {
         );
         // And at or above the reduced minimum 360 / kbit/s from 720 kbit/s.
         assert!(DEFAULT_INTERVAL.as_secs_f64() >= 360.0 / 720.0);
+    }
+
+    #[test]
+    fn jitter_does_not_move_the_mapping_from_report_to_report() {
+        // 25 fps whose frames arrive 0-30 ms late: every report maps the
+        // same instant to the same RTP time, that of the earliest arrival.
+        let t0 = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let base = u32::MAX - 50_000;
+        let mut s = RtcpSender::new(1, "x".into(), DEFAULT_INTERVAL);
+        let mut mapped = Vec::new();
+        for k in 0..100u32 {
+            let late = Duration::from_millis(u64::from((k * 7919) % 31));
+            let at = t0 + Duration::from_millis(40) * k + late;
+            s.on_sent(
+                &frame(k.wrapping_mul(3600).wrapping_add(base), at, &[100]),
+                at,
+            );
+            if k >= 10 && k % 10 == 0 {
+                // The RTP time of t0 + 10 s, as a report would state it.
+                let when = t0 + Duration::from_secs(10);
+                mapped.push(s.sender_report(when, wall).unwrap().rtp_timestamp);
+            }
+        }
+        // Frame 0 arrived on time: t0 + 10 s is 900000 ticks after it.
+        assert_eq!(mapped[0], base.wrapping_add(900_000));
+        assert!(mapped.iter().all(|&m| m == mapped[0]), "{mapped:?}");
+        // Once the on-time frame has left the window, the mapping follows
+        // the least-late frame since: within the jitter of the exact one.
+        for k in 100..400u32 {
+            let late = Duration::from_millis(5 + u64::from((k * 7919) % 26));
+            let at = t0 + Duration::from_millis(40) * k + late;
+            s.on_sent(
+                &frame(k.wrapping_mul(3600).wrapping_add(base), at, &[100]),
+                at,
+            );
+        }
+        let when = t0 + Duration::from_secs(20);
+        let got = s.sender_report(when, wall).unwrap().rtp_timestamp;
+        let behind = base.wrapping_add(1_800_000).wrapping_sub(got) as i32;
+        assert!(
+            (5 * 90..=30 * 90).contains(&behind),
+            "{behind} ticks behind"
+        );
     }
 
     #[test]
