@@ -231,8 +231,8 @@ fn relay_audio(audio: &str, rtpmap: &str) {
     }
 
     // The recording: AAC is in the segments beside the video, starting with
-    // it; G.711 has no MPEG-TS stream type ffmpeg reads, so those segments
-    // hold the video only (and say so in the log).
+    // it; G.711, which has no MPEG-TS stream type ffmpeg reads, beside it as
+    // private data.
     let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch3"))
         .expect("segments")
         .flatten()
@@ -302,7 +302,43 @@ fn relay_audio(audio: &str, rtpmap: &str) {
                 String::from_utf8_lossy(&dec.stderr)
             );
         } else {
-            assert_eq!(streams.len(), 1, "{text}");
+            // G.711 has no MPEG-TS stream type players read: it is kept as
+            // private data, each frame at its time, as the camera sent it;
+            // extracted, it is the segment's sound.
+            assert_eq!(streams.len(), 2, "{text}");
+            let raw = dir.path().join("sound.ulaw");
+            let x = ns
+                .command("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(seg)
+                .args(["-map", "0:d", "-c", "copy", "-f", "data"])
+                .arg(&raw)
+                .output()
+                .unwrap();
+            assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+            let bytes = std::fs::metadata(&raw).unwrap().len() as f64;
+            let pictures: f64 = streams[0][2].parse().unwrap();
+            // 8000 mu-law bytes a second, the segment's pictures at 25 fps,
+            // give or take a 128 ms packet at each end.
+            let seconds = bytes / 8000.0;
+            assert!(
+                (seconds - pictures / 25.0).abs() <= 0.3,
+                "{seconds:.2} s of sound for {pictures} pictures"
+            );
+            let dec = ns
+                .command("ffmpeg")
+                .args([
+                    "-v", "error", "-f", "mulaw", "-ar", "8000", "-ac", "1", "-i",
+                ])
+                .arg(&raw)
+                .args(["-f", "null", "-"])
+                .output()
+                .unwrap();
+            assert!(
+                dec.status.success() && dec.stderr.is_empty(),
+                "{}",
+                String::from_utf8_lossy(&dec.stderr)
+            );
         }
     }
 

@@ -58,6 +58,9 @@ fuzz_target!(|data: &[u8]| {
     if mode & 8 != 0 {
         w = w.with_metadata();
     }
+    if mode & 16 != 0 {
+        w = w.with_raw_audio("PCMU/8000/1");
+    }
     let mut out = Vec::new();
     let start_pts = u64::from(mode) << 25;
     let mut pts = start_pts;
@@ -100,6 +103,9 @@ fuzz_target!(|data: &[u8]| {
         if au[0] & 2 != 0 {
             let aac = vec![au[2]; usize::from(au[3]) * 5 + 1];
             w.write_audio(&aac, pts.wrapping_add(u64::from(au[1])), &mut out);
+        }
+        if au[0] & 8 != 0 {
+            w.write_raw_audio(&[0xff; 160], pts, &mut out);
         }
         if au[0] & 4 != 0 {
             // A metadata document, up to 75 KiB (past a PES length field).

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::media::time::{CLOCK_RATE, Timeline};
 use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
+use crate::rtp::rtcp::REANCHOR;
 use crate::rtp::track::{TrackError, TrackPacketizer};
 use crate::rtp::{Frame, Packetizer, PacketizerConfig, VIDEO_PAYLOAD_TYPE};
 
@@ -62,6 +63,10 @@ pub struct ChannelCore {
     timeline: Timeline,
     in_session: bool,
     tracks: Vec<TrackCore>,
+    /// The video's media time and instant that its RTCP reports map by
+    /// (the rule of [`crate::rtp::rtcp::RtcpSender`]): tracks besides
+    /// video are placed in real time by the same anchor.
+    clock: Option<(MediaTime, Instant)>,
     /// Tracks of earlier sessions, by kind: a camera that comes back with
     /// the same track continues its sequence numbers.
     retired: Vec<TrackCore>,
@@ -77,6 +82,7 @@ impl ChannelCore {
             in_session: false,
             tracks: Vec::new(),
             retired: Vec::new(),
+            clock: None,
         }
     }
 
@@ -181,7 +187,7 @@ impl ChannelCore {
             return None;
         }
         let offset = self.timeline.offset()?;
-        let (video_time, video_at) = self.timeline.last()?;
+        let (video_time, video_at) = self.clock?;
         let track = self.tracks.get_mut(index)?;
         let clock = i128::from(track.desc.clock_rate.max(1));
         let rate = i128::from(CLOCK_RATE);
@@ -235,6 +241,7 @@ impl ChannelCore {
         }
         let p = self.packetizer.as_mut().filter(|p| p.codec() == au.codec)?;
         let time = self.timeline.map(source, arrival);
+        self.clock = Some(reanchor(self.clock, time, arrival));
         let rtp_timestamp = time.rtp(self.ids.rtp_base);
         let (packets, params_changed) = p.packetize(au, rtp_timestamp);
         Some((
@@ -250,6 +257,34 @@ impl ChannelCore {
             params_changed,
         ))
     }
+}
+
+/// The anchor after a picture at `time` that arrived `at`: kept unless the
+/// picture is [`REANCHOR`] off it (the same rule as the video's reports).
+fn reanchor(
+    anchor: Option<(MediaTime, Instant)>,
+    time: MediaTime,
+    at: Instant,
+) -> (MediaTime, Instant) {
+    let keep = anchor.and_then(|(t0, a0)| {
+        let ticks = time.0.saturating_sub(t0.0);
+        let d = std::time::Duration::from_nanos(
+            (u128::from(ticks.unsigned_abs()) * 1_000_000_000 / u128::from(CLOCK_RATE))
+                .min(u128::from(u64::MAX)) as u64,
+        );
+        let implied = if ticks >= 0 {
+            a0.checked_add(d)
+        } else {
+            a0.checked_sub(d)
+        }?;
+        let off = if at >= implied {
+            at - implied
+        } else {
+            implied - at
+        };
+        (off <= REANCHOR).then_some((t0, a0))
+    });
+    keep.unwrap_or((time, at))
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ mod tests;
 /// 1.3 MB of shared buffers per channel.
 pub const RING_FRAMES: usize = 64;
 
+/// The largest audio frame or metadata document relayed and recorded
+/// (ONVIF documents are a few kB; AAC frames under 8 kB).
+pub const MAX_TRACK_FRAME: usize = 256 * 1024;
+
 /// Frames kept in a channel's ring of audio and metadata: AAC at 48 kHz
 /// sends 47 frames a second, so 128 hold 2.7 s; a few kB each.
 pub const TRACK_RING_FRAMES: usize = 128;
@@ -238,10 +242,13 @@ struct GopCache {
     bytes: usize,
     /// The current GOP outgrew the bounds (or did not start with a key frame).
     broken: bool,
+    /// The last picture's media time and RTP timestamp.
+    last: Option<(MediaTime, u32)>,
 }
 
 impl GopCache {
     fn push(&mut self, frame: &Arc<Frame>) {
+        self.last = Some((frame.time, frame.rtp_timestamp));
         if frame.key {
             self.frames.clear();
             self.bytes = 0;
@@ -318,6 +325,11 @@ impl Channel {
     pub fn subscribe_from_key_frame(&self) -> (Vec<Arc<Frame>>, broadcast::Receiver<Arc<Frame>>) {
         let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
         (gop.frames.clone(), self.frames.subscribe())
+    }
+
+    /// The last picture's media time and RTP timestamp, if one was sent.
+    pub fn last_picture(&self) -> Option<(MediaTime, u32)> {
+        self.gop.lock().unwrap_or_else(|e| e.into_inner()).last
     }
 
     /// A new sink of the tracks besides video, from now on.
@@ -537,6 +549,12 @@ impl Sink for Publisher {
 
     fn track_frame(&mut self, index: usize, data: Bytes, elapsed: i64, arrival: Instant) {
         let m = &self.channel.metrics;
+        if data.len() > MAX_TRACK_FRAME {
+            // A metadata document without end (the depacketizer joins until
+            // a marker): dropped, counted, never held.
+            m.track_errors.inc();
+            return;
+        }
         match self.core.push_track(index, &data, elapsed) {
             None => {}
             Some(Err(e)) => {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::ChannelSpec;
 use crate::config::Source;
 use crate::media::annexb::AnnexBError;
-use crate::media::{AccessUnit, AuError, Codec, MediaTime, TrackDesc};
+use crate::media::{AccessUnit, AuError, Codec, MediaTime, TrackDesc, TrackKind};
 use backoff::{Backoff, STABLE_SESSION};
 
 /// Receives what a camera session produces.
@@ -135,10 +135,12 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
         .map(|c| annexb::Candidates::new(c, spec.timing, ing.stall_timeout));
     let mut pending: Option<annexb::Ready> = None;
     let mut continuity = Continuity::default();
+    let mut breaker = TrackBreaker::default();
     loop {
         sink.connecting();
         let started = Instant::now();
         let mut frames = 0;
+        let wanted = breaker.wanted(&spec.tracks, started);
         let mut error = {
             let mut tracker = Tracker {
                 inner: sink,
@@ -147,13 +149,19 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
                 channel: spec.id,
             };
             tokio::select! {
-                e = session(spec, &mut tracker, &mut listener, candidates.as_mut(), pending.take()) => e,
+                e = session(spec, &wanted, &mut tracker, &mut listener, candidates.as_mut(), pending.take()) => e,
                 () = cancel.cancelled() => break,
             }
         };
         continuity.session_ended();
         let delivered = frames > 0;
         tracing::warn!(channel = spec.id, source = %spec.source, %error, frames, "camera session ended");
+        if let Some(off) = breaker.session_ended(&error, Instant::now()) {
+            tracing::warn!(
+                channel = spec.id,
+                "the session with audio/metadata failed; the next sessions take the video only for {off:?}, then try the tracks again"
+            );
+        }
         sink.session_ended(&error);
         if let IngestError::Replaced { ready, .. } = &mut error {
             // The newer encoder takes over at once: no backoff.
@@ -176,6 +184,67 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
         }
     }
     sink.stopped();
+}
+
+/// Keeps a camera's audio or metadata from costing its video: a session
+/// that asked for tracks and failed with an RTSP or packet error before it
+/// was stable (a track the camera sends badly, a SETUP it refuses...)
+/// makes the next sessions take the video only, for a cool-down that
+/// doubles on each repeat (1 min up to 1 h) and resets once a session with
+/// tracks has run for [`STABLE_SESSION`]. Sans-IO: time is passed in.
+#[derive(Debug)]
+struct TrackBreaker {
+    off_until: Option<Instant>,
+    cooldown: Duration,
+    /// When the current session with tracks started.
+    with_tracks_since: Option<Instant>,
+}
+
+const TRACK_COOLDOWN_MIN: Duration = Duration::from_secs(60);
+const TRACK_COOLDOWN_MAX: Duration = Duration::from_secs(3600);
+
+impl Default for TrackBreaker {
+    fn default() -> Self {
+        TrackBreaker {
+            off_until: None,
+            cooldown: TRACK_COOLDOWN_MIN,
+            with_tracks_since: None,
+        }
+    }
+}
+
+impl TrackBreaker {
+    /// The tracks the session starting at `now` asks for.
+    fn wanted(&mut self, tracks: &[TrackKind], now: Instant) -> Vec<TrackKind> {
+        self.with_tracks_since = None;
+        if self.off_until.is_some_and(|t| now < t) {
+            return vec![TrackKind::Video];
+        }
+        self.off_until = None;
+        if tracks.iter().any(|k| *k != TrackKind::Video) {
+            self.with_tracks_since = Some(now);
+        }
+        tracks.to_vec()
+    }
+
+    /// A session that asked for tracks ended; returns the cool-down when
+    /// that turns them off: an RTSP or packet error before the session was
+    /// stable (a SETUP or PLAY the tracks broke, a track the camera sends
+    /// badly). One that ran longer resets the cool-down and costs nothing.
+    fn session_ended(&mut self, error: &IngestError, now: Instant) -> Option<Duration> {
+        let since = self.with_tracks_since.take()?;
+        if now.saturating_duration_since(since) >= STABLE_SESSION {
+            self.cooldown = TRACK_COOLDOWN_MIN;
+            return None;
+        }
+        if !matches!(error, IngestError::Rtsp(_)) {
+            return None;
+        }
+        let off = self.cooldown;
+        self.off_until = Some(now + off);
+        self.cooldown = (self.cooldown * 2).min(TRACK_COOLDOWN_MAX);
+        Some(off)
+    }
 }
 
 /// Counts a session's pictures (for the backoff reset and the log) and
@@ -243,6 +312,7 @@ impl<S: Sink> Sink for Tracker<'_, S> {
 
 async fn session(
     spec: &ChannelSpec,
+    wanted: &[TrackKind],
     sink: &mut impl Sink,
     listener: &mut Option<TcpListener>,
     candidates: Option<&mut annexb::Candidates>,
@@ -250,7 +320,7 @@ async fn session(
 ) -> IngestError {
     let stall = spec.ingest.stall_timeout;
     match &spec.source {
-        Source::Rtsp(url) => rtsp::session(url, stall, &spec.tracks, sink).await,
+        Source::Rtsp(url) => rtsp::session(url, stall, wanted, sink).await,
         Source::TcpConnect { host, port } => {
             let Some(codec) = spec.codec else {
                 return IngestError::Frame("raw Annex-B source without a codec".into());
@@ -325,6 +395,51 @@ async fn session(
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::*;
+
+    #[test]
+    fn failing_tracks_cost_the_video_one_reconnect_then_wait_out_a_growing_cool_down() {
+        let all = TrackKind::ALL;
+        let rtsp = IngestError::Rtsp("bad audio packet".into());
+        let t0 = Instant::now();
+        let mut b = TrackBreaker::default();
+        assert_eq!(b.wanted(&all, t0), all);
+        // Fails at once: video only for a minute, then the tracks again.
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(b.session_ended(&rtsp, t1), Some(TRACK_COOLDOWN_MIN));
+        assert_eq!(b.wanted(&all, t1), [TrackKind::Video]);
+        assert_eq!(
+            b.session_ended(&rtsp, t1 + Duration::from_secs(5)),
+            None,
+            "video-only sessions never trip it"
+        );
+        let t2 = t1 + TRACK_COOLDOWN_MIN;
+        assert_eq!(b.wanted(&all, t2), all);
+        assert_eq!(
+            b.session_ended(&rtsp, t2 + Duration::from_secs(1)),
+            Some(2 * TRACK_COOLDOWN_MIN)
+        );
+        // A stable session with tracks resets the cool-down; a camera that
+        // is merely unreachable never trips it.
+        let t3 = t2 + Duration::from_secs(3600);
+        assert_eq!(b.wanted(&all, t3), all);
+        assert_eq!(b.session_ended(&rtsp, t3 + STABLE_SESSION), None);
+        assert_eq!(b.wanted(&all, t3 + STABLE_SESSION), all);
+        let refused = IngestError::Timeout {
+            after: Duration::from_secs(1),
+            what: "x",
+        };
+        assert_eq!(b.session_ended(&refused, t3 + STABLE_SESSION), None);
+        assert_eq!(b.wanted(&all, t3 + STABLE_SESSION), all);
+        assert_eq!(
+            b.session_ended(&rtsp, t3 + STABLE_SESSION),
+            Some(TRACK_COOLDOWN_MIN)
+        );
     }
 }
 

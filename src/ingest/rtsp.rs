@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use retina::client::{
-    Credentials, PlayOptions, SessionOptions, SetupOptions, TcpTransportOptions, Transport,
+    Credentials, InitialTimestampPolicy, PlayOptions, SessionOptions, SetupOptions,
+    TcpTransportOptions, Transport,
 };
 use retina::codec::{CodecItem, FrameFormat, ParametersRef, VideoParametersCodec};
 
@@ -157,15 +158,26 @@ async fn run(
             SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default()));
         match step(stall, "the RTSP SETUP response", session.setup(i, opts)).await {
             Ok(()) => set_up.push((i, desc)),
-            Err(e) => plan
-                .not_carried
-                .push(format!("{} (SETUP failed: {e})", desc.name())),
+            Err(e) => {
+                // The reason only, not retina's text (it names this
+                // session's ports and times, and would log on every retry).
+                let why = match &e {
+                    IngestError::Timeout { .. } => "no answer",
+                    _ => "refused",
+                };
+                tracing::debug!(error = %e, track = %desc.name(), "track SETUP failed");
+                plan.not_carried
+                    .push(format!("{} (SETUP {why})", desc.name()));
+            }
         }
     }
     let playing = step(
         stall,
         "the RTSP PLAY response",
-        session.play(PlayOptions::default()),
+        // With several streams retina would require RTP-Info's rtptime for
+        // each; a camera without it still plays (each stream then starts
+        // its time line at its first packet).
+        session.play(PlayOptions::default().initial_timestamp(InitialTimestampPolicy::Permissive)),
     )
     .await?;
     let mut demuxed = playing
@@ -287,6 +299,14 @@ struct Plan {
 /// as the payload for the others).
 const AUDIO: &[&str] = &["mpeg4-generic", "pcmu", "pcma", "g722", "l16"];
 
+/// The ONVIF metadata encodings retina depacketizes (plain XML, gzip, EXI).
+const METADATA: &[&str] = &[
+    "vnd.onvif.metadata",
+    "vnd.onvif.metadata.gzip",
+    "vnd.onvif.metadata.exi.onvif",
+    "vnd.onvif.metadata.exi.ext",
+];
+
 /// The first H.264/H.265 video, the first audio and the first metadata
 /// stream mcrelay can carry, of those `wanted`; every other media named.
 fn choose(offered: &[Offered], wanted: &[TrackKind]) -> Plan {
@@ -306,7 +326,7 @@ fn choose(offered: &[Offered], wanted: &[TrackKind]) -> Plan {
         let carried = match kind {
             TrackKind::Video => matches!(encoding.as_str(), "h264" | "h265"),
             TrackKind::Audio => AUDIO.contains(&encoding.as_str()),
-            TrackKind::Metadata => encoding.starts_with("vnd.onvif.metadata"),
+            TrackKind::Metadata => METADATA.contains(&encoding.as_str()),
         };
         let taken = match kind {
             TrackKind::Video => plan.video.is_some(),
@@ -374,6 +394,7 @@ mod tests {
             offer("video", "H265"),
             offer("audio", "MPEG4-GENERIC"),
             offer("application", "vnd.onvif.metadata"),
+            offer("application", "vnd.onvif.metadata.future"),
             offer("text", "t140"),
         ];
         let plan = choose(&offered, &TrackKind::ALL);
@@ -388,6 +409,7 @@ mod tests {
                 "audio/opus (an encoding mcrelay does not relay)",
                 "video/H265 (the channel already carries one)",
                 "audio/MPEG4-GENERIC (the channel already carries one)",
+                "application/vnd.onvif.metadata.future (an encoding mcrelay does not relay)",
                 "text/t140 (not audio, video or metadata)",
             ]
         );

@@ -120,6 +120,9 @@ pub struct FrameJob {
     pub audio: Option<crate::record::ts::Adts>,
     /// The camera's metadata stream, for a segment this frame starts.
     pub metadata: bool,
+    /// The camera's audio MPEG-TS has no stream type for (its rtpmap), for
+    /// a segment this frame starts.
+    pub raw_audio: Option<std::sync::Arc<str>>,
     /// The stream's reorder depth (B-frames), for a segment this frame
     /// starts: its decode times follow it.
     pub reorder: u8,
@@ -982,6 +985,14 @@ impl Writer {
         if deep == 0 && o.dts.too_deep > 0 {
             tracing::warn!(channel = f.channel, segment = %f.segment, "the camera's B-frames reorder deeper than this segment assumed: some of its pictures get late decode times; the next segment follows the measured depth");
         }
+        // A camera time that repeats or steps back a little has no decode
+        // time before it that keeps decode order: it is presented at its
+        // decode time, the nearest valid one.
+        let pts = if dts > pts && dts - pts < 1 << 32 {
+            dts
+        } else {
+            pts
+        };
         o.ts.write_au_dts(&f.nals, f.key, &f.params, pts, dts, &mut o.buf);
         let step = f.time.saturating_sub(o.last_time);
         if (1..=i64::from(crate::media::time::CLOCK_RATE)).contains(&step) {
@@ -1011,7 +1022,8 @@ impl Writer {
         };
         let pts = a.time.rem_euclid(1 << 33) as u64;
         match a.kind {
-            TrackKind::Audio => o.ts.write_audio(&a.data, pts, &mut o.buf),
+            TrackKind::Audio if o.ts.has_audio() => o.ts.write_audio(&a.data, pts, &mut o.buf),
+            TrackKind::Audio => o.ts.write_raw_audio(&a.data, pts, &mut o.buf),
             TrackKind::Metadata => o.ts.write_metadata(&a.data, pts, &mut o.buf),
             TrackKind::Video => return,
         }
@@ -1042,6 +1054,9 @@ impl Writer {
                 }
                 if f.metadata {
                     ts = ts.with_metadata();
+                }
+                if let Some(rtpmap) = &f.raw_audio {
+                    ts = ts.with_raw_audio(rtpmap);
                 }
                 ts
             },

@@ -258,6 +258,7 @@ impl Recorder {
             losing: false,
             audio: None,
             metadata: None,
+            raw_audio: None,
             reorder: reorder::ReorderProbe::default(),
             segment_reorder: 0,
         }
@@ -394,6 +395,9 @@ pub struct ChannelRecorder {
     audio: Option<(usize, ts::Adts)>,
     /// The camera's ONVIF metadata track, recorded from the next segment on.
     metadata: Option<usize>,
+    /// Without AAC, the camera's audio of an encoding MPEG-TS has no stream
+    /// type for, kept as private data: its index and rtpmap.
+    raw_audio: Option<(usize, Arc<str>)>,
     /// The stream's B-frame reorder depth, for the decode times.
     reorder: reorder::ReorderProbe,
     /// The depth the current segment was started with.
@@ -446,6 +450,7 @@ impl ChannelRecorder {
             codec: au.codec,
             audio: self.audio.map(|(_, a)| a),
             metadata: self.metadata.is_some(),
+            raw_audio: self.raw_audio.as_ref().map(|(_, r)| r.clone()),
             reorder: self.segment_reorder,
             nals: au.nals.clone(),
             params: if au.key { params.to_vec() } else { Vec::new() },
@@ -468,7 +473,8 @@ impl ChannelRecorder {
     /// The session's tracks besides video. The first AAC track is recorded
     /// in the segments, as ADTS, and the ONVIF metadata as PES private
     /// data; other audio encodings (G.711, G.722, L16) have no stream type
-    /// ffmpeg reads in MPEG-TS and are not recorded yet.
+    /// players read in MPEG-TS and are kept as PES private data too, the
+    /// encoding named in the PMT.
     pub fn set_tracks(&mut self, tracks: &[TrackDesc]) {
         let audio = tracks
             .iter()
@@ -483,19 +489,27 @@ impl ChannelRecorder {
                 },
                 _ => None,
             });
-        if audio.is_none()
-            && let Some(t) = tracks
+        let raw_audio = if audio.is_none() {
+            tracks
                 .iter()
-                .find(|t| t.kind == crate::media::TrackKind::Audio)
+                .enumerate()
+                .find(|(_, t)| t.kind == TrackKind::Audio && t.payload == Payload::Frame)
+                .map(|(i, t)| (i, Arc::from(t.rtpmap())))
+        } else {
+            None
+        };
+        if let Some((_, rtpmap)) = &raw_audio
+            && raw_audio != self.raw_audio
         {
-            tracing::info!(channel = self.channel, track = %t.name(), "this audio is relayed but not recorded: MPEG-TS has no stream type ffmpeg reads for it");
+            tracing::info!(channel = self.channel, encoding = %rtpmap, "this audio is recorded as private data in the segments: MPEG-TS has no stream type players read for it");
         }
         let metadata = tracks.iter().position(|t| t.kind == TrackKind::Metadata);
-        if audio != self.audio || metadata != self.metadata {
+        if audio != self.audio || metadata != self.metadata || raw_audio != self.raw_audio {
             // A segment's streams are fixed at its start.
             self.end();
             self.audio = audio;
             self.metadata = metadata;
+            self.raw_audio = raw_audio;
         }
     }
 
@@ -503,7 +517,9 @@ impl ChannelRecorder {
     /// time line): the recorded audio track's, and the metadata's. Never
     /// waits.
     pub fn push_track(&mut self, index: usize, data: &Bytes, time: MediaTime) {
-        let kind = if self.audio.is_some_and(|(i, _)| i == index) {
+        let kind = if self.audio.is_some_and(|(i, _)| i == index)
+            || self.raw_audio.as_ref().is_some_and(|(i, _)| *i == index)
+        {
             TrackKind::Audio
         } else if self.metadata == Some(index) {
             TrackKind::Metadata

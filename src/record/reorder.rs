@@ -42,6 +42,15 @@ pub struct ReorderProbe {
 impl ReorderProbe {
     /// A picture with presentation time `pts` (decode order).
     pub fn push(&mut self, pts: i64) {
+        // A clock jump (over a second) is no reordering: it starts afresh.
+        let jump = i64::from(crate::media::time::CLOCK_RATE);
+        if self
+            .recent
+            .back()
+            .is_some_and(|&last| pts.saturating_sub(last).abs() > jump)
+        {
+            self.recent.clear();
+        }
         let later = self.recent.iter().filter(|&&p| p > pts).count();
         self.max = self.max.max(later.min(usize::from(MAX_DEPTH)) as u8);
         if self.recent.len() == WINDOW {
@@ -150,6 +159,18 @@ mod tests {
         let (dts, deep) = dts_of(&pyramid, 0);
         assert!(deep > 0);
         assert!(dts.windows(2).all(|w| w[1] > w[0]), "{dts:?}");
+    }
+
+    #[test]
+    fn a_clock_jump_is_not_a_deep_reorder() {
+        let mut probe = ReorderProbe::default();
+        for p in (0..60)
+            .map(|i| 300_000 + 3600 * i)
+            .chain((0..10).map(|i| 3600 * i))
+        {
+            probe.push(p);
+        }
+        assert_eq!(probe.depth(), 0, "the camera's clock went back 3 s");
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! Layout: PAT (PID 0) and PMT (PID 0x1000) before every key frame, one video
 //! PID (0x100) that also carries the PCR, an AAC audio PID (0x101, ADTS, one
 //! PES per AAC frame) when the camera sends AAC, a metadata PID (0x102, PES
-//! private data, one PES per ONVIF document) when it sends metadata, one PES
+//! private data, one PES per ONVIF document) when it sends metadata, an audio
+//! PID (0x103, PES private data, the encoding named in the PMT) for G.711,
+//! G.722 or L16, which MPEG-TS has no stream type for, one PES
 //! per access unit with
 //! PTS, and DTS when a B-frame camera's differ ([`super::reorder`]), an access
 //! unit delimiter first (H.264 and H.265 in TS require it), parameter sets
@@ -32,6 +34,7 @@ const PMT_PID: u16 = 0x1000;
 const VIDEO_PID: u16 = 0x100;
 const AUDIO_PID: u16 = 0x101;
 const METADATA_PID: u16 = 0x102;
+const RAW_AUDIO_PID: u16 = 0x103;
 const PROGRAM: u16 = 1;
 /// The PCR runs this far ahead of the PTS: a decoder buffers a little before
 /// presenting (T-STD); 100 ms covers a key frame of a few hundred KB.
@@ -64,6 +67,9 @@ pub struct TsWriter {
     audio: Option<TsAudio>,
     /// The metadata PID's continuity counter, when there is one.
     metadata: Option<u8>,
+    /// Audio MPEG-TS has no stream type for (G.711, G.722, L16), kept as
+    /// PES private data: its continuity counter and its rtpmap.
+    raw_audio: Option<(u8, String)>,
 }
 
 impl TsWriter {
@@ -75,6 +81,7 @@ impl TsWriter {
             cc_video: 0,
             audio: None,
             metadata: None,
+            raw_audio: None,
         }
     }
 
@@ -191,6 +198,30 @@ impl TsWriter {
         self.audio.is_some()
     }
 
+    /// With an audio stream of an encoding MPEG-TS has no stream type for
+    /// (PID 0x103, PES private data): the frames as the camera sent them,
+    /// each in a PES at its time, and the encoding (`rtpmap`, e.g.
+    /// "PCMU/8000/1") in a descriptor of the PMT, so that nothing of the
+    /// material is lost and it can be told apart and extracted.
+    pub fn with_raw_audio(mut self, rtpmap: &str) -> Self {
+        let mut name: String = rtpmap.chars().filter(char::is_ascii_graphic).collect();
+        name.truncate(64);
+        self.raw_audio = Some((0, name));
+        self
+    }
+
+    pub fn has_raw_audio(&self) -> bool {
+        self.raw_audio.is_some()
+    }
+
+    /// Appends one frame of the raw audio stream, presented at `pts`.
+    pub fn write_raw_audio(&mut self, frame: &[u8], pts: u64, out: &mut Vec<u8>) {
+        let Some((cc, _)) = &mut self.raw_audio else {
+            return;
+        };
+        write_private(RAW_AUDIO_PID, cc, frame, pts, out);
+    }
+
     /// With a metadata stream (PES private data, PID 0x102) for the
     /// camera's ONVIF metadata documents.
     pub fn with_metadata(mut self) -> Self {
@@ -206,27 +237,7 @@ impl TsWriter {
     /// presented at `pts`, in a PES of its own (private stream 1).
     pub fn write_metadata(&mut self, doc: &[u8], pts: u64, out: &mut Vec<u8>) {
         let Some(cc) = &mut self.metadata else { return };
-        let pts = pts & PTS_MASK;
-        let pes_len = 3 + 5 + doc.len();
-        let mut head = [0u8; 14];
-        head[..4].copy_from_slice(&[0, 0, 1, 0xbd]);
-        // Past 64 KiB the length is 0: unbounded, as for video.
-        head[4..6]
-            .copy_from_slice(&(if pes_len > 0xffff { 0 } else { pes_len as u16 }).to_be_bytes());
-        head[6] = 0x80;
-        head[7] = 0x80;
-        head[8] = 5;
-        put_timestamp(&mut head[9..14], 0x2, pts);
-        let body = [doc];
-        let mut chunks = PesBytes::raw(&head, &body);
-        write_pes(
-            METADATA_PID,
-            cc,
-            None,
-            &mut chunks,
-            head.len() + doc.len(),
-            out,
-        );
+        write_private(METADATA_PID, cc, doc, pts, out);
     }
 
     /// Appends the PAT and the PMT.
@@ -251,6 +262,16 @@ impl TsWriter {
             pmt.push(0x0f);
             pmt.extend_from_slice(&(0xe000 | AUDIO_PID).to_be_bytes());
             pmt.extend_from_slice(&[0xf0, 0x00]);
+        }
+        if let Some((_, rtpmap)) = &self.raw_audio {
+            // PES private data, with a user private descriptor (tag 0xa0)
+            // that names the encoding as RTP does.
+            pmt.push(0x06);
+            pmt.extend_from_slice(&(0xe000 | RAW_AUDIO_PID).to_be_bytes());
+            let desc_len = 2 + rtpmap.len();
+            pmt.extend_from_slice(&(0xf000 | desc_len as u16).to_be_bytes());
+            pmt.extend_from_slice(&[0xa0, rtpmap.len() as u8]);
+            pmt.extend_from_slice(rtpmap.as_bytes());
         }
         if self.metadata.is_some() {
             // PES private data.
@@ -311,6 +332,24 @@ fn write_pes(
         written += payload;
         first = false;
     }
+}
+
+/// One PES of private data (stream id 0xbd, private stream 1) at `pts`:
+/// a bounded length, or 0 (unbounded) past 64 KiB.
+fn write_private(pid: u16, cc: &mut u8, data: &[u8], pts: u64, out: &mut Vec<u8>) {
+    let pts = pts & PTS_MASK;
+    let pes_len = 3 + 5 + data.len();
+    let mut head = [0u8; 14];
+    head[..4].copy_from_slice(&[0, 0, 1, 0xbd]);
+    let len = if pes_len > 0xffff { 0 } else { pes_len as u16 };
+    head[4..6].copy_from_slice(&len.to_be_bytes());
+    head[6] = 0x80;
+    head[7] = 0x80;
+    head[8] = 5;
+    put_timestamp(&mut head[9..14], 0x2, pts);
+    let body = [data];
+    let mut chunks = PesBytes::raw(&head, &body);
+    write_pes(pid, cc, None, &mut chunks, head.len() + data.len(), out);
 }
 
 /// The fixed part of an ADTS header (ISO/IEC 14496-3 1.A.2) for an AAC

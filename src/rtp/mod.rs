@@ -66,6 +66,10 @@ impl RtpPacket {
         u32::from_be_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
     }
 
+    pub fn ssrc(&self) -> u32 {
+        u32::from_be_bytes([self.head[8], self.head[9], self.head[10], self.head[11]])
+    }
+
     pub fn marker(&self) -> bool {
         self.head[1] & 0x80 != 0
     }

@@ -31,8 +31,10 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// step, and each group has one sender.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How long a frame can anchor the reports' RTP-to-wall-clock mapping.
-pub const ANCHOR_WINDOW: Duration = Duration::from_secs(10);
+/// How far a frame may arrive off the reports' RTP-to-real-time mapping
+/// before the mapping moves to it: more than network jitter, less than a
+/// viewer notices as lip sync.
+pub const REANCHOR: Duration = Duration::from_millis(100);
 
 /// A 64-bit NTP timestamp: seconds since 1900 in the high word, fraction in the low.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -100,11 +102,9 @@ pub struct RtcpSender {
     clock_rate: u32,
     packets: u32,
     octets: u32,
-    /// Frames of the last [`ANCHOR_WINDOW`] as (RTP timestamp, arrival),
-    /// each mapping its timestamp to wall-clock time earlier than every
-    /// frame after it (a sliding-window minimum): the front is the frame
-    /// that arrived with the least delay, the report's anchor.
-    anchors: std::collections::VecDeque<(u32, Instant)>,
+    /// The RTP timestamp and instant that every report's mapping follows
+    /// ([`RtcpSender::anchor`]).
+    anchor: Option<(u32, Instant)>,
     last_sent: Option<Instant>,
     next_report: Option<Instant>,
 }
@@ -118,7 +118,7 @@ impl RtcpSender {
             clock_rate: crate::media::time::CLOCK_RATE,
             packets: 0,
             octets: 0,
-            anchors: std::collections::VecDeque::new(),
+            anchor: None,
             last_sent: None,
             next_report: None,
         }
@@ -198,42 +198,49 @@ impl RtcpSender {
         }
     }
 
-    /// Keeps the window's least-delayed frame at the front. A frame whose
-    /// arrival, moved to the new frame's timestamp, is no earlier than the
-    /// new frame's arrival can never be the anchor again.
+    /// The mapping of RTP time to real time that reports state: fixed at
+    /// the stream's first frame, so that arrival jitter never moves it from
+    /// report to report (a receiver that syncs tracks by reports sees every
+    /// move as a jump of its timestamps). It moves only when a frame comes
+    /// [`REANCHOR`] off it: a camera that reconnected, stalled, or whose
+    /// clock drifted that far. The channel's tracks besides video are
+    /// placed by the same rule on the same frames (`channel::core`), so
+    /// their reports move together with the video's.
     fn anchor(&mut self, rtp: u32, at: Instant) {
-        while let Some(&back) = self.anchors.back() {
-            if self.implied(back, rtp).is_none_or(|b| b >= at) {
-                self.anchors.pop_back();
-            } else {
-                break;
-            }
-        }
-        self.anchors.push_back((rtp, at));
-        while let Some(&(_, front_at)) = self.anchors.front() {
-            if at.saturating_duration_since(front_at) > ANCHOR_WINDOW {
-                self.anchors.pop_front();
-            } else {
-                break;
-            }
+        let keep = self
+            .anchor
+            .and_then(|a| self.implied(a, rtp))
+            .is_some_and(|implied| {
+                let off = if at >= implied {
+                    at - implied
+                } else {
+                    implied - at
+                };
+                off <= REANCHOR
+            });
+        if !keep {
+            self.anchor = Some((rtp, at));
         }
     }
 
-    /// The report for `now`. Its RTP timestamp is extrapolated, by the real
-    /// time since, from the frame of the last few seconds that arrived with
-    /// the least delay: arrival jitter does not move the mapping from
-    /// report to report (a receiver that syncs tracks by reports would see
-    /// every jitter as a jump), and a camera clock that drifts is followed
-    /// within the window.
+    /// The report for `now`: its RTP timestamp extrapolated from the anchor
+    /// by the real time since.
     pub fn sender_report(&self, now: Instant, wall: SystemTime) -> Option<SenderReport> {
-        let &(rtp, arrival) = self.anchors.front()?;
-        let elapsed = now.saturating_duration_since(arrival).as_nanos()
-            * u128::from(self.clock_rate)
-            / 1_000_000_000;
+        let (rtp, arrival) = self.anchor?;
+        // A track's frame may stand for an instant after now (audio that
+        // arrives with less delay than the video it is placed by): then
+        // the time runs back from it.
+        let ticks =
+            |d: Duration| (d.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000) as u32;
+        let rtp_now = if now >= arrival {
+            rtp.wrapping_add(ticks(now - arrival))
+        } else {
+            rtp.wrapping_sub(ticks(arrival - now))
+        };
         Some(SenderReport {
             ssrc: self.ssrc,
             ntp: NtpTime::from_system(wall),
-            rtp_timestamp: rtp.wrapping_add(elapsed as u32),
+            rtp_timestamp: rtp_now,
             packet_count: self.packets,
             octet_count: self.octets,
         })
@@ -392,23 +399,25 @@ mod tests {
         // Frame 0 arrived on time: t0 + 10 s is 900000 ticks after it.
         assert_eq!(mapped[0], base.wrapping_add(900_000));
         assert!(mapped.iter().all(|&m| m == mapped[0]), "{mapped:?}");
-        // Once the on-time frame has left the window, the mapping follows
-        // the least-late frame since: within the jitter of the exact one.
-        for k in 100..400u32 {
-            let late = Duration::from_millis(5 + u64::from((k * 7919) % 26));
-            let at = t0 + Duration::from_millis(40) * k + late;
-            s.on_sent(
-                &frame(k.wrapping_mul(3600).wrapping_add(base), at, &[100]),
-                at,
-            );
-        }
-        let when = t0 + Duration::from_secs(20);
-        let got = s.sender_report(when, wall).unwrap().rtp_timestamp;
-        let behind = base.wrapping_add(1_800_000).wrapping_sub(got) as i32;
-        assert!(
-            (5 * 90..=30 * 90).contains(&behind),
-            "{behind} ticks behind"
+        // A camera that stalls 300 ms moves the mapping to its next frame.
+        let at = t0 + Duration::from_millis(40) * 100 + Duration::from_millis(300);
+        s.on_sent(
+            &frame(100u32.wrapping_mul(3600).wrapping_add(base), at, &[100]),
+            at,
         );
+        let when = t0 + Duration::from_secs(10);
+        let moved = s.sender_report(when, wall).unwrap().rtp_timestamp;
+        assert_eq!(mapped[0].wrapping_sub(moved), 300 * 90, "300 ms later");
+    }
+
+    #[test]
+    fn a_frame_standing_for_a_later_instant_maps_back_not_to_now() {
+        let t0 = Instant::now();
+        let mut s = RtcpSender::new(1, "x".into(), DEFAULT_INTERVAL).with_clock_rate(8000);
+        // An audio frame placed 120 ms after now by the video's clock.
+        s.on_sent(&frame(16_000, t0 + Duration::from_millis(120), &[160]), t0);
+        let sr = s.sender_report(t0, SystemTime::now()).unwrap();
+        assert_eq!(sr.rtp_timestamp, 16_000 - 960, "120 ms at 8 kHz before it");
     }
 
     #[test]

@@ -399,7 +399,14 @@ struct Player {
     /// The tracks besides video, when the client set any up; each goes
     /// live on the interleaved channel the client set it up on.
     tracks_rx: Option<broadcast::Receiver<Arc<Frame>>>,
-    track_channels: Vec<Option<u8>>,
+    /// Per track besides video (by index): the client's interleaved
+    /// channel and the SSRC the track had at PLAY. A camera that comes
+    /// back with other tracks renumbers them: a frame goes out only if its
+    /// SSRC is the one the client set up.
+    track_channels: Vec<Option<(u8, u32)>>,
+    /// No track frame goes out before the first picture: without RTP-Info
+    /// a client starts each track's time line at its first packet.
+    video_started: bool,
     backlog: VecDeque<Arc<Frame>>,
     rtp_channel: u8,
     waiting_key: bool,
@@ -422,17 +429,15 @@ impl Player {
     /// while the client catches up. A client that fell a whole ring behind
     /// resumes at the next key frame.
     async fn next(&mut self) -> Next {
-        if self.catch_up.is_some()
-            && let Some(batch) = self.next_paced().await
-        {
-            return Next::Frames(batch);
-        }
-        // Sound and metadata go live, whatever the pictures do.
+        // Sound and metadata go live, whatever the pictures do (catching up
+        // included), once the first picture has gone.
         if let Some(rx) = &mut self.tracks_rx {
             let mut batch = Vec::new();
             while batch.len() < MAX_BATCH_FRAMES {
                 match rx.try_recv() {
-                    Ok(f) if wanted(&self.track_channels, &f) => batch.push(f),
+                    Ok(f) if self.video_started && wanted(&self.track_channels, &f) => {
+                        batch.push(f)
+                    }
                     Ok(_) | Err(TryRecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
@@ -441,6 +446,12 @@ impl Player {
                 return Next::Frames(batch);
             }
         }
+        if self.catch_up.is_some()
+            && let Some(batch) = self.next_paced().await
+        {
+            self.video_started = true;
+            return Next::Frames(batch);
+        }
         let m = &self.channel.metrics;
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -448,7 +459,7 @@ impl Player {
             loop {
                 let r = tokio::select! {
                     r = self.rx.recv() => r,
-                    f = next_track(&mut self.tracks_rx, &self.track_channels) => {
+                    f = next_track(&mut self.tracks_rx, &self.track_channels), if self.video_started => {
                         return Next::Frames(vec![f]);
                     }
                 };
@@ -494,6 +505,7 @@ impl Player {
         }
         self.queue
             .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
+        self.video_started |= !batch.is_empty();
         Next::Frames(batch)
     }
 
@@ -563,12 +575,13 @@ impl Player {
     }
 }
 
-/// Whether the client set up the track of `f`.
-fn wanted(channels: &[Option<u8>], f: &Frame) -> bool {
+/// Whether the client set up the track of `f`, as it was at PLAY.
+fn wanted(channels: &[Option<(u8, u32)>], f: &Frame) -> bool {
+    let ssrc = f.packets.first().map(crate::rtp::RtpPacket::ssrc);
     usize::from(f.track)
         .checked_sub(1)
         .and_then(|i| channels.get(i))
-        .is_some_and(Option::is_some)
+        .is_some_and(|c| c.is_some_and(|(_, s)| Some(s) == ssrc))
 }
 
 /// The next frame of a track the client set up; never, without tracks.
@@ -576,7 +589,7 @@ fn wanted(channels: &[Option<u8>], f: &Frame) -> bool {
 /// them just goes on with the next: every audio frame stands alone.
 async fn next_track(
     rx: &mut Option<broadcast::Receiver<Arc<Frame>>>,
-    channels: &[Option<u8>],
+    channels: &[Option<(u8, u32)>],
 ) -> Arc<Frame> {
     let Some(rx) = rx else {
         return std::future::pending().await;
@@ -596,14 +609,14 @@ async fn write_tracks<W: AsyncWrite + Unpin>(
     w: &mut W,
     frames: &[Arc<Frame>],
     video: u8,
-    tracks: &[Option<u8>],
+    tracks: &[Option<(u8, u32)>],
     stall: Duration,
 ) -> std::io::Result<(usize, usize)> {
     let (mut bytes, mut packets) = (0, 0);
     for run in frames.chunk_by(|a, b| a.track == b.track) {
         let channel = match usize::from(run[0].track).checked_sub(1) {
             None => Some(video),
-            Some(i) => tracks.get(i).copied().flatten(),
+            Some(i) => tracks.get(i).copied().flatten().map(|(c, _)| c),
         };
         let Some(channel) = channel else { continue };
         let (b, p) = write_frames(w, run, channel, stall).await?;
@@ -905,33 +918,38 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                         let info = ch.info.borrow().clone();
                         let mut track_channels = vec![None; info.tracks.len()];
                         for (n, t) in &tracks {
-                            if let (SessionTransport::Tcp { rtp, .. }, Some(slot)) =
-                                (t, track_channels.get_mut(n - 1))
+                            if let (SessionTransport::Tcp { rtp, .. }, Some(slot), Some(ti)) =
+                                (t, track_channels.get_mut(n - 1), info.tracks.get(n - 1))
                             {
-                                *slot = Some(*rtp);
+                                *slot = Some((*rtp, ti.ssrc));
                             }
                         }
                         let tracks_rx = track_channels
                             .iter()
                             .any(Option::is_some)
                             .then(|| ch.subscribe_tracks());
-                        if let Some(first_frame) = gop.first()
-                            && let Some(first) = first_frame.packets.first()
-                        {
+                        // The first cached picture; without one (the client
+                        // waits for the next key frame), the last picture
+                        // sent: every track's rtptime names the same instant.
+                        let reference =
+                            match gop.first().and_then(|f| Some((f, f.packets.first()?))) {
+                                Some((f, p)) => Some((f.time, f.rtp_timestamp, Some(p.seq()))),
+                                None => ch.last_picture().map(|(t, rtp)| (t, rtp, None)),
+                            };
+                        if let Some((time, rtptime, seq)) = reference {
                             let url = req.request_uri().map(|u| u.to_string()).unwrap_or_default();
                             let base = url.trim_end_matches('/');
-                            let mut rtp_info = format!(
-                                "url={base}/{};seq={};rtptime={}",
-                                sdp::TRACK_CONTROL,
-                                first.seq(),
-                                first.timestamp()
-                            );
+                            let mut rtp_info = format!("url={base}/{}", sdp::TRACK_CONTROL);
+                            if let Some(seq) = seq {
+                                rtp_info.push_str(&format!(";seq={seq}"));
+                            }
+                            rtp_info.push_str(&format!(";rtptime={rtptime}"));
                             for (i, t) in info.tracks.iter().enumerate() {
                                 if track_channels[i].is_some() {
                                     rtp_info.push_str(&format!(
                                         ",url={base}/{};rtptime={}",
                                         sdp::track_control(i + 1),
-                                        t.rtp_at(first_frame.time)
+                                        t.rtp_at(time)
                                     ));
                                 }
                             }
@@ -1022,6 +1040,7 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                 rx,
                 tracks_rx,
                 track_channels,
+                video_started: false,
                 rtp_channel: rtp,
                 queue,
                 bytes,
