@@ -335,7 +335,7 @@ fn choose(offered: &[Offered], wanted: &[TrackKind]) -> Plan {
         let reason = if !carried {
             Some("an encoding mcrelay does not relay")
         } else if !wanted.contains(&kind) {
-            Some("left out by the channel's tracks setting")
+            Some("not taken: the channel's tracks setting, or a cool-down after its tracks failed")
         } else if taken {
             Some("the channel already carries one")
         } else if o.clock_rate == 0 {
@@ -418,7 +418,7 @@ mod tests {
         assert!(
             video_only
                 .not_carried
-                .contains(&"audio/PCMU (left out by the channel's tracks setting)".to_string())
+                .contains(&"audio/PCMU (not taken: the channel's tracks setting, or a cool-down after its tracks failed)".to_string())
         );
     }
 
