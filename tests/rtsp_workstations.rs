@@ -98,6 +98,8 @@ fn demo_plays_over_rtsp_tcp_and_multicast() {
     for (what, d) in [("tcp", tcp), ("udp_multicast", mc)] {
         let (frames, errors) = d.finish(Duration::from_secs(40));
         assert!(frames >= 240, "{what}: {frames} frames; {errors:?}");
+        // Channel 1 has sound too, aligned with the pictures once.
+        let errors = common::without_join_alignment(errors);
         assert!(errors.is_empty(), "{what}: {errors:?}");
     }
 

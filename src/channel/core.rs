@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::media::time::{CLOCK_RATE, Timeline};
 use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
-use crate::rtp::rtcp::REANCHOR;
+use crate::rtp::rtcp::AnchorRule;
 use crate::rtp::track::{TrackError, TrackPacketizer};
 use crate::rtp::{Frame, Packetizer, PacketizerConfig, VIDEO_PAYLOAD_TYPE};
 
@@ -67,6 +67,7 @@ pub struct ChannelCore {
     /// (the rule of [`crate::rtp::rtcp::RtcpSender`]): tracks besides
     /// video are placed in real time by the same anchor.
     clock: Option<(MediaTime, Instant)>,
+    clock_rule: AnchorRule,
     /// Tracks of earlier sessions, by kind: a camera that comes back with
     /// the same track continues its sequence numbers.
     retired: Vec<TrackCore>,
@@ -83,6 +84,7 @@ impl ChannelCore {
             tracks: Vec::new(),
             retired: Vec::new(),
             clock: None,
+            clock_rule: AnchorRule::default(),
         }
     }
 
@@ -241,7 +243,7 @@ impl ChannelCore {
         }
         let p = self.packetizer.as_mut().filter(|p| p.codec() == au.codec)?;
         let time = self.timeline.map(source, arrival);
-        self.clock = Some(reanchor(self.clock, time, arrival));
+        self.clock = Some(reanchor(self.clock, &mut self.clock_rule, time, arrival));
         let rtp_timestamp = time.rtp(self.ids.rtp_base);
         let (packets, params_changed) = p.packetize(au, rtp_timestamp);
         Some((
@@ -259,32 +261,30 @@ impl ChannelCore {
     }
 }
 
-/// The anchor after a picture at `time` that arrived `at`: kept unless the
-/// picture is [`REANCHOR`] off it (the same rule as the video's reports).
+/// The anchor after a picture at `time` that arrived `at`, by the rule of
+/// the video's reports ([`AnchorRule`]).
 fn reanchor(
     anchor: Option<(MediaTime, Instant)>,
+    rule: &mut AnchorRule,
     time: MediaTime,
     at: Instant,
 ) -> (MediaTime, Instant) {
-    let keep = anchor.and_then(|(t0, a0)| {
+    let implied = anchor.and_then(|(t0, a0)| {
         let ticks = time.0.saturating_sub(t0.0);
         let d = std::time::Duration::from_nanos(
             (u128::from(ticks.unsigned_abs()) * 1_000_000_000 / u128::from(CLOCK_RATE))
                 .min(u128::from(u64::MAX)) as u64,
         );
-        let implied = if ticks >= 0 {
+        if ticks >= 0 {
             a0.checked_add(d)
         } else {
             a0.checked_sub(d)
-        }?;
-        let off = if at >= implied {
-            at - implied
-        } else {
-            implied - at
-        };
-        (off <= REANCHOR).then_some((t0, a0))
+        }
     });
-    keep.unwrap_or((time, at))
+    match anchor {
+        Some(a) if !rule.moves(implied, at) => a,
+        _ => (time, at),
+    }
 }
 
 #[cfg(test)]

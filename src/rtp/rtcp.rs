@@ -36,6 +36,48 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 /// viewer notices as lip sync.
 pub const REANCHOR: Duration = Duration::from_millis(100);
 
+/// How long frames must keep arriving [`REANCHOR`] late before the mapping
+/// follows them: a stall or a busy host delays frames for a moment; a
+/// camera clock that runs slow, or a gap the time line did not see, does
+/// so for good.
+pub const LATE_FOR: Duration = Duration::from_secs(5);
+
+/// When the real-time mapping of a stream moves ([`RtcpSender::anchor`]):
+/// at once to a frame that arrives [`REANCHOR`] earlier than it implies
+/// (the anchor itself came late, or a new camera session began), and to
+/// one that arrives that much later only after frames have done so for
+/// [`LATE_FOR`]. A move back in time would make receivers that sync by
+/// reports see their timestamps repeat, so it waits to be sure.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AnchorRule {
+    late_since: Option<Instant>,
+}
+
+impl AnchorRule {
+    /// Whether a frame that arrived `at`, where the anchor implies
+    /// `implied` (`None`: no anchor yet), moves the anchor to it.
+    pub fn moves(&mut self, implied: Option<Instant>, at: Instant) -> bool {
+        let Some(implied) = implied else {
+            self.late_since = None;
+            return true;
+        };
+        if implied > at + REANCHOR {
+            self.late_since = None;
+            return true;
+        }
+        if at > implied + REANCHOR {
+            let since = *self.late_since.get_or_insert(at);
+            if at.saturating_duration_since(since) >= LATE_FOR {
+                self.late_since = None;
+                return true;
+            }
+            return false;
+        }
+        self.late_since = None;
+        false
+    }
+}
+
 /// A 64-bit NTP timestamp: seconds since 1900 in the high word, fraction in the low.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct NtpTime(pub u64);
@@ -105,6 +147,7 @@ pub struct RtcpSender {
     /// The RTP timestamp and instant that every report's mapping follows
     /// ([`RtcpSender::anchor`]).
     anchor: Option<(u32, Instant)>,
+    rule: AnchorRule,
     last_sent: Option<Instant>,
     next_report: Option<Instant>,
 }
@@ -119,6 +162,7 @@ impl RtcpSender {
             packets: 0,
             octets: 0,
             anchor: None,
+            rule: AnchorRule::default(),
             last_sent: None,
             next_report: None,
         }
@@ -201,24 +245,14 @@ impl RtcpSender {
     /// The mapping of RTP time to real time that reports state: fixed at
     /// the stream's first frame, so that arrival jitter never moves it from
     /// report to report (a receiver that syncs tracks by reports sees every
-    /// move as a jump of its timestamps). It moves only when a frame comes
-    /// [`REANCHOR`] off it: a camera that reconnected, stalled, or whose
-    /// clock drifted that far. The channel's tracks besides video are
+    /// move as a jump of its timestamps). It moves by [`AnchorRule`]: to a
+    /// frame [`REANCHOR`] early at once, to frames that late only after
+    /// [`LATE_FOR`]. The channel's tracks besides video are
     /// placed by the same rule on the same frames (`channel::core`), so
     /// their reports move together with the video's.
     fn anchor(&mut self, rtp: u32, at: Instant) {
-        let keep = self
-            .anchor
-            .and_then(|a| self.implied(a, rtp))
-            .is_some_and(|implied| {
-                let off = if at >= implied {
-                    at - implied
-                } else {
-                    implied - at
-                };
-                off <= REANCHOR
-            });
-        if !keep {
+        let implied = self.anchor.and_then(|a| self.implied(a, rtp));
+        if self.rule.moves(implied, at) {
             self.anchor = Some((rtp, at));
         }
     }
@@ -399,15 +433,26 @@ mod tests {
         // Frame 0 arrived on time: t0 + 10 s is 900000 ticks after it.
         assert_eq!(mapped[0], base.wrapping_add(900_000));
         assert!(mapped.iter().all(|&m| m == mapped[0]), "{mapped:?}");
-        // A camera that stalls 300 ms moves the mapping to its next frame.
-        let at = t0 + Duration::from_millis(40) * 100 + Duration::from_millis(300);
-        s.on_sent(
-            &frame(100u32.wrapping_mul(3600).wrapping_add(base), at, &[100]),
-            at,
-        );
+        // A stall of 300 ms does not move it; frames that stay 300 ms late
+        // for 5 s (a slow camera clock) do.
         let when = t0 + Duration::from_secs(10);
+        let late = |k: u32| t0 + Duration::from_millis(40) * k + Duration::from_millis(300);
+        let rtp = |k: u32| k.wrapping_mul(3600).wrapping_add(base);
+        s.on_sent(&frame(rtp(100), late(100), &[100]), late(100));
+        assert_eq!(
+            s.sender_report(when, wall).unwrap().rtp_timestamp,
+            mapped[0]
+        );
+        for k in 101..300u32 {
+            s.on_sent(&frame(rtp(k), late(k), &[100]), late(k));
+        }
         let moved = s.sender_report(when, wall).unwrap().rtp_timestamp;
         assert_eq!(mapped[0].wrapping_sub(moved), 300 * 90, "300 ms later");
+        // A frame 200 ms earlier than the mapping moves it at once.
+        let early = t0 + Duration::from_millis(40) * 300 + Duration::from_millis(100);
+        s.on_sent(&frame(rtp(300), early, &[100]), early);
+        let back = s.sender_report(when, wall).unwrap().rtp_timestamp;
+        assert_eq!(back.wrapping_sub(moved), 200 * 90, "200 ms earlier");
     }
 
     #[test]
