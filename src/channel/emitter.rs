@@ -91,7 +91,7 @@ impl Emitter {
     }
 
     /// Sends a frame (and an RTCP report if one is due).
-    pub fn send(&mut self, frame: &Frame, m: &ChannelMetrics, now: Instant, wall: SystemTime) {
+    pub fn send(&mut self, frame: &Frame, m: &ChannelMetrics, now: Instant) {
         let channel = self.channel;
         let dest = self.spec.dest.rtp();
         let Some(sender) = self.sender(now) else {
@@ -120,7 +120,12 @@ impl Emitter {
         if stats.packets > 0 {
             self.rtcp.on_sent(frame, now);
         }
-        if let Some(report) = self.rtcp.poll_report(now, wall)
+        // The report pairs real time and wall-clock time read together: the
+        // frame's arrival (`now`) is earlier than the wall clock read after
+        // it by however long the host took, and a busy host would make each
+        // report's mapping differ by that.
+        let (report_at, report_wall) = (Instant::now(), SystemTime::now());
+        if let Some(report) = self.rtcp.poll_report(report_at.max(now), report_wall)
             && let Some(s) = self.sender.as_ref()
         {
             match s.try_send_rtcp(&report) {

@@ -464,7 +464,7 @@ impl Sink for Publisher {
         m.bytes.inc_by(frame.byte_len() as u64);
         let wall = SystemTime::now();
         if let Some(e) = &mut self.emitter {
-            e.send(&frame, m, arrival, wall);
+            e.send(&frame, m, arrival);
         }
         if let Some(r) = &mut self.recorder {
             let params: Vec<Bytes> = if au.key {
@@ -571,7 +571,7 @@ impl Sink for Publisher {
             Some(Ok(frame)) => {
                 m.track_frames.inc();
                 if let Some(Some(e)) = self.track_emitters.get_mut(index) {
-                    e.send(&frame, m, arrival, SystemTime::now());
+                    e.send(&frame, m, arrival);
                 }
                 if let Some(r) = &mut self.recorder {
                     r.push_track(index, &data, frame.time);
