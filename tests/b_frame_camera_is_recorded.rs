@@ -40,8 +40,7 @@ codec = "h264"
 fn b_frame_segments_have_increasing_decode_times_and_decode_cleanly() {
     let ns = Netns::new("bframes");
     let dir = common::tempdir();
-    let disk = dir.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
+    let disk = common::disk(dir.path());
     let site = common::write_site(dir.path(), &site(&disk));
     let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
     // Live: the multicast decodes without errors. The workstation joins
@@ -63,13 +62,7 @@ fn b_frame_segments_have_increasing_decode_times_and_decode_cleanly() {
     assert!(frames >= 150, "live: {frames} frames");
     assert!(errors.is_empty(), "live: {errors:?}");
 
-    let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch4"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
-        .collect();
-    segs.sort();
+    let segs = common::segments(&disk.join("mcrelay/ch4"));
     assert!(segs.len() >= 3, "{segs:?}");
     let mut reordered = 0;
     // The first segment may start before the camera's reordering was

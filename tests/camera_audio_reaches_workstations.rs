@@ -112,21 +112,14 @@ fn av_offset(packets: &str) -> (f64, usize) {
 fn relay_audio(audio: &str, rtpmap: &str) {
     let ns = Netns::new(&format!("aud{audio}"));
     let dir = common::tempdir();
-    let disk = dir.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
+    let disk = common::disk(dir.path());
     let site = common::write_site(dir.path(), &site("rtsp://127.0.0.1:8554/cam", &disk));
     let _camera = common::start_gst_camera(&ns, 8554, "cam", &format!("h264+{audio}"), None);
     let _relay = common::start_mcrelay(&ns, dir.path(), &site, "rec");
     common::wait_camera_state(&ns, 3, "streaming", Duration::from_secs(20));
 
     // The SDP lists the sound on the audio port of channel 3: 6000 + 2000 + 2 x 3.
-    let sdp = common::wait_for(Duration::from_secs(10), || {
-        let (code, body) = ns
-            .run(|| common::http_get("127.0.0.1:8080", "/channels/3.sdp"))
-            .ok()?;
-        (code == 200 && body.contains("m=audio")).then_some(body)
-    })
-    .expect("the SDP never listed the audio track");
+    let sdp = common::wait_sdp(&ns, 3, "m=audio");
     assert!(sdp.contains("m=video 6006 RTP/AVP 96\r\n"), "{sdp}");
     assert!(sdp.contains("a=rtcp:8007 IN IP4 239.255.21.1\r\n"), "{sdp}");
     assert!(sdp.contains(rtpmap), "{sdp}");
@@ -233,13 +226,7 @@ fn relay_audio(audio: &str, rtpmap: &str) {
     // The recording: AAC is in the segments beside the video, starting with
     // it; G.711, which has no MPEG-TS stream type ffmpeg reads, beside it as
     // private data.
-    let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch3"))
-        .expect("segments")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
-        .collect();
-    segs.sort();
+    let segs = common::segments(&disk.join("mcrelay/ch3"));
     assert!(segs.len() >= 3, "{segs:?}");
     for seg in &segs[1..segs.len() - 1] {
         let o = ns

@@ -38,8 +38,7 @@ source = "rtsp://127.0.0.1:8610/stream"
 fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
     let ns = Netns::new("onvif");
     let dir = common::tempdir();
-    let disk = dir.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
+    let disk = common::disk(dir.path());
     let site = common::write_site(
         dir.path(),
         &SITE.replace("DISK", &disk.display().to_string()),
@@ -55,13 +54,7 @@ fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
     common::wait_camera_state(&ns, 5, "streaming", Duration::from_secs(20));
 
     // The SDP lists it on the metadata base: 6000 + 4000 + 2 x 5.
-    let sdp = common::wait_for(Duration::from_secs(10), || {
-        let (code, body) = ns
-            .run(|| common::http_get("127.0.0.1:8080", "/channels/5.sdp"))
-            .ok()?;
-        (code == 200 && body.contains("m=application")).then_some(body)
-    })
-    .expect("the SDP never listed the metadata track");
+    let sdp = common::wait_sdp(&ns, 5, "m=application");
     assert!(sdp.contains("m=application 10010 RTP/AVP 98\r\n"), "{sdp}");
     assert!(
         sdp.contains("a=rtpmap:98 vnd.onvif.metadata/90000\r\n"),
@@ -141,13 +134,7 @@ fn licence_plate_documents_arrive_whole_on_the_metadata_port() {
 
     // The recording: a data stream beside the video, each document at the
     // time of the picture it came with.
-    let mut segs: Vec<_> = std::fs::read_dir(disk.join("mcrelay/ch5"))
-        .expect("segments")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
-        .collect();
-    segs.sort();
+    let segs = common::segments(&disk.join("mcrelay/ch5"));
     assert!(segs.len() >= 3, "{segs:?}");
     let packet_times = |seg: &std::path::Path, select: &str| -> Vec<f64> {
         let o = ns

@@ -217,27 +217,18 @@ async fn run(
         let now = Instant::now();
         let frame = match item {
             CodecItem::VideoFrame(frame) => frame,
-            CodecItem::AudioFrame(f) => {
-                if let Some(&t) = track_of.get(&f.stream_id()) {
-                    let elapsed = f.timestamp().elapsed();
-                    sink.track_frame(t, Bytes::copy_from_slice(f.data()), elapsed, now);
+            other => {
+                let track = match &other {
+                    CodecItem::AudioFrame(f) => Some((f.stream_id(), f.timestamp(), f.data())),
+                    CodecItem::MessageFrame(f) => Some((f.stream_id(), f.timestamp(), f.data())),
+                    _ => None,
+                };
+                if let Some((stream, timestamp, data)) = track
+                    && let Some(&t) = track_of.get(&stream)
+                {
+                    sink.track_frame(t, Bytes::copy_from_slice(data), timestamp.elapsed(), now);
                 }
-                if now.duration_since(last_picture) > stall {
-                    return Err(IngestError::Stalled(stall));
-                }
-                continue;
-            }
-            CodecItem::MessageFrame(f) => {
-                if let Some(&t) = track_of.get(&f.stream_id()) {
-                    let elapsed = f.timestamp().elapsed();
-                    sink.track_frame(t, Bytes::copy_from_slice(f.data()), elapsed, now);
-                }
-                if now.duration_since(last_picture) > stall {
-                    return Err(IngestError::Stalled(stall));
-                }
-                continue;
-            }
-            _ => {
+                // Sound and metadata alone do not keep a camera alive.
                 if now.duration_since(last_picture) > stall {
                     return Err(IngestError::Stalled(stall));
                 }

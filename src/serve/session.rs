@@ -366,27 +366,18 @@ impl Connection {
         if track > 0 {
             return self.setup_track(req, cseq, track, &ch);
         }
-        let transports = match req.typed_header::<Transports>() {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return reply(cseq, StatusCode::BadRequest, Action::None)
-                    .text("missing Transport header");
-            }
-            Err(_) => return self.unsupported(cseq, "malformed Transport header"),
+        let offers = match self.offers(req, cseq) {
+            Ok(o) => o,
+            Err(refusal) => return *refusal,
         };
         let mut chosen = None;
-        for t in transports.iter() {
-            let Transport::Rtp(rtp) = t else { continue };
-            let tcp = rtp.lower_transport == Some(headers::transport::RtpLowerTransport::Tcp);
-            if tcp {
-                let (a, b) = rtp
-                    .params
-                    .interleaved
-                    .map_or((0, 1), |(a, b)| (a, b.unwrap_or(a.wrapping_add(1))));
+        for offer in offers {
+            if offer.tcp {
+                let (a, b) = offer.interleaved.unwrap_or((0, 1));
                 chosen = Some(SessionTransport::Tcp { rtp: a, rtcp: b });
                 break;
             }
-            if rtp.params.multicast
+            if offer.multicast
                 && self.multicast_allowed
                 && let Some(dest) = ch.multicast
             {
@@ -448,20 +439,14 @@ impl Connection {
             return reply(cseq, StatusCode::MethodNotValidInThisState, Action::None)
                 .text("the session is playing: SETUP its tracks before PLAY");
         }
-        let transports = match req.typed_header::<Transports>() {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return reply(cseq, StatusCode::BadRequest, Action::None)
-                    .text("missing Transport header");
-            }
-            Err(_) => return self.unsupported(cseq, "malformed Transport header"),
+        let offers = match self.offers(req, cseq) {
+            Ok(o) => o,
+            Err(refusal) => return *refusal,
         };
         let mut chosen = None;
-        for t in transports.iter() {
-            let Transport::Rtp(rtp) = t else { continue };
-            let tcp = rtp.lower_transport == Some(headers::transport::RtpLowerTransport::Tcp);
+        for offer in offers {
             match session.transport {
-                SessionTransport::Tcp { .. } if tcp => {
+                SessionTransport::Tcp { .. } if offer.tcp => {
                     // The client's channels, unless the session uses them:
                     // then the next free pair.
                     let used = |c: u8| {
@@ -475,11 +460,8 @@ impl Connection {
                             )
                             .any(|t| matches!(t, SessionTransport::Tcp { rtp, rtcp } if rtp == c || rtcp == c))
                     };
-                    let asked = rtp
-                        .params
+                    let pair = offer
                         .interleaved
-                        .map(|(a, b)| (a, b.unwrap_or(a.wrapping_add(1))));
-                    let pair = asked
                         .filter(|&(a, b)| a != b && !used(a) && !used(b))
                         .or_else(|| {
                             (0..=127u8)
@@ -491,7 +473,7 @@ impl Connection {
                     }
                     break;
                 }
-                SessionTransport::Multicast(_) if rtp.params.multicast && !tcp => {
+                SessionTransport::Multicast(_) if offer.multicast && !offer.tcp => {
                     if let Some(dest) = ch.tracks.get(track - 1).copied().flatten() {
                         chosen = Some(SessionTransport::Multicast(dest));
                     }
@@ -519,6 +501,43 @@ impl Connection {
         self.with_session(reply(cseq, StatusCode::Ok, Action::None))
             .header(headers::TRANSPORT, transport_header(transport))
             .finish()
+    }
+
+    /// The RTP transports a SETUP's `Transport` header offers, in the
+    /// client's order of preference.
+    fn offers(
+        &self,
+        req: &Request<Vec<u8>>,
+        cseq: Option<&str>,
+    ) -> Result<Vec<Offer>, Box<Outcome>> {
+        let transports = match req.typed_header::<Transports>() {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(Box::new(
+                    reply(cseq, StatusCode::BadRequest, Action::None)
+                        .text("missing Transport header"),
+                ));
+            }
+            Err(_) => {
+                return Err(Box::new(
+                    self.unsupported(cseq, "malformed Transport header"),
+                ));
+            }
+        };
+        Ok(transports
+            .iter()
+            .filter_map(|t| match t {
+                Transport::Rtp(rtp) => Some(Offer {
+                    tcp: rtp.lower_transport == Some(headers::transport::RtpLowerTransport::Tcp),
+                    multicast: rtp.params.multicast,
+                    interleaved: rtp
+                        .params
+                        .interleaved
+                        .map(|(a, b)| (a, b.unwrap_or(a.wrapping_add(1)))),
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     fn unsupported(&self, cseq: Option<&str>, why: &str) -> Outcome {
@@ -564,6 +583,14 @@ impl Connection {
             .header(headers::RANGE, "npt=now-")
             .finish()
     }
+}
+
+/// One RTP transport of a SETUP's `Transport` header.
+struct Offer {
+    tcp: bool,
+    multicast: bool,
+    /// The interleaved channels asked for (RTP, RTCP).
+    interleaved: Option<(u8, u8)>,
 }
 
 fn transport_header(t: SessionTransport) -> String {

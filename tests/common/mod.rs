@@ -233,6 +233,37 @@ pub fn write_site(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// A material disk `disk` inside `dir`, created.
+pub fn disk(dir: &Path) -> PathBuf {
+    let d = dir.join("disk");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The MPEG-TS segments in a channel's folder, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("no segments in {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ts"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// Channel `channel`'s SDP from the control API on 127.0.0.1:8080 of `ns`,
+/// once it contains `needle` (a track's m= line comes with the camera).
+pub fn wait_sdp(ns: &Netns, channel: u32, needle: &str) -> String {
+    let path = format!("/channels/{channel}.sdp");
+    wait_for(Duration::from_secs(10), || {
+        let path = path.clone();
+        let (code, body) = ns.run(move || http_get("127.0.0.1:8080", &path)).ok()?;
+        (code == 200 && body.contains(needle)).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("the SDP of channel {channel} never had {needle:?}"))
+}
+
 /// A temporary directory for a test's files (site file, logs).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -362,6 +393,18 @@ impl Decoder {
         }
     }
 
+    /// Frames decoded by now, as ffmpeg's last progress report (every
+    /// half second) said.
+    pub fn frames_so_far(&self) -> u64 {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .filter_map(|v| v.trim().parse().ok())
+            .next_back()
+            .unwrap_or(0)
+    }
+
     /// Waits (at most `timeout`) and returns frames decoded and error lines.
     pub fn finish(mut self, timeout: Duration) -> (u64, Vec<String>) {
         let deadline = Instant::now() + timeout;
@@ -369,13 +412,7 @@ impl Decoder {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.proc.kill();
-        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let frames = stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("frame="))
-            .filter_map(|v| v.trim().parse().ok())
-            .next_back()
-            .unwrap_or(0);
+        let frames = self.frames_so_far();
         let errors = std::fs::read_to_string(&self.err)
             .unwrap_or_default()
             .lines()
