@@ -8,11 +8,12 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mcrelay::channel::core::StreamIds;
-use mcrelay::channel::{Channel, ChannelSpec, Publisher};
+use mcrelay::channel::{Channel, Publisher};
 use mcrelay::config::Source;
 use mcrelay::ingest::Sink;
 use mcrelay::media::{AccessUnit, Codec, MediaTime};
 use mcrelay::metrics::Metrics;
+use mcrelay::spec::ChannelSpec;
 
 fn channel() -> Arc<Channel> {
     let spec = ChannelSpec::standalone(

@@ -18,13 +18,14 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mcrelay::channel::core::StreamIds;
-use mcrelay::channel::{Channel, ChannelSpec, Publisher};
+use mcrelay::channel::{Channel, Publisher};
 use mcrelay::config::{Destination, Source};
 use mcrelay::emit::{MulticastSender, SendMode};
 use mcrelay::ingest::Sink;
 use mcrelay::media::{AccessUnit, Codec, MediaTime};
 use mcrelay::metrics::Metrics;
 use mcrelay::rtp::RtpPacket;
+use mcrelay::spec::ChannelSpec;
 
 /// A namespace with multicast on lo, entered by this thread; deleted on drop.
 struct Ns(String);

@@ -64,6 +64,18 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         None => server.storage.record = false,
     }
     let material = server.storage.record.then(|| server.storage.disks.clone());
+    // Where the demo's streams stand, beside its material (or in the
+    // temporary directory), so that a restarted demo continues them.
+    server.state_dir = Some(match &opts.material {
+        Some(_) => server
+            .storage
+            .disks
+            .first()
+            .and_then(|d| d.parent())
+            .map_or_else(std::env::temp_dir, Path::to_path_buf)
+            .join("state"),
+        None => std::env::temp_dir().join("mcrelay-demo-state"),
+    });
 
     // Start the RTSP cameras on free loopback ports and point the channels
     // at them: the relay ingests RTSP over TCP, as a real site does.

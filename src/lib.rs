@@ -12,3 +12,4 @@ pub mod record;
 pub mod rtp;
 pub mod runtime;
 pub mod serve;
+pub mod spec;

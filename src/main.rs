@@ -497,7 +497,7 @@ fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<Exi
             owner.name
         );
     }
-    let spec = mcrelay::channel::ChannelSpec::new(owner, ch, local, SendMode::Gso)
+    let spec = mcrelay::spec::ChannelSpec::new(owner, ch, local, SendMode::Gso)
         .map_err(anyhow::Error::msg)?;
     let emit = spec.multicast.with_context(|| {
         format!(

@@ -146,9 +146,10 @@ pub async fn serve_rtsp(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     use crate::channel::core::StreamIds;
-    use crate::channel::{Channel, ChannelSpec, Publisher};
+    use crate::channel::{Channel, Publisher};
     use crate::config::{RtspConfig, Secret, Source};
     use crate::runtime::rtsp::{Clients, RtspShared};
+    use crate::spec::ChannelSpec;
 
     let addr = listener.local_addr()?;
     let url = format!("rtsp://{addr}/{path}");
@@ -167,7 +168,7 @@ pub async fn serve_rtsp(
         initial_seq: rand::random(),
         rtp_base: rand::random(),
     };
-    let publisher = Publisher::new(channel.clone(), ids, String::new());
+    let mut publisher = Publisher::new(channel.clone(), ids, String::new());
     let directory =
         tokio::sync::watch::Sender::new(Arc::new(std::collections::BTreeMap::from([(1, channel)])));
     let mut cfg = RtspConfig::new(addr);
@@ -196,7 +197,16 @@ pub async fn serve_rtsp(
         },
         metrics,
     });
-    tokio::spawn(play(clip, publisher, tracks, cancel.clone()));
+    // The session and its tracks exist before the first DESCRIBE is
+    // answered: a client that connects at once gets every track.
+    let metadata_index = start_session(&clip, &mut publisher, tracks);
+    tokio::spawn(play(
+        clip,
+        publisher,
+        tracks,
+        metadata_index,
+        cancel.clone(),
+    ));
     crate::runtime::rtsp::serve(listener, shared, cancel).await;
     drop(directory);
     Ok(())
@@ -211,15 +221,13 @@ pub struct CameraTracks {
     pub metadata: bool,
 }
 
-/// Feeds the clip's access units at its frame rate, forever, with
-/// timestamps that keep counting across loops; the tracks besides video on
-/// the same time line.
-async fn play(
-    clip: Arc<Clip>,
-    mut publisher: crate::channel::Publisher,
+/// Starts the camera's session with its tracks; returns the metadata
+/// track's index.
+fn start_session(
+    clip: &Clip,
+    publisher: &mut crate::channel::Publisher,
     tracks: CameraTracks,
-    cancel: CancellationToken,
-) {
+) -> usize {
     use crate::ingest::Sink;
     publisher.session_started(clip.codec);
     let mut descs = Vec::new();
@@ -233,26 +241,37 @@ async fn play(
     if !descs.is_empty() {
         publisher.tracks(descs, Vec::new());
     }
+    metadata_index
+}
+
+/// Feeds the clip's access units at its frame rate, forever, with
+/// timestamps that keep counting across loops; the tracks besides video on
+/// the same time line.
+async fn play(
+    clip: Arc<Clip>,
+    mut publisher: crate::channel::Publisher,
+    tracks: CameraTracks,
+    metadata_index: usize,
+    cancel: CancellationToken,
+) {
+    use crate::ingest::Sink;
     let mut plates = tracks.metadata.then(Plates::default);
     let mut beeps = tracks.audio.then(Beeps::default);
     let period = clip.frame_period();
     let ticks = f64::from(crate::media::time::CLOCK_RATE) / clip.fps;
+    // Pictures and audio frames sent. Both are due on one schedule from
+    // `start`, which a stalled host moves later for both at once: their
+    // timestamps keep counting, so sound and pictures stay in sync.
     let mut start = Instant::now();
-    // Pictures and audio frames sent, and how many of each were sent when
-    // the schedule last re-anchored to `start`.
-    let (mut i, mut base): (u64, u64) = (0, 0);
-    let (mut j, mut audio_base): (u64, u64) = (0, 0);
+    let (mut i, mut j): (u64, u64) = (0, 0);
     loop {
-        let video_due = start + period.mul_f64((i - base) as f64);
-        let audio_due = beeps
-            .as_ref()
-            .map(|_| start + Beeps::FRAME * (j - audio_base) as u32);
+        let video_due = start + period.mul_f64(i as f64);
+        let audio_due = beeps.as_ref().map(|_| start + Beeps::FRAME * j as u32);
         let due = audio_due.map_or(video_due, |a| a.min(video_due));
         let now = Instant::now();
         if now > due + MAX_LAG {
-            start = now;
-            base = i;
-            audio_base = j;
+            start += now - due;
+            continue;
         }
         tokio::select! {
             () = tokio::time::sleep_until(due.into()) => {}

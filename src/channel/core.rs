@@ -1,19 +1,21 @@
 //! A channel's stream state, sans-IO: access units in, RTP frames out, with
 //! sequence numbers and timestamps continuous across camera sessions.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
+use super::resume::{ChannelPoint, StreamPoint, unix_ms};
 use crate::media::time::{CLOCK_RATE, Timeline};
 use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
 use crate::rtp::rtcp::AnchorRule;
 use crate::rtp::track::{TrackError, TrackPacketizer};
 use crate::rtp::{Frame, Packetizer, PacketizerConfig, VIDEO_PAYLOAD_TYPE};
 
-/// Identity and numbering of a channel's RTP stream. RFC 3550 5.1 asks for
-/// random initial sequence number and timestamp and a random SSRC; the
-/// runtime draws them, this struct only keeps them.
+/// Identity and numbering of a channel's RTP stream: the SSRC is the
+/// site's for the channel, the first sequence number and timestamp random
+/// (RFC 3550 5.1) or continuing where the stream stood
+/// ([`super::resume`]); the runtime chooses, this struct only keeps them.
 #[derive(Copy, Clone, Debug)]
 pub struct StreamIds {
     pub ssrc: u32,
@@ -22,30 +24,30 @@ pub struct StreamIds {
 }
 
 impl StreamIds {
-    /// The identity of the channel's track of `kind` besides video: derived
-    /// from the video's, so that it is as stable as the video's and never
-    /// equal to it.
+    /// The identity of the channel's track of `kind` besides video: its
+    /// SSRC derived from the video's SSRC alone (as stable as it, and never
+    /// equal to it), its numbering from the video's.
     pub fn for_track(&self, kind: TrackKind) -> StreamIds {
-        let mix = |x: u64| {
-            // splitmix64's finalizer: every input bit moves every output bit.
-            let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        let seed = (u64::from(self.ssrc) << 32 | u64::from(self.rtp_base)) ^ kind as u64;
-        let a = mix(seed);
-        let b = mix(a);
+        let a = mix64(u64::from(self.ssrc) << 8 ^ kind as u64);
+        let b = mix64(a ^ (u64::from(self.rtp_base) << 16 | u64::from(self.initial_seq)));
         let mut ssrc = a as u32;
         if ssrc == self.ssrc {
             ssrc = !ssrc;
         }
         StreamIds {
             ssrc,
-            initial_seq: (a >> 32) as u16,
+            initial_seq: (b >> 32) as u16,
             rtp_base: b as u32,
         }
     }
+}
+
+/// splitmix64's finalizer: every input bit moves every output bit.
+pub fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// One track besides video: its identity and packetizer.
@@ -54,6 +56,44 @@ pub struct TrackCore {
     pub ids: StreamIds,
     pub payload_type: u8,
     packetizer: TrackPacketizer,
+    tally: Tally,
+}
+
+/// What a stream sent since its last [`StreamPoint`]: the last frame's
+/// timestamp and a packet rate.
+#[derive(Debug, Default)]
+struct Tally {
+    last_rtp: Option<u32>,
+    packets: u32,
+    /// Packets a second: the peak, decaying by a quarter a point.
+    rate: u32,
+}
+
+impl Tally {
+    fn count(&mut self, rtp_timestamp: u32, packets: usize) {
+        self.last_rtp = Some(rtp_timestamp);
+        self.packets = self.packets.saturating_add(packets as u32);
+    }
+
+    fn point(
+        &mut self,
+        ids: (u32, u16),
+        clock_rate: u32,
+        sent: u64,
+        dt: Duration,
+    ) -> Option<StreamPoint> {
+        let now = (f64::from(self.packets) / dt.as_secs_f64().max(0.001)).min(1e9) as u32;
+        self.rate = now.max(self.rate - self.rate / 4);
+        self.packets = 0;
+        Some(StreamPoint {
+            ssrc: ids.0,
+            next_seq: ids.1,
+            rtp_timestamp: self.last_rtp?,
+            clock_rate,
+            sent_unix_ms: sent,
+            packet_rate: self.rate,
+        })
+    }
 }
 
 pub struct ChannelCore {
@@ -71,6 +111,11 @@ pub struct ChannelCore {
     /// Tracks of earlier sessions, by kind: a camera that comes back with
     /// the same track continues its sequence numbers.
     retired: Vec<TrackCore>,
+    /// Numbering that continues a track of an earlier emitter, by kind,
+    /// until a session has that track.
+    resumed: Vec<(TrackKind, StreamIds)>,
+    tally: Tally,
+    last_point: Option<Instant>,
 }
 
 impl ChannelCore {
@@ -85,7 +130,51 @@ impl ChannelCore {
             retired: Vec::new(),
             clock: None,
             clock_rule: AnchorRule::default(),
+            resumed: Vec::new(),
+            tally: Tally::default(),
+            last_point: None,
         }
+    }
+
+    /// Tracks besides video continue these streams (an earlier emitter's)
+    /// when a session has them.
+    pub fn resume_tracks(&mut self, tracks: Vec<(TrackKind, StreamIds)>) {
+        self.resumed = tracks;
+    }
+
+    /// Where the channel's streams stand, at most every `every`: `None`
+    /// before then, or before the first picture.
+    pub fn point(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        every: Duration,
+    ) -> Option<ChannelPoint> {
+        let dt = match self.last_point {
+            Some(t) if now.duration_since(t) < every => return None,
+            Some(t) => now.duration_since(t),
+            None => every,
+        };
+        self.last_point = Some(now);
+        let sent = unix_ms(wall);
+        let next_seq = self.packetizer.as_ref()?.next_seq();
+        let video = self
+            .tally
+            .point((self.ids.ssrc, next_seq), CLOCK_RATE, sent, dt)?;
+        let tracks = self
+            .tracks
+            .iter_mut()
+            .filter_map(|t| {
+                let p = t.tally.point(
+                    (t.ids.ssrc, t.packetizer.next_seq()),
+                    t.desc.clock_rate,
+                    sent,
+                    dt,
+                )?;
+                Some((t.desc.kind, p))
+            })
+            .collect();
+        Some(ChannelPoint { video, tracks })
     }
 
     pub fn ssrc(&self) -> u32 {
@@ -148,7 +237,18 @@ impl ChannelCore {
                 .iter()
                 .position(|t| t.desc.kind == desc.kind)
                 .map(|i| self.retired.swap_remove(i));
-            let ids = self.ids.for_track(desc.kind);
+            // A track of an earlier session keeps its numbering; one that
+            // an earlier emitter sent continues it.
+            let resumed = self
+                .resumed
+                .iter()
+                .position(|(k, _)| *k == desc.kind)
+                .map(|i| self.resumed.swap_remove(i).1);
+            let ids = old
+                .as_ref()
+                .map(|t| t.ids)
+                .or(resumed)
+                .unwrap_or_else(|| self.ids.for_track(desc.kind));
             let seq = old
                 .as_ref()
                 .map_or(ids.initial_seq, |t| t.packetizer.next_seq());
@@ -165,6 +265,7 @@ impl ChannelCore {
                 ids,
                 payload_type,
                 packetizer,
+                tally: Tally::default(),
             });
         }
         changed
@@ -217,6 +318,7 @@ impl ChannelCore {
             track
                 .packetizer
                 .packetize(data, rtp_timestamp)
+                .inspect(|packets| track.tally.count(rtp_timestamp, packets.len()))
                 .map(|packets| Frame {
                     packets,
                     key: true,
@@ -246,6 +348,7 @@ impl ChannelCore {
         self.clock = Some(reanchor(self.clock, &mut self.clock_rule, time, arrival));
         let rtp_timestamp = time.rtp(self.ids.rtp_base);
         let (packets, params_changed) = p.packetize(au, rtp_timestamp);
+        self.tally.count(rtp_timestamp, packets.len());
         Some((
             Frame {
                 packets,

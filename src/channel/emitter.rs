@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::EmitSpec;
 use crate::emit::MulticastSender;
 use crate::metrics::ChannelMetrics;
 use crate::rtp::Frame;
 use crate::rtp::rtcp::{DEFAULT_INTERVAL, RtcpSender};
+use crate::spec::EmitSpec;
 
 /// Delay before retrying a socket that could not be opened (interface
 /// missing, address not configured yet).

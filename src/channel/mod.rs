@@ -8,8 +8,8 @@
 
 pub mod core;
 pub mod emitter;
+pub mod resume;
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,16 +17,12 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use self::core::{ChannelCore, StreamIds};
-use crate::config::{
-    ChannelConfig, Destination, IngestConfig, Protocol, ServerConfig, Source, plan,
-};
-use crate::emit::SendMode;
 use crate::ingest::{IngestError, Sink};
 use crate::media::params::VideoInfo;
-use crate::media::time::TimingPolicy;
 use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
 use crate::metrics::{CameraState, ChannelMetrics};
 use crate::rtp::Frame;
+use crate::spec::{ChannelSpec, EmitSpec};
 
 #[cfg(test)]
 mod tests;
@@ -47,116 +43,6 @@ pub const TRACK_RING_FRAMES: usize = 128;
 /// The channels a server runs, by id: an immutable snapshot, republished
 /// whenever the set changes (at start, and when failover hands over channels).
 pub type Directory = Arc<std::collections::BTreeMap<u32, Arc<Channel>>>;
-
-/// Everything needed to run one channel on this server.
-#[derive(Clone, Debug)]
-pub struct ChannelSpec {
-    pub id: u32,
-    pub name: String,
-    /// The server whose channel this is (this one, or one it covers).
-    pub owner: String,
-    pub source: Source,
-    pub codec: Option<Codec>,
-    pub timing: TimingPolicy,
-    pub ingest: IngestConfig,
-    /// Where to send it, when the owner's protocol is RTP multicast.
-    pub multicast: Option<EmitSpec>,
-    /// Encoders allowed to connect to a `tcp-listen://` source (empty: any).
-    pub allow: Vec<crate::config::Allowed>,
-    /// The camera's tracks to take (video always among them).
-    pub tracks: Vec<TrackKind>,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct EmitSpec {
-    /// The owner's group and port (the address plan), so that a takeover
-    /// sends where workstations already listen.
-    pub dest: Destination,
-    /// This server's interface.
-    pub interface: Ipv4Addr,
-    pub loopback: bool,
-    pub mode: SendMode,
-    /// The owner's destinations of the channel's audio and metadata, when
-    /// the channel takes them.
-    pub audio: Option<Destination>,
-    pub metadata: Option<Destination>,
-}
-
-impl EmitSpec {
-    /// Where a kind of track goes.
-    pub fn track(&self, kind: TrackKind) -> Option<Destination> {
-        match kind {
-            TrackKind::Video => Some(self.dest),
-            TrackKind::Audio => self.audio,
-            TrackKind::Metadata => self.metadata,
-        }
-    }
-}
-
-impl ChannelSpec {
-    /// A channel outside any site: no multicast, default ingest and timing
-    /// (the camera simulator, benches, tests).
-    pub fn standalone(id: u32, owner: &str, source: Source, codec: Codec) -> Self {
-        ChannelSpec {
-            id,
-            name: String::new(),
-            owner: owner.to_string(),
-            source,
-            codec: Some(codec),
-            timing: TimingPolicy::Auto,
-            ingest: IngestConfig::default(),
-            multicast: None,
-            allow: Vec::new(),
-            tracks: TrackKind::ALL.to_vec(),
-        }
-    }
-
-    /// The spec of `channel`, owned by `owner`, run by `local`.
-    pub fn new(
-        owner: &ServerConfig,
-        channel: &ChannelConfig,
-        local: &ServerConfig,
-        mode: SendMode,
-    ) -> Result<Self, String> {
-        let multicast = match (&owner.multicast, owner.protocol) {
-            (Some(mc), Protocol::RtpMulticast) => {
-                let dest = plan::destination(mc, channel.id)?;
-                let track = |kind| {
-                    channel
-                        .tracks
-                        .contains(&kind)
-                        .then(|| plan::track_destination(mc, channel.id, kind))
-                        .transpose()
-                };
-                let (interface, loopback) = local
-                    .multicast
-                    .as_ref()
-                    .map_or((mc.interface, mc.loopback), |l| (l.interface, l.loopback));
-                Some(EmitSpec {
-                    dest,
-                    interface,
-                    loopback,
-                    mode,
-                    audio: track(TrackKind::Audio)?,
-                    metadata: track(TrackKind::Metadata)?,
-                })
-            }
-            _ => None,
-        };
-        Ok(ChannelSpec {
-            id: channel.id,
-            name: channel.name.clone(),
-            owner: owner.name.clone(),
-            source: channel.source.clone(),
-            codec: channel.codec,
-            timing: channel.timing.0,
-            ingest: local.ingest.clone(),
-            multicast,
-            allow: channel.allow.clone(),
-            tracks: channel.tracks.clone(),
-        })
-    }
-}
 
 /// What sinks and the SDP need to know about the stream.
 #[derive(Clone, Debug, Default)]
@@ -290,6 +176,9 @@ pub struct Channel {
     pub info: watch::Sender<StreamInfo>,
     pub status: watch::Sender<CameraStatus>,
     pub metrics: ChannelMetrics,
+    /// Where the channel's streams stand (refreshed by the camera task every
+    /// [`resume::POINT_EVERY`]), for the runtime to keep.
+    point: std::sync::Mutex<Option<resume::ChannelPoint>>,
 }
 
 impl Channel {
@@ -311,7 +200,18 @@ impl Channel {
                 reconnects: 0,
             }),
             metrics,
+            point: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Where the channel's streams last stood; `None` before its first
+    /// picture.
+    pub fn point(&self) -> Option<resume::ChannelPoint> {
+        self.point.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_point(&self, p: resume::ChannelPoint) {
+        *self.point.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
 
     /// A new sink: receives every frame published from now on.
@@ -408,6 +308,18 @@ impl Publisher {
         }
     }
 
+    /// Tracks besides video continue these streams of an earlier emitter.
+    pub fn resume_tracks(&mut self, tracks: Vec<(TrackKind, StreamIds)>) {
+        self.core.resume_tracks(tracks);
+    }
+
+    /// Refreshes the channel's point when it is due.
+    fn keep_point(&mut self, now: Instant) {
+        if let Some(p) = self.core.point(now, SystemTime::now(), resume::POINT_EVERY) {
+            self.channel.set_point(p);
+        }
+    }
+
     /// Records the channel's material too.
     pub fn set_recorder(&mut self, recorder: crate::record::ChannelRecorder) {
         self.recorder = Some(recorder);
@@ -478,6 +390,7 @@ impl Sink for Publisher {
             r.push(&au, &params, frame.time, wall);
         }
         self.channel.publish(frame);
+        self.keep_point(arrival);
     }
 
     fn tracks(&mut self, tracks: Vec<TrackDesc>, not_carried: Vec<String>) {

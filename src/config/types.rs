@@ -80,6 +80,11 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// Where the server keeps where each of its RTP streams stands (SSRC,
+    /// next sequence number, timestamp), so that a restarted server
+    /// continues its streams and joined workstations keep decoding.
+    /// Default: `mcrelay-state/<server name>` beside the site file.
+    pub state_dir: Option<PathBuf>,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
 }

@@ -20,10 +20,10 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::ChannelSpec;
 use crate::config::Source;
 use crate::media::annexb::AnnexBError;
 use crate::media::{AccessUnit, AuError, Codec, MediaTime, TrackDesc, TrackKind};
+use crate::spec::ChannelSpec;
 use backoff::{Backoff, STABLE_SESSION};
 
 /// Receives what a camera session produces.

@@ -11,6 +11,7 @@ pub mod rtsp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,13 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::channel::core::StreamIds;
-use crate::channel::{Channel, ChannelSpec, Directory, Publisher};
+use crate::channel::resume::{self, ChannelPoint, Resume, StateFile};
+use crate::channel::{Channel, Directory, Publisher};
 use crate::config::{ServerConfig, Site};
 use crate::control::{self, AppState, ServerInfo};
 use crate::emit::SendMode;
 use crate::metrics::Metrics;
 use crate::record::Recorder;
+use crate::spec::ChannelSpec;
 
 /// How long a shutdown waits for tasks to say goodbye (RTCP BYE, RTSP
 /// TEARDOWN) before giving up on them.
@@ -68,6 +70,87 @@ pub struct Server {
     tasks: TaskTracker,
     send_mode: SendMode,
     recorder: Option<Arc<Recorder>>,
+    state: Arc<StreamState>,
+}
+
+/// Where the server's channels' streams stand, kept on disk so that a
+/// restarted server continues them ([`crate::channel::resume`]).
+struct StreamState {
+    dir: PathBuf,
+    /// Every channel's last point, running or not: a channel stopped and
+    /// started again (or handed back after a failover) continues too.
+    points: std::sync::Mutex<BTreeMap<u32, ChannelPoint>>,
+    /// The last write failed (logged once until one succeeds).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl StreamState {
+    fn load(dir: PathBuf) -> StreamState {
+        let points = StateFile::load(&dir).channels;
+        if !points.is_empty() {
+            tracing::info!(dir = %dir.display(), channels = points.len(), "continuing the streams where they stood");
+        }
+        StreamState {
+            dir,
+            points: std::sync::Mutex::new(points),
+            failing: Default::default(),
+        }
+    }
+
+    fn saved(&self, channel: u32) -> Option<ChannelPoint> {
+        self.lock().get(&channel).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, ChannelPoint>> {
+        self.points.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the running channels' points and writes them all.
+    fn store(&self, channels: &Directory) {
+        let file = {
+            let mut points = self.lock();
+            for (id, ch) in channels.iter() {
+                if let Some(p) = ch.point() {
+                    points.insert(*id, p);
+                }
+            }
+            StateFile {
+                channels: points.clone(),
+            }
+        };
+        use std::sync::atomic::Ordering;
+        match file.store(&self.dir) {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(dir = %self.dir.display(), "stream state written again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the stream state: a restart will start the streams afresh (workstations joined by SDP then need a restart)");
+                }
+            }
+        }
+    }
+
+    /// Writes every [`resume::STATE_EVERY`] until `cancel`.
+    async fn keep(
+        self: Arc<Self>,
+        channels: watch::Receiver<Directory>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(resume::STATE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            let dir = channels.borrow().clone();
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.store(&dir)).await;
+        }
+    }
 }
 
 impl Server {
@@ -90,7 +173,16 @@ impl Server {
         } else {
             None
         };
+        let state_dir = local.state_dir.clone().unwrap_or_else(|| {
+            site.path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("mcrelay-state")
+                .join(&local.name)
+        });
+        let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
         Ok(Server {
+            state: Arc::new(StreamState::load(state_dir)),
             recorder,
             local,
             metrics: Metrics::new(),
@@ -139,17 +231,23 @@ impl Server {
         let id = spec.id;
         let channel = Channel::new(spec.clone(), self.metrics.channel(id), SystemTime::now());
         let cancel = self.cancel.child_token();
-        let ids = StreamIds {
-            ssrc: rand::random(),
-            initial_seq: rand::random(),
-            rtp_base: rand::random(),
-        };
+        // The site's SSRC for the channel, continuing where its streams
+        // last stood when this server sent them.
+        let resume = Resume::for_channel(
+            &spec.owner,
+            id,
+            self.state.saved(id).as_ref(),
+            SystemTime::now(),
+            rand::random(),
+        );
         let interface = spec
             .multicast
             .map(|e| e.interface.to_string())
             .unwrap_or_default();
-        let cname = format!("{}/{}@{}", self.local.name, id, interface);
-        let mut publisher = Publisher::new(channel.clone(), ids, cname);
+        // The stream's name, whoever sends it: the owner's.
+        let cname = format!("{}/{}@{}", spec.owner, id, interface);
+        let mut publisher = Publisher::new(channel.clone(), resume.video, cname);
+        publisher.resume_tracks(resume.tracks);
         if let Some(r) = &self.recorder {
             publisher.set_recorder(r.channel(id, self.metrics.record(id)));
         }
@@ -250,6 +348,9 @@ impl Server {
         {
             tracing::warn!("some channel tasks did not stop within {SHUTDOWN_GRACE:?}");
         }
+        // Where the streams stopped, for the next start to continue.
+        let (state, dir) = (self.state.clone(), self.directory.borrow().clone());
+        let _ = tokio::task::spawn_blocking(move || state.store(&dir)).await;
         // Finish the segments being written (their threads sync and index
         // them) so that a clean stop loses no material.
         if let Some(r) = self.recorder.take() {
@@ -352,6 +453,12 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
         }
         None => (None, None),
     };
+    server.tasks.spawn(
+        server
+            .state
+            .clone()
+            .keep(server.directory.subscribe(), server.cancel.child_token()),
+    );
     let own = server.own_channels()?;
     server.apply(own);
     // The control API's material endpoints take the server password, as
