@@ -323,7 +323,13 @@ fn choose(offered: &[Offered], wanted: &[TrackKind]) -> Plan {
             TrackKind::Video => plan.video.is_some(),
             _ => plan.tracks.iter().any(|(_, k)| *k == kind),
         };
-        let reason = if !carried {
+        let reason = if !carried && matches!(encoding.as_str(), "opus" | "mp4a-latm") {
+            // Named apart: the operator can choose AAC (mpeg4-generic) or
+            // G.711 on the camera instead.
+            Some(
+                "not relayed yet: mcrelay's RTSP client has no depacketizer for it; choose AAC or G.711 on the camera",
+            )
+        } else if !carried {
             Some("an encoding mcrelay does not relay")
         } else if !wanted.contains(&kind) {
             Some("not taken: the channel's tracks setting, or a cool-down after its tracks failed")
@@ -397,7 +403,7 @@ mod tests {
         assert_eq!(
             plan.not_carried,
             [
-                "audio/opus (an encoding mcrelay does not relay)",
+                "audio/opus (not relayed yet: mcrelay's RTSP client has no depacketizer for it; choose AAC or G.711 on the camera)",
                 "video/H265 (the channel already carries one)",
                 "audio/MPEG4-GENERIC (the channel already carries one)",
                 "application/vnd.onvif.metadata.future (an encoding mcrelay does not relay)",
