@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod emit;
+pub mod failover;
 pub mod ingest;
 pub mod media;
 pub mod metrics;

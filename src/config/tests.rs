@@ -252,6 +252,49 @@ source = "rtsp://198.18.0.9/s"
 }
 
 #[test]
+fn site_failover_settings_default_parse_and_are_checked() {
+    let site = parse(&two_servers("", "")).unwrap();
+    let f = &site.file.site.failover;
+    assert_eq!(f.controller, crate::failover::ControllerKind::Embedded);
+    assert_eq!(f.poll_interval, std::time::Duration::from_millis(500));
+    assert_eq!(f.failback_delay, std::time::Duration::from_secs(300));
+    let text = format!(
+        "[site.failover]\ncontroller = \"none\"\npoll_interval = \"2s\"\nfailback_delay = \"30s\"\n{}",
+        two_servers("", "")
+    );
+    let f = parse(&text).unwrap().file.site.failover.clone();
+    assert_eq!(f.controller, crate::failover::ControllerKind::None);
+    assert_eq!(f.poll_interval, std::time::Duration::from_secs(2));
+    let text = format!(
+        "[site.failover]\npoll_interval = \"1ms\"\n{}",
+        two_servers("", "")
+    );
+    assert!(
+        errors(&text)
+            .iter()
+            .any(|i| i.key == "site.failover.poll_interval")
+    );
+    let text = format!(
+        "[site.failover]\ncontroller = \"zookeeper\"\n{}",
+        two_servers("", "")
+    );
+    assert!(parse(&text).is_err());
+    // A period of under three polls flaps: warned.
+    let site = parse(&two_servers(
+        "[server.failover]\nfailover_enabled = true\ninaccessible_period = \"1s\"",
+        "[server.failover]\nuse_as_failover_server = true",
+    ))
+    .unwrap();
+    assert!(
+        site.warnings
+            .iter()
+            .any(|w| w.message.contains("shorter than three polls")),
+        "{:?}",
+        site.warnings
+    );
+}
+
+#[test]
 fn passwords_resolve_from_inline_env_and_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();

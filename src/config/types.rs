@@ -27,6 +27,57 @@ pub struct SiteFile {
 pub struct SiteInfo {
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub failover: SiteFailoverConfig,
+}
+
+/// `[site.failover]`: the controller and its timing, the same for every
+/// server of the site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFailoverConfig {
+    /// `embedded` (the default: servers watch each other) or `none`.
+    #[serde(default = "default_controller")]
+    pub controller: crate::failover::ControllerKind,
+    /// How often each server asks its peers' health (default 500 ms).
+    #[serde(default = "default_poll_interval", deserialize_with = "de_duration")]
+    pub poll_interval: Duration,
+    /// How long a restored server stays healthy before it takes its role
+    /// back (default 5 min).
+    #[serde(default = "default_failback_delay", deserialize_with = "de_duration")]
+    pub failback_delay: Duration,
+}
+
+fn default_controller() -> crate::failover::ControllerKind {
+    crate::failover::ControllerKind::Embedded
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_failback_delay() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for SiteFailoverConfig {
+    fn default() -> Self {
+        SiteFailoverConfig {
+            controller: default_controller(),
+            poll_interval: default_poll_interval(),
+            failback_delay: default_failback_delay(),
+        }
+    }
+}
+
+impl SiteFailoverConfig {
+    pub fn settings(&self) -> crate::failover::Settings {
+        crate::failover::Settings {
+            controller: self.controller,
+            poll_interval: self.poll_interval,
+            failback_delay: self.failback_delay,
+        }
+    }
 }
 
 /// Longest server name: it is part of every segment file name.
@@ -354,6 +405,21 @@ pub struct StorageConfig {
 
 fn default_write_buffer_mb() -> u32 {
     64
+}
+
+impl StorageConfig {
+    /// The material disk layout, by disk name (the seed's "same drive
+    /// letters"): a failover server covers only servers with the same one.
+    pub fn layout(&self) -> Vec<String> {
+        self.disks
+            .iter()
+            .map(|d| {
+                d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
 }
 
 impl Default for StorageConfig {

@@ -97,6 +97,14 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
     let mut channel_owner: HashMap<u32, &str> = HashMap::new();
     let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
 
+    let fo = &site.site.failover;
+    if fo.poll_interval < Duration::from_millis(50) || fo.poll_interval > Duration::from_secs(60) {
+        out.error(
+            "site.failover.poll_interval",
+            format!("{:?} is outside 50 ms ..= 60 s", fo.poll_interval),
+            "set it such as \"500ms\" (the default)",
+        );
+    }
     for s in &site.servers {
         if let Err(why) = super::types::check_server_name(&s.name) {
             out.error(
@@ -458,11 +466,22 @@ fn check_failover(out: &mut Issues, s: &ServerConfig, site: &SiteFile) {
                 "no server in the site is a failover server, so nothing can take over",
                 "add a server with failover.use_as_failover_server = true",
             );
-        } else if !standbys.iter().any(|o| o.storage.disks == s.storage.disks) {
+        } else if !standbys
+            .iter()
+            .any(|o| o.storage.layout() == s.storage.layout())
+        {
             out.warn(
                 key(s, "storage.disks"),
-                "no failover server has the same material disk layout, so a takeover will be refused",
-                "give a failover server the same storage.disks",
+                "no failover server has the same material disk layout (disks of the same names), so a takeover will be refused",
+                "give a failover server disks of the same names, in the same order",
+            );
+        }
+        let poll = site.site.failover.poll_interval;
+        if f.inaccessible_period < poll * 3 {
+            out.warn(
+                key(s, "failover.inaccessible_period"),
+                format!("shorter than three polls ({poll:?} each): one lost answer would count as a failure"),
+                "make the period longer, or site.failover.poll_interval shorter",
             );
         }
     }

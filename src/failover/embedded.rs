@@ -1,0 +1,871 @@
+//! The embedded controller: servers watch each other over the control API
+//! and on the multicast groups, with no service besides themselves.
+//!
+//! Rules (DESIGN.md, "Failover controller"):
+//! - A protected server is **broken** when it has not answered its
+//!   `/health` for longer than its `inaccessible_period`, or when it
+//!   answers that all its material disks are broken.
+//! - Two planes: a standby never takes over a server whose own packets
+//!   still arrive on its groups ("inaccessible, still streaming"): a hung
+//!   API or a cut control link is not a dead recorder.
+//! - The broken servers that nobody covers go, in site order, to the free
+//!   failover servers with the same disk layout, in site order; each waits
+//!   one `poll_interval` per rank among the free ones before it takes its
+//!   server, and backs off when one before it in site order claims it.
+//! - An owner alive with broken disks is asked to release its groups; the
+//!   standby starts when it confirms, or when the groups fall silent.
+//! - An owner yields at once to a server of the site heard on its groups,
+//!   or reported covering it; at start it listens and asks before it emits.
+//! - Failback is break-before-make after `failback_delay` of health: the
+//!   owner warms its cameras, copies first when `delay_failover` says so,
+//!   asks for its role back, and emits once the standby confirms it
+//!   stopped (or its groups fell silent because the standby is gone).
+//!
+//! What it cannot promise: under a partition in which a standby cannot
+//! reach an owner that still emits to some receivers, neither plane tells
+//! the standby the truth. Sites that need a guarantee use the etcd
+//! controller.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::{
+    Action, Controller, Heard, Input, Member, Report, ReportedRole, Run, ServerView, Settings,
+    SiteView,
+};
+
+/// The embedded controller of one server.
+pub struct Embedded {
+    settings: Settings,
+    members: Vec<Member>,
+    me: usize,
+    started: Instant,
+    peers: Vec<Peer>,
+    disks_broken: bool,
+    /// Since when this server's disks have been usable.
+    healthy_since: Option<Instant>,
+    failback_commanded: bool,
+    role: Role,
+    /// Since when the role is what it is (status).
+    role_since: Instant,
+    actions: VecDeque<Action>,
+    /// Why broken servers are not covered, by member (status).
+    why_not: Vec<Option<String>>,
+    /// When a retry of a request or a copy is due.
+    retry_at: Option<Instant>,
+    /// The time of the last input or tick.
+    last_now: Instant,
+    /// The wall clock at `started` (Unix ms): covers are named by when
+    /// they began on it.
+    wall_at_start: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Peer {
+    /// When it last answered a poll, and what.
+    last_answer: Option<Instant>,
+    report: Option<Report>,
+    /// The last poll got no answer.
+    silent: bool,
+    /// When its own packets were last heard on its groups.
+    heard_own: Option<Instant>,
+    /// When another server of the site was last heard on its groups, and
+    /// which.
+    heard_other: Option<(Instant, usize)>,
+    /// When this server first found it broken.
+    broken_since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    // A failover server's roles.
+    Standby,
+    /// Taking `owner`'s role: asked it to release, or waiting for silence.
+    Claiming {
+        owner: usize,
+    },
+    Covering {
+        owner: usize,
+        since: Instant,
+    },
+    // A recorder's roles.
+    /// Listening on its groups and asking the failover servers before it
+    /// emits.
+    Starting {
+        until: Instant,
+    },
+    Emitting,
+    /// Another server has the role (`by`, when known).
+    Covered {
+        by: Option<usize>,
+    },
+    /// Restored, copying the material recorded while covered from `from`
+    /// before the role comes back.
+    Copying {
+        from: usize,
+        since_unix_ms: u64,
+    },
+    /// Restored, asked `from` to hand the role back.
+    Reclaiming {
+        from: usize,
+        since_unix_ms: u64,
+        copy_after: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Ok,
+    /// No answer since this instant.
+    Inaccessible(Instant),
+    DisksBroken,
+}
+
+impl Embedded {
+    pub fn new(
+        settings: Settings,
+        members: Vec<Member>,
+        me: &str,
+        now: Instant,
+        wall_unix_ms: u64,
+    ) -> Embedded {
+        let me = members
+            .iter()
+            .position(|m| m.name == me)
+            .expect("the controller's server is a member of the site");
+        let role = if members[me].standby {
+            Role::Standby
+        } else if members[me].protected && members.iter().any(|m| m.standby) {
+            Role::Starting {
+                until: now + settings.poll_interval * 3 + silence(&settings),
+            }
+        } else {
+            Role::Emitting
+        };
+        let n = members.len();
+        Embedded {
+            settings,
+            members,
+            me,
+            started: now,
+            peers: vec![Peer::default(); n],
+            disks_broken: false,
+            healthy_since: Some(now),
+            failback_commanded: false,
+            role,
+            role_since: now,
+            actions: VecDeque::new(),
+            why_not: vec![None; n],
+            retry_at: None,
+            last_now: now,
+            wall_at_start: wall_unix_ms,
+        }
+    }
+
+    /// The wall clock at `t`, by this process's reading at its start.
+    fn wall(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.started).as_millis() as u64;
+        self.wall_at_start.saturating_add(d)
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    fn set_role(&mut self, now: Instant, role: Role) {
+        if role != self.role {
+            self.role = role;
+            self.role_since = now;
+            self.retry_at = None;
+        }
+    }
+
+    /// A report is fresh while its server answered within a few polls.
+    fn fresh(&self, i: usize, now: Instant) -> Option<&Report> {
+        let p = &self.peers[i];
+        let at = p.last_answer?;
+        (!p.silent || now.duration_since(at) <= self.settings.poll_interval * 4)
+            .then_some(p.report.as_ref())
+            .flatten()
+    }
+
+    fn health(&self, i: usize) -> Health {
+        let p = &self.peers[i];
+        if p.silent || p.last_answer.is_none() {
+            Health::Inaccessible(p.last_answer.unwrap_or(self.started))
+        } else if p.report.as_ref().is_some_and(|r| r.disks_broken) {
+            Health::DisksBroken
+        } else {
+            Health::Ok
+        }
+    }
+
+    fn broken(&self, i: usize, now: Instant) -> bool {
+        let m = &self.members[i];
+        if !m.protected || m.standby || i == self.me {
+            return false;
+        }
+        match self.health(i) {
+            Health::Ok => false,
+            Health::DisksBroken => true,
+            Health::Inaccessible(since) => now.duration_since(since) > m.inaccessible_period,
+        }
+    }
+
+    /// Its own packets arrived on its groups within the silence window.
+    fn streaming(&self, i: usize, now: Instant) -> bool {
+        self.members[i].multicast
+            && self.peers[i]
+                .heard_own
+                .is_some_and(|t| now.duration_since(t) < silence(&self.settings))
+    }
+
+    /// Nobody was heard on `i`'s groups within the silence window: not the
+    /// owner, not another failover server.
+    fn silent(&self, i: usize, now: Instant) -> bool {
+        !self.streaming(i, now) && self.foreign_on(i, now).is_none()
+    }
+
+    /// Another server was heard on `i`'s groups within the silence window.
+    fn foreign_on(&self, i: usize, now: Instant) -> Option<usize> {
+        self.peers[i]
+            .heard_other
+            .filter(|(t, _)| now.duration_since(*t) < silence(&self.settings))
+            .map(|(_, s)| s)
+    }
+
+    /// The failover server that covers or claims `owner`, by this
+    /// server's view (itself included); the first in site order.
+    fn coverer(&self, owner: usize, now: Instant) -> Option<usize> {
+        match self.role {
+            Role::Claiming { owner: o } | Role::Covering { owner: o, .. } if o == owner => {
+                return Some(self.me);
+            }
+            _ => {}
+        }
+        let name = &self.members[owner].name;
+        (0..self.members.len()).find(|&s| {
+            s != self.me
+                && self.members[s].standby
+                && self.fresh(s, now).is_some_and(|r| match &r.role {
+                    ReportedRole::Claiming { owner } => owner == name,
+                    ReportedRole::Covering { owner, .. } => owner == name,
+                    _ => false,
+                })
+        })
+    }
+
+    /// Free failover servers, in site order: this one when in standby,
+    /// others whose fresh report says standby.
+    fn free_standbys(&self, now: Instant) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&s| {
+                self.members[s].standby
+                    && if s == self.me {
+                        self.role == Role::Standby
+                    } else {
+                        self.fresh(s, now)
+                            .is_some_and(|r| r.role == ReportedRole::Standby)
+                    }
+            })
+            .collect()
+    }
+
+    /// The broken server this standby is to take, and since when it may:
+    /// the uncovered broken servers go, in site order, to the free failover
+    /// servers with the same disk layout, in site order. Records why the
+    /// others are not covered.
+    fn assignment(&mut self, now: Instant) -> Option<(usize, Instant)> {
+        let free = self.free_standbys(now);
+        let mut taken = vec![false; free.len()];
+        let mut mine = None;
+        for owner in 0..self.members.len() {
+            self.why_not[owner] = None;
+            if !self.broken(owner, now) {
+                continue;
+            }
+            if self.coverer(owner, now).is_some() {
+                continue;
+            }
+            let layout = &self.members[owner].disk_layout;
+            let same: Vec<usize> = free
+                .iter()
+                .copied()
+                .filter(|&s| &self.members[s].disk_layout == layout)
+                .collect();
+            let pick = (0..free.len())
+                .find(|&k| !taken[k] && &self.members[free[k]].disk_layout == layout);
+            match pick {
+                Some(k) => {
+                    taken[k] = true;
+                    if free[k] == self.me {
+                        let rank = same.iter().position(|&s| s == self.me).unwrap_or(0);
+                        let since = self.peers[owner].broken_since.unwrap_or(now);
+                        mine = Some((owner, since + self.settings.poll_interval * rank as u32));
+                    }
+                }
+                None => {
+                    let mismatch: Vec<&str> = (0..self.members.len())
+                        .filter(|&s| {
+                            self.members[s].standby && &self.members[s].disk_layout != layout
+                        })
+                        .map(|s| self.members[s].name.as_str())
+                        .collect();
+                    self.why_not[owner] = Some(if same.is_empty() && !mismatch.is_empty() {
+                        format!(
+                            "no failover server available with its disk layout [{}] ({} differ)",
+                            layout.join(", "),
+                            mismatch.join(", ")
+                        )
+                    } else {
+                        "no failover server available".to_string()
+                    });
+                }
+            }
+        }
+        mine
+    }
+
+    /// A failover server before `s` in site order covers or claims `owner`.
+    fn earlier_claim(&self, owner: usize, now: Instant) -> bool {
+        let name = &self.members[owner].name;
+        (0..self.me).any(|s| {
+            self.members[s].standby
+                && self.fresh(s, now).is_some_and(|r| match &r.role {
+                    ReportedRole::Claiming { owner } => owner == name,
+                    ReportedRole::Covering { owner, .. } => owner == name,
+                    _ => false,
+                })
+        })
+    }
+
+    fn standby_tick(&mut self, now: Instant, target: Option<(usize, Instant)>) {
+        match self.role.clone() {
+            Role::Standby => {
+                let Some((owner, at)) = target else { return };
+                if now < at || self.earlier_claim(owner, now) {
+                    return;
+                }
+                match self.health(owner) {
+                    Health::DisksBroken => {
+                        self.set_role(now, Role::Claiming { owner });
+                        self.ask_release(now, owner);
+                    }
+                    Health::Inaccessible(_) if self.silent(owner, now) => {
+                        self.cover(now, owner);
+                    }
+                    _ => {}
+                }
+            }
+            Role::Claiming { owner } => {
+                if !self.broken(owner, now) || self.earlier_claim(owner, now) {
+                    self.set_role(now, Role::Standby);
+                } else if self.silent(owner, now)
+                    && now.duration_since(self.role_since) >= silence(&self.settings)
+                {
+                    // The owner fell silent without confirming.
+                    self.cover(now, owner);
+                } else if self.retry_at.is_some_and(|t| now >= t) {
+                    self.ask_release(now, owner);
+                }
+            }
+            // Two failover servers on one group: the later in site order
+            // yields.
+            Role::Covering { owner, .. }
+                if self
+                    .foreign_on(owner, now)
+                    .is_some_and(|s| s < self.me && self.members[s].standby) =>
+            {
+                self.set_role(now, Role::Standby);
+            }
+            _ => {}
+        }
+    }
+
+    fn ask_release(&mut self, now: Instant, owner: usize) {
+        self.actions.push_back(Action::AskRelease {
+            to: self.members[owner].name.clone(),
+        });
+        self.retry_at = Some(now + self.settings.poll_interval);
+    }
+
+    fn cover(&mut self, now: Instant, owner: usize) {
+        self.set_role(now, Role::Covering { owner, since: now });
+    }
+
+    /// A failover server covering this one, by the freshest reports:
+    /// covering (not merely claiming), the first in site order.
+    fn covered_by(&self, now: Instant) -> Option<(usize, u64)> {
+        let me = &self.members[self.me].name;
+        (0..self.members.len()).find_map(|s| {
+            if s == self.me || !self.members[s].standby {
+                return None;
+            }
+            match &self.fresh(s, now)?.role {
+                ReportedRole::Covering {
+                    owner,
+                    since_unix_ms,
+                } if owner == me => Some((s, *since_unix_ms)),
+                _ => None,
+            }
+        })
+    }
+
+    fn claimed_by(&self, now: Instant) -> Option<usize> {
+        let me = &self.members[self.me].name;
+        (0..self.members.len()).find(|&s| {
+            s != self.me
+                && self.members[s].standby
+                && self.fresh(s, now).is_some_and(
+                    |r| matches!(&r.role, ReportedRole::Claiming { owner } if owner == me),
+                )
+        })
+    }
+
+    fn healthy_for(&self, now: Instant) -> Option<Duration> {
+        self.healthy_since.map(|t| now.duration_since(t))
+    }
+
+    fn recorder_tick(&mut self, now: Instant) {
+        let me = self.me;
+        let foreign = self.foreign_on(me, now);
+        match self.role.clone() {
+            Role::Starting { until } => {
+                let by = self
+                    .covered_by(now)
+                    .map(|(s, _)| s)
+                    .or(self.claimed_by(now));
+                if by.is_some() || foreign.is_some() {
+                    self.set_role(now, Role::Covered { by: by.or(foreign) });
+                } else if now >= until {
+                    self.set_role(now, Role::Emitting);
+                }
+            }
+            Role::Emitting => {
+                // Yield at once to a server heard on the groups or one that
+                // says it covers this one (a healed link, a standby that
+                // took over while this one could not reach it).
+                let by = foreign.or(self.covered_by(now).map(|(s, _)| s));
+                if by.is_some() {
+                    self.set_role(now, Role::Covered { by });
+                }
+            }
+            Role::Covered { .. } => {
+                let cover = self.covered_by(now);
+                let claimed = self.claimed_by(now);
+                if let Some((f, _)) = cover {
+                    self.role = Role::Covered { by: Some(f) };
+                }
+                if cover.is_none() && claimed.is_none() {
+                    // Nobody has the role (the failover server is gone): the
+                    // server takes it back once its groups are silent (live
+                    // video even with broken disks; a free failover server
+                    // asks for it again).
+                    if foreign.is_none()
+                        && now.duration_since(self.role_since) >= silence(&self.settings)
+                    {
+                        self.set_role(now, Role::Emitting);
+                    }
+                    return;
+                }
+                let Some((from, since_unix_ms)) = cover else {
+                    return;
+                };
+                let m = &self.members[me];
+                let wants = m.automatic_failback || self.failback_commanded;
+                let ready = self
+                    .healthy_for(now)
+                    .is_some_and(|d| d >= self.settings.failback_delay);
+                if !(wants && ready) || self.retry_at.is_some_and(|t| now < t) {
+                    return;
+                }
+                if m.automatic_material_copying && m.delay_failover {
+                    self.set_role(
+                        now,
+                        Role::Copying {
+                            from,
+                            since_unix_ms,
+                        },
+                    );
+                    self.actions.push_back(Action::StartCopy {
+                        from: self.members[from].name.clone(),
+                        since_unix_ms,
+                    });
+                } else {
+                    self.set_role(
+                        now,
+                        Role::Reclaiming {
+                            from,
+                            since_unix_ms,
+                            copy_after: m.automatic_material_copying,
+                        },
+                    );
+                    self.ask_hand_back(now, from, since_unix_ms);
+                }
+            }
+            // The failover server gone, or the disks broken again: no role
+            // comes back this way.
+            Role::Copying { from, .. }
+                if self.healthy_since.is_none() || self.covered_by(now).is_none() =>
+            {
+                self.set_role(now, Role::Covered { by: Some(from) });
+            }
+            Role::Reclaiming {
+                from,
+                since_unix_ms,
+                ..
+            } => {
+                if self.healthy_since.is_none() {
+                    self.set_role(now, Role::Covered { by: Some(from) });
+                } else if self.covered_by(now).is_none()
+                    && self.claimed_by(now).is_none()
+                    && foreign.is_none()
+                    && now.duration_since(self.role_since) >= silence(&self.settings)
+                {
+                    // The failover server went away without confirming.
+                    self.set_role(now, Role::Emitting);
+                } else if self.retry_at.is_some_and(|t| now >= t) {
+                    self.ask_hand_back(now, from, since_unix_ms);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ask_hand_back(&mut self, now: Instant, from: usize, since_unix_ms: u64) {
+        self.actions.push_back(Action::AskHandBack {
+            to: self.members[from].name.clone(),
+            since_unix_ms,
+        });
+        self.retry_at = Some(now + self.settings.poll_interval);
+    }
+
+    fn server_view(&self, i: usize, now: Instant) -> (u8, ServerView) {
+        let m = &self.members[i];
+        let secs = |t: Instant| Some(now.saturating_duration_since(t).as_secs());
+        let view = |state: String, since: Option<u64>, cover: Option<String>| ServerView {
+            name: m.name.clone(),
+            state,
+            for_seconds: since,
+            cover,
+        };
+        if i == self.me {
+            let since = secs(self.role_since);
+            let name = |s: usize| self.members[s].name.clone();
+            return match &self.role {
+                Role::Standby => (1, view("standby".into(), since, None)),
+                Role::Claiming { owner } => (
+                    1,
+                    view(format!("taking over {}", name(*owner)), since, None),
+                ),
+                Role::Covering { owner, .. } => {
+                    (1, view(format!("covering {}", name(*owner)), since, None))
+                }
+                Role::Starting { .. } => (
+                    0,
+                    view("starting: listening on its groups".into(), since, None),
+                ),
+                Role::Emitting if self.disks_broken => {
+                    (2, view("all material disks broken".into(), since, None))
+                }
+                Role::Emitting => (0, view("ok".into(), since, None)),
+                Role::Covered { by } => (0, view("restored, covered".into(), since, by.map(name))),
+                Role::Copying { from, .. } => (
+                    0,
+                    view(
+                        "restored, copying its material back".into(),
+                        since,
+                        Some(name(*from)),
+                    ),
+                ),
+                Role::Reclaiming { from, .. } => (
+                    0,
+                    view(
+                        "restored, taking its role back".into(),
+                        since,
+                        Some(name(*from)),
+                    ),
+                ),
+            };
+        }
+        let p = &self.peers[i];
+        if m.standby {
+            let state = match self.fresh(i, now).map(|r| &r.role) {
+                Some(ReportedRole::Covering { owner, .. }) => format!("covering {owner}"),
+                Some(ReportedRole::Claiming { owner }) => format!("taking over {owner}"),
+                Some(_) => "standby".to_string(),
+                None => "inaccessible".to_string(),
+            };
+            return (1, view(state, None, None));
+        }
+        let health = self.health(i);
+        if self.broken(i, now) {
+            let state = match health {
+                Health::DisksBroken => "all material disks broken".to_string(),
+                Health::Inaccessible(since) => {
+                    format!(
+                        "inaccessible for {} s",
+                        now.saturating_duration_since(since).as_secs()
+                    )
+                }
+                Health::Ok => "broken".to_string(),
+            };
+            let cover = self
+                .coverer(i, now)
+                .map(|s| format!("covered by {}", self.members[s].name))
+                .or_else(|| self.why_not[i].clone())
+                .or_else(|| {
+                    self.streaming(i, now)
+                        .then(|| "still streaming: not taken over".to_string())
+                });
+            return (2, view(state, p.broken_since.and_then(secs), cover));
+        }
+        match health {
+            Health::Ok => (0, view("ok".into(), None, None)),
+            Health::DisksBroken => (0, view("all material disks broken".into(), None, None)),
+            Health::Inaccessible(since) if self.streaming(i, now) => (
+                0,
+                view("inaccessible, still streaming".into(), secs(since), None),
+            ),
+            Health::Inaccessible(since) => (0, view("inaccessible".into(), secs(since), None)),
+        }
+    }
+}
+
+/// How long a group must stay silent before a server takes it: two polls,
+/// and at least a second.
+fn silence(s: &Settings) -> Duration {
+    (s.poll_interval * 2).max(Duration::from_secs(1))
+}
+
+impl Controller for Embedded {
+    fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Health { server, report } => {
+                if let Some(i) = self.index(&server).filter(|&i| i != self.me) {
+                    let p = &mut self.peers[i];
+                    match report {
+                        Some(r) => {
+                            p.last_answer = Some(now);
+                            p.report = Some(r);
+                            p.silent = false;
+                        }
+                        None => p.silent = true,
+                    }
+                }
+            }
+            Input::Heard { owner, source } => {
+                if let Some(o) = self.index(&owner) {
+                    match source {
+                        Heard::Server(s) => match self.index(&s) {
+                            Some(s) if s == o => self.peers[o].heard_own = Some(now),
+                            Some(s) if s != self.me => self.peers[o].heard_other = Some((now, s)),
+                            _ => {}
+                        },
+                        Heard::Unknown => {}
+                    }
+                }
+            }
+            Input::Disks { all_broken } => {
+                self.disks_broken = all_broken;
+                if all_broken {
+                    self.healthy_since = None;
+                } else if self.healthy_since.is_none() {
+                    self.healthy_since = Some(now);
+                }
+            }
+            Input::ReleaseAsked { by } => {
+                if let Some(s) = self.index(&by).filter(|&s| self.members[s].standby)
+                    && self.disks_broken
+                    && matches!(self.role, Role::Emitting | Role::Starting { .. })
+                {
+                    self.set_role(now, Role::Covered { by: Some(s) });
+                    self.actions.push_back(Action::ConfirmRelease {
+                        to: by,
+                        owner: self.members[self.me].name.clone(),
+                    });
+                }
+            }
+            Input::HandBackAsked {
+                owner,
+                since_unix_ms,
+            } => {
+                // Only the cover whose material the owner copied: a later
+                // one (this server restarted and took the owner again)
+                // recorded material the owner does not have yet.
+                if let Some(o) = self.index(&owner)
+                    && matches!(self.role, Role::Covering { owner: c, since } if c == o && self.wall(since) == since_unix_ms)
+                {
+                    self.set_role(now, Role::Standby);
+                    // The request is the owner's proof of life, and it
+                    // emits from now: it counts as answering and as heard,
+                    // so that it must be inaccessible for its period and its
+                    // groups silent again before this server takes them (its
+                    // API may still be out of this server's reach).
+                    let p = &mut self.peers[o];
+                    p.last_answer = Some(now);
+                    p.silent = false;
+                    p.report = None;
+                    p.heard_own = Some(now);
+                    self.actions.push_back(Action::ConfirmRelease {
+                        to: owner.clone(),
+                        owner,
+                    });
+                }
+            }
+            Input::Released { owner, by } => {
+                let (o, b) = (self.index(&owner), self.index(&by));
+                match (self.role.clone(), o, b) {
+                    (Role::Claiming { owner: c }, Some(o), Some(b)) if c == o && b == o => {
+                        self.cover(now, o);
+                    }
+                    (
+                        Role::Reclaiming {
+                            from,
+                            since_unix_ms,
+                            copy_after,
+                        },
+                        Some(o),
+                        Some(b),
+                    ) if o == self.me && b == from => {
+                        // Its last report still says it covers this one:
+                        // forgotten, the next poll brings the new one.
+                        // So are its packets heard on the groups before it
+                        // stopped.
+                        self.peers[from].report = None;
+                        self.peers[self.me].heard_other = None;
+                        self.set_role(now, Role::Emitting);
+                        self.failback_commanded = false;
+                        if copy_after {
+                            self.actions.push_back(Action::StartCopy {
+                                from: by,
+                                since_unix_ms,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Input::FailbackCommanded => self.failback_commanded = true,
+            Input::CopyDone { from, ok } => {
+                if let Role::Copying {
+                    from: f,
+                    since_unix_ms,
+                } = self.role.clone()
+                    && self.index(&from) == Some(f)
+                {
+                    if ok {
+                        self.set_role(
+                            now,
+                            Role::Reclaiming {
+                                from: f,
+                                since_unix_ms,
+                                copy_after: false,
+                            },
+                        );
+                        self.ask_hand_back(now, f, since_unix_ms);
+                    } else {
+                        // Tried again after a poll (the copy resumes: only
+                        // what is still missing moves).
+                        self.set_role(now, Role::Covered { by: Some(f) });
+                        self.retry_at = Some(now + self.settings.poll_interval);
+                    }
+                }
+            }
+        }
+        self.tick(now);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let mut at: Vec<Instant> = Vec::new();
+        if let Role::Starting { until } = self.role {
+            at.push(until);
+        }
+        at.extend(self.retry_at);
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Health::Inaccessible(since) = self.health(i) {
+                at.push(since + self.members[i].inaccessible_period + Duration::from_millis(1));
+            }
+            at.extend(p.heard_own.map(|t| t + silence(&self.settings)));
+            at.extend(
+                p.broken_since
+                    .map(|t| t + self.settings.poll_interval * self.members.len() as u32),
+            );
+        }
+        at.extend(self.healthy_since.map(|t| t + self.settings.failback_delay));
+        at.push(self.role_since + silence(&self.settings));
+        at.into_iter().filter(|&t| t > self.last_now).min()
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.last_now = now;
+        for i in 0..self.members.len() {
+            let broken = self.broken(i, now);
+            let p = &mut self.peers[i];
+            match (broken, p.broken_since) {
+                (true, None) => p.broken_since = Some(now),
+                (false, Some(_)) => p.broken_since = None,
+                _ => {}
+            }
+        }
+        // Every server works out who covers whom (its status says why a
+        // broken server is not covered); failover servers act on it.
+        let target = self.assignment(now);
+        if self.members[self.me].standby {
+            self.standby_tick(now, target);
+        } else {
+            self.recorder_tick(now);
+        }
+    }
+
+    fn wanted(&self) -> Vec<(String, Run)> {
+        let name = |i: usize| self.members[i].name.clone();
+        match &self.role {
+            Role::Covering { owner, .. } => vec![(name(*owner), Run::Emit)],
+            Role::Emitting => vec![(name(self.me), Run::Emit)],
+            Role::Copying { .. } | Role::Reclaiming { .. } => vec![(name(self.me), Run::Warm)],
+            Role::Standby
+            | Role::Claiming { .. }
+            | Role::Starting { .. }
+            | Role::Covered { .. } => Vec::new(),
+        }
+    }
+
+    fn report(&self, _now: Instant) -> Report {
+        let name = |i: usize| self.members[i].name.clone();
+        let role = match &self.role {
+            Role::Standby => ReportedRole::Standby,
+            Role::Claiming { owner } => ReportedRole::Claiming {
+                owner: name(*owner),
+            },
+            Role::Covering { owner, since } => ReportedRole::Covering {
+                owner: name(*owner),
+                since_unix_ms: self.wall(*since),
+            },
+            r => ReportedRole::Recorder {
+                emitting: *r == Role::Emitting,
+            },
+        };
+        Report {
+            disks_broken: self.disks_broken,
+            role,
+        }
+    }
+
+    fn view(&self, now: Instant) -> SiteView {
+        let mut v = SiteView::default();
+        for i in 0..self.members.len() {
+            let (folder, s) = self.server_view(i, now);
+            match folder {
+                0 => v.recorders.push(s),
+                1 => v.failover.push(s),
+                _ => v.broken.push(s),
+            }
+        }
+        v
+    }
+}

@@ -1,0 +1,282 @@
+//! The failover controller: which server emits whose channels.
+//!
+//! A controller is a state machine without I/O: the runtime feeds it
+//! observations ([`Input`]: a peer's health answer or its silence, what is
+//! heard on a protected server's multicast groups, this server's disks,
+//! requests from peers and operators, copy results) with the time, and
+//! carries out what it asks ([`Action`]) and the channels it wants run
+//! ([`Controller::wanted`]). The runtime is the only place with sockets
+//! and clocks, so every rule here is tested in virtual time.
+//!
+//! Controllers: `none` (every server emits its own channels, nothing else)
+//! and `embedded` (servers watch each other over the control API and on
+//! the multicast groups; [`embedded`]). The site chooses with
+//! `[site.failover] controller`.
+
+pub mod embedded;
+pub mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Site;
+
+/// Site-wide failover settings (`[site.failover]`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub controller: ControllerKind,
+    /// How often every server asks each peer's `/health` (as Milestone
+    /// polls), and the unit of the standbys' stagger.
+    pub poll_interval: Duration,
+    /// How long a restored server stays healthy before it takes its role
+    /// back (VRRP's preempt delay): a flapping server must not flap the site.
+    pub failback_delay: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControllerKind {
+    /// A single server, or servers that never cover each other.
+    None,
+    /// Servers watch each other (the default).
+    Embedded,
+}
+
+/// What one server of the site is to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// "Use as a failover VMS server".
+    pub standby: bool,
+    /// "VMS Server failover is enabled for this VMS server".
+    pub protected: bool,
+    /// Its channels are sent by multicast: what a standby can hear.
+    pub multicast: bool,
+    pub inaccessible_period: Duration,
+    pub automatic_failback: bool,
+    pub automatic_material_copying: bool,
+    pub delay_failover: bool,
+    /// Its material disks by name (the seed's "same drive letters"): a
+    /// failover server covers only a server with the same layout.
+    pub disk_layout: Vec<String>,
+}
+
+impl Member {
+    /// The members of `site`, in site order.
+    pub fn of_site(site: &Site) -> Vec<Member> {
+        site.servers()
+            .iter()
+            .map(|s| Member {
+                name: s.name.clone(),
+                standby: s.failover.use_as_failover_server,
+                protected: s.failover.failover_enabled,
+                multicast: s.protocol == crate::config::Protocol::RtpMulticast
+                    && s.multicast.is_some(),
+                inaccessible_period: s.failover.inaccessible_period,
+                automatic_failback: s.failover.automatic_failback,
+                automatic_material_copying: s.failover.automatic_material_copying,
+                delay_failover: s.failover.delay_failover,
+                disk_layout: s.storage.layout(),
+            })
+            .collect()
+    }
+}
+
+/// What a server says of itself in `/health`, for its peers' controllers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// All its material disks are broken (the seed's other trigger).
+    pub disks_broken: bool,
+    pub role: ReportedRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ReportedRole {
+    /// A server running its own channels (`emitting`: on its groups now).
+    Recorder { emitting: bool },
+    /// A failover server with nothing to cover.
+    Standby,
+    /// A failover server taking `owner`'s role: asked it to release, or
+    /// waiting for its groups to fall silent.
+    Claiming { owner: String },
+    /// A failover server emitting `owner`'s channels since `since_unix_ms`
+    /// (wall clock, for the material copy back).
+    Covering { owner: String, since_unix_ms: u64 },
+}
+
+/// Who was heard on a protected server's multicast groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A server of the site (by its interface address).
+    Server(String),
+    /// Some other source.
+    Unknown,
+}
+
+/// An observation, with the time it was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The answer of `server`'s `/health` to one poll (`None`: no answer
+    /// within the poll's timeout).
+    Health {
+        server: String,
+        report: Option<Report>,
+    },
+    /// Packets from `source` on `owner`'s groups.
+    Heard { owner: String, source: Heard },
+    /// This server's material disks: all broken, or not.
+    Disks { all_broken: bool },
+    /// `by` asks this server to stop emitting its own channels (it found
+    /// all their disks broken and will cover them).
+    ReleaseAsked { by: String },
+    /// `owner` asks this server, which covers it, to hand its role back:
+    /// the cover that began at `since_unix_ms` (whose material it copied).
+    HandBackAsked { owner: String, since_unix_ms: u64 },
+    /// `by` stopped emitting `owner`'s channels, as asked (the runtime
+    /// has its streams' last points).
+    Released { owner: String, by: String },
+    /// An operator's `mcrelay failback` for this server.
+    FailbackCommanded,
+    /// The copy of this server's missing material from `from` finished.
+    CopyDone { from: String, ok: bool },
+}
+
+/// What the controller asks the runtime to do besides running the
+/// channels of [`Controller::wanted`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Ask `to` (a recorder whose disks broke) to release its groups.
+    AskRelease { to: String },
+    /// Ask `to` (the failover server covering this one) to hand back the
+    /// cover that began at `since_unix_ms`.
+    AskHandBack { to: String, since_unix_ms: u64 },
+    /// Tell `to` that this server stopped emitting `owner`'s channels
+    /// (with their streams' points, added by the runtime).
+    ConfirmRelease { to: String, owner: String },
+    /// Copy this server's missing material from `from`, recorded since
+    /// `since_unix_ms`.
+    StartCopy { from: String, since_unix_ms: u64 },
+}
+
+/// How this server runs one owner's channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Run {
+    /// Cameras ingested and recorded, nothing sent on the groups (a
+    /// restored server before its role comes back).
+    Warm,
+    /// Cameras ingested, recorded, and emitted on the owner's groups.
+    Emit,
+}
+
+/// The site as this server's controller sees it, for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SiteView {
+    /// "VMS servers": recorders that are fine, or inaccessible but not
+    /// (yet) broken.
+    pub recorders: Vec<ServerView>,
+    /// "Failover servers": standby, or covering.
+    pub failover: Vec<ServerView>,
+    /// "Broken VMS servers": why, and who covers them or why nobody does.
+    pub broken: Vec<ServerView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    /// ok, inaccessible, inaccessible, still streaming, standby,
+    /// covering S, broken: ...
+    pub state: String,
+    /// Seconds since the state began, as this server saw it.
+    pub for_seconds: Option<u64>,
+    /// Covered by (for a broken server), or why not.
+    pub cover: Option<String>,
+}
+
+/// A failover controller (see the module documentation).
+pub trait Controller: Send {
+    fn handle(&mut self, now: Instant, input: Input);
+    /// The next action to carry out, if any.
+    fn poll_action(&mut self) -> Option<Action>;
+    /// When the controller wants to be asked again without new input.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Let time pass (the runtime calls this at the timeout and after
+    /// each input).
+    fn tick(&mut self, now: Instant);
+    /// Whose channels this server runs, and how.
+    fn wanted(&self) -> Vec<(String, Run)>;
+    /// What this server says of itself in `/health`.
+    fn report(&self, now: Instant) -> Report;
+    fn view(&self, now: Instant) -> SiteView;
+}
+
+/// `none`: every server emits its own channels, always.
+pub struct NoController {
+    me: String,
+    disks_broken: bool,
+}
+
+impl Controller for NoController {
+    fn handle(&mut self, _now: Instant, input: Input) {
+        if let Input::Disks { all_broken } = input {
+            self.disks_broken = all_broken;
+        }
+    }
+    fn poll_action(&mut self) -> Option<Action> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn tick(&mut self, _now: Instant) {}
+    fn wanted(&self) -> Vec<(String, Run)> {
+        vec![(self.me.clone(), Run::Emit)]
+    }
+    fn report(&self, _now: Instant) -> Report {
+        Report {
+            disks_broken: self.disks_broken,
+            role: ReportedRole::Recorder { emitting: true },
+        }
+    }
+    fn view(&self, _now: Instant) -> SiteView {
+        SiteView::default()
+    }
+}
+
+/// The controller the site's settings choose, for server `me` of `members`,
+/// started at `now`, when the wall clock read `wall_unix_ms`.
+pub fn controller(
+    settings: &Settings,
+    members: Vec<Member>,
+    me: &str,
+    now: Instant,
+    wall_unix_ms: u64,
+) -> Box<dyn Controller> {
+    match settings.controller {
+        ControllerKind::None => Box::new(NoController {
+            me: me.to_string(),
+            disks_broken: false,
+        }),
+        ControllerKind::Embedded => Box::new(embedded::Embedded::new(
+            settings.clone(),
+            members,
+            me,
+            now,
+            wall_unix_ms,
+        )),
+    }
+}
+
+/// Owners in a set of wanted channels that are emitted.
+pub fn emitted(wanted: &[(String, Run)]) -> BTreeSet<String> {
+    wanted
+        .iter()
+        .filter(|(_, r)| *r == Run::Emit)
+        .map(|(o, _)| o.clone())
+        .collect()
+}

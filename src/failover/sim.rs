@@ -1,0 +1,396 @@
+//! A site in virtual time for the controllers' tests and fuzzing: servers
+//! that die, restart, lose their link, their control port or their disks;
+//! polls and multicast hearing delivered as the runtime would; actions
+//! carried out; and the invariants checked after every step:
+//! - never two servers emitting one owner's groups onto the LAN;
+//! - only failover servers emit another server's channels;
+//! - under `delay_failover` with material copying, the role never returns
+//!   to its owner before the copy of the material it missed completed.
+
+use std::time::{Duration, Instant};
+
+use super::{Action, Controller, Heard, Input, Member, Run, Settings};
+
+/// One server of the simulated site.
+pub struct Node {
+    pub ctl: Box<dyn Controller>,
+    pub alive: bool,
+    /// Its control API answers (off: a hung API or a blocked port).
+    pub api_up: bool,
+    /// Its network link (off: nothing in or out, control or multicast).
+    pub link_up: bool,
+    pub disks_broken: bool,
+    /// A copy of its missing material in progress: from whom, done when.
+    copy: Option<(String, Instant)>,
+    /// A copy completed since its role last went to another server.
+    copied: bool,
+}
+
+pub struct World {
+    pub t0: Instant,
+    pub now: Instant,
+    pub settings: Settings,
+    pub members: Vec<Member>,
+    pub nodes: Vec<Node>,
+    /// How long a material copy takes.
+    pub copy_time: Duration,
+    /// Who emitted each owner's channels onto the LAN at the last step.
+    last_emitters: Vec<Vec<usize>>,
+    /// Since when two servers emit an owner's channels.
+    overlap_since: Vec<Option<Instant>>,
+    next_poll: Instant,
+    /// Events, for a failing test's message.
+    pub log: Vec<String>,
+    /// Role returns seen (owner, at).
+    pub hand_backs: Vec<(usize, Instant)>,
+    /// Violations of an invariant (empty in a correct world).
+    pub violations: Vec<String>,
+}
+
+/// The wall clock at the start of the world, Unix ms.
+const WALL0: u64 = 1_800_000_000_000;
+
+/// The step of virtual time: a tenth of a poll.
+pub fn step_of(settings: &Settings) -> Duration {
+    settings.poll_interval / 10
+}
+
+impl World {
+    pub fn new(settings: Settings, members: Vec<Member>) -> World {
+        let t0 = Instant::now();
+        let nodes = members
+            .iter()
+            .map(|m| Node {
+                ctl: super::controller(&settings, members.clone(), &m.name, t0, WALL0),
+                alive: true,
+                api_up: true,
+                link_up: true,
+                disks_broken: false,
+                copy: None,
+                copied: false,
+            })
+            .collect();
+        let n = members.len();
+        World {
+            t0,
+            now: t0,
+            next_poll: t0,
+            settings,
+            members,
+            nodes,
+            copy_time: Duration::from_secs(3),
+            last_emitters: vec![Vec::new(); n],
+            overlap_since: vec![None; n],
+            log: Vec::new(),
+            hand_backs: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no server {name}"))
+    }
+
+    fn wall_ms(&self) -> u64 {
+        WALL0 + self.now.duration_since(self.t0).as_millis() as u64
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        let up = |i: usize| {
+            let n = &self.nodes[i];
+            n.alive && n.link_up
+        };
+        // `a` asks `b`: both on the network, `b`'s API answering.
+        up(a) && up(b) && self.nodes[b].api_up
+    }
+
+    fn on_lan(&self, i: usize) -> bool {
+        self.nodes[i].alive && self.nodes[i].link_up
+    }
+
+    /// Who emits `owner`'s channels onto the LAN.
+    pub fn emitters(&self, owner: usize) -> Vec<usize> {
+        let name = &self.members[owner].name;
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.on_lan(i)
+                    && self.nodes[i]
+                        .ctl
+                        .wanted()
+                        .iter()
+                        .any(|(o, r)| o == name && *r == Run::Emit)
+            })
+            .collect()
+    }
+
+    fn deliver(&mut self, to: usize, input: Input) {
+        if !self.nodes[to].alive {
+            return;
+        }
+        let now = self.now;
+        self.nodes[to].ctl.handle(now, input);
+        self.drain(to);
+    }
+
+    /// Carries out `i`'s actions (requests go only where the control
+    /// plane reaches).
+    fn drain(&mut self, i: usize) {
+        while let Some(a) = self.nodes[i].ctl.poll_action() {
+            let me = self.members[i].name.clone();
+            self.log.push(format!(
+                "{:>7.2}s {me}: {a:?}",
+                self.now.duration_since(self.t0).as_secs_f64()
+            ));
+            match a {
+                Action::AskRelease { to } => {
+                    let t = self.index(&to);
+                    if self.reachable(i, t) {
+                        self.deliver(t, Input::ReleaseAsked { by: me });
+                    }
+                }
+                Action::AskHandBack { to, since_unix_ms } => {
+                    let t = self.index(&to);
+                    if self.reachable(i, t) {
+                        self.deliver(
+                            t,
+                            Input::HandBackAsked {
+                                owner: me,
+                                since_unix_ms,
+                            },
+                        );
+                    }
+                }
+                Action::ConfirmRelease { to, owner } => {
+                    // The answer to `to`'s request: it goes back on the
+                    // connection `to` opened.
+                    let t = self.index(&to);
+                    if self.reachable(t, i) {
+                        // A failover server handing the role back.
+                        if t == self.index(&owner) && self.members[i].standby {
+                            self.hand_backs.push((t, self.now));
+                            let m = &self.members[t];
+                            if m.delay_failover
+                                && m.automatic_material_copying
+                                && !self.nodes[t].copied
+                            {
+                                let at = self.now.duration_since(self.t0).as_secs_f64();
+                                self.violations.push(format!(
+                                    "{at:.2}s: {owner} took its role back before its copy"
+                                ));
+                            }
+                        }
+                        self.deliver(t, Input::Released { owner, by: me });
+                    }
+                }
+                Action::StartCopy { from, .. } => {
+                    self.nodes[i].copy = Some((from, self.now + self.copy_time));
+                }
+            }
+        }
+    }
+
+    /// Runs `d` of virtual time.
+    pub fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        let step = step_of(&self.settings);
+        while self.now < end {
+            self.now += step;
+            self.step();
+        }
+    }
+
+    /// Runs until `f` holds (at most `limit`); returns how long it took.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        mut f: impl FnMut(&World) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        let step = step_of(&self.settings);
+        while self.now.duration_since(start) < limit {
+            if f(self) {
+                return Some(self.now.duration_since(start));
+            }
+            self.now += step;
+            self.step();
+        }
+        f(self).then(|| self.now.duration_since(start))
+    }
+
+    fn step(&mut self) {
+        let n = self.nodes.len();
+        let now = self.now;
+        // Copies finish (or fail, if the source went out of reach).
+        for i in 0..n {
+            if let Some((from, at)) = self.nodes[i].copy.clone()
+                && now >= at
+            {
+                self.nodes[i].copy = None;
+                let ok = self.reachable(i, self.index(&from));
+                if ok {
+                    self.nodes[i].copied = true;
+                }
+                self.deliver(i, Input::CopyDone { from, ok });
+            }
+        }
+        // Polls.
+        if now >= self.next_poll {
+            self.next_poll = now + self.settings.poll_interval;
+            for i in 0..n {
+                for j in 0..n {
+                    if i == j || !self.nodes[i].alive {
+                        continue;
+                    }
+                    let report = self.reachable(i, j).then(|| self.nodes[j].ctl.report(now));
+                    let server = self.members[j].name.clone();
+                    self.deliver(i, Input::Health { server, report });
+                }
+            }
+        }
+        // Multicast: every server on the LAN hears every emitter on it.
+        for x in 0..n {
+            if !self.on_lan(x) {
+                continue;
+            }
+            let owners: Vec<String> = self.nodes[x]
+                .ctl
+                .wanted()
+                .into_iter()
+                .filter(|(_, r)| *r == Run::Emit)
+                .map(|(o, _)| o)
+                .collect();
+            for owner in owners {
+                for y in 0..n {
+                    if y != x && self.on_lan(y) {
+                        let source = Heard::Server(self.members[x].name.clone());
+                        self.deliver(
+                            y,
+                            Input::Heard {
+                                owner: owner.clone(),
+                                source,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if self.nodes[i].alive {
+                self.nodes[i].ctl.tick(now);
+                self.drain(i);
+            }
+        }
+        self.check();
+    }
+
+    fn check(&mut self) {
+        let t = self.now.duration_since(self.t0).as_secs_f64();
+        for owner in 0..self.nodes.len() {
+            let now = self.emitters(owner);
+            let name = &self.members[owner].name;
+            // Multicast: never two on the groups. A server without groups
+            // (TCP) is known to be covered only by its next poll.
+            let grace = if self.members[owner].multicast {
+                Duration::ZERO
+            } else {
+                self.settings.poll_interval + step_of(&self.settings)
+            };
+            if now.len() > 1 {
+                let since = *self.overlap_since[owner].get_or_insert(self.now);
+                if self.now.duration_since(since) > grace {
+                    self.violations
+                        .push(format!("{t:.2}s: {name} emitted by {now:?}"));
+                }
+            } else {
+                self.overlap_since[owner] = None;
+            }
+            for &e in &now {
+                if e != owner && !self.members[e].standby {
+                    self.violations.push(format!(
+                        "{t:.2}s: {} (not a failover server) emits {name}",
+                        self.members[e].name
+                    ));
+                }
+            }
+            // A failover server that starts covering the owner records
+            // material the owner will have to copy back.
+            let before = &self.last_emitters[owner];
+            if now.iter().any(|e| *e != owner && !before.contains(e)) {
+                self.nodes[owner].copied = false;
+            }
+            self.last_emitters[owner] = now;
+        }
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        let i = self.index(name);
+        self.nodes[i].alive = false;
+        self.nodes[i].copy = None;
+        self.log_event(format!("kill {name}"));
+    }
+
+    /// Starts a dead server again: a new controller, as a new process.
+    pub fn restart(&mut self, name: &str) {
+        let i = self.index(name);
+        // Each process reads the wall clock at its start (a restarted one
+        // a little off: clocks are never quite the same).
+        let wall = self.wall_ms() + 7;
+        let ctl = super::controller(&self.settings, self.members.clone(), name, self.now, wall);
+        let n = &mut self.nodes[i];
+        n.ctl = ctl;
+        n.alive = true;
+        self.log_event(format!("restart {name}"));
+        let all_broken = self.nodes[i].disks_broken;
+        self.deliver(i, Input::Disks { all_broken });
+    }
+
+    pub fn set_link(&mut self, name: &str, up: bool) {
+        let i = self.index(name);
+        self.nodes[i].link_up = up;
+        self.log_event(format!("link {name} {}", if up { "up" } else { "down" }));
+    }
+
+    pub fn set_api(&mut self, name: &str, up: bool) {
+        let i = self.index(name);
+        self.nodes[i].api_up = up;
+        self.log_event(format!("api {name} {}", if up { "up" } else { "down" }));
+    }
+
+    pub fn set_disks_broken(&mut self, name: &str, broken: bool) {
+        let i = self.index(name);
+        self.nodes[i].disks_broken = broken;
+        self.log_event(format!("disks {name} broken={broken}"));
+        self.deliver(i, Input::Disks { all_broken: broken });
+    }
+
+    pub fn command_failback(&mut self, name: &str) {
+        let i = self.index(name);
+        self.deliver(i, Input::FailbackCommanded);
+    }
+
+    fn log_event(&mut self, e: String) {
+        let t = self.now.duration_since(self.t0).as_secs_f64();
+        self.log.push(format!("{t:>7.2}s == {e}"));
+    }
+
+    /// Who emits `owner` now, by name.
+    pub fn emitter_names(&self, owner: &str) -> Vec<String> {
+        self.emitters(self.index(owner))
+            .into_iter()
+            .map(|i| self.members[i].name.clone())
+            .collect()
+    }
+
+    /// The log, for a failing assertion.
+    pub fn story(&self) -> String {
+        let mut s = self.log.join("\n");
+        if !self.violations.is_empty() {
+            s.push_str("\nviolations:\n");
+            s.push_str(&self.violations.join("\n"));
+        }
+        s
+    }
+}
