@@ -42,6 +42,8 @@ pub struct AppState {
     pub recorder: Option<Arc<crate::record::Recorder>>,
     /// Checks the server password where the API exposes material.
     pub auth: Option<Arc<crate::serve::auth::Authenticator>>,
+    /// The failover controller's report and view of the site.
+    pub failover: watch::Receiver<crate::runtime::failover::FailoverStatus>,
 }
 
 /// Requests other than uploads carry no body worth reading.
@@ -131,6 +133,8 @@ async fn health(State(st): State<AppState>) -> Response {
             "channels": dir.len(),
             "streaming": streaming,
             "material": material,
+            // What the site's failover controllers read of this server.
+            "failover": st.failover.borrow().report,
         }),
     )
 }
@@ -265,6 +269,7 @@ async fn status(
             "uptime_seconds": uptime.as_secs(),
             "detail": detail,
             "material": material,
+            "site": st.failover.borrow().site,
             "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref(), detail)).collect::<Vec<_>>(),
         }),
     )

@@ -55,6 +55,9 @@ pub struct Embedded {
     retry_at: Option<Instant>,
     /// The time of the last input or tick.
     last_now: Instant,
+    /// Since when another server has had this server's role, as far as
+    /// this server knows.
+    covered_since: Option<Instant>,
     /// The wall clock at `started` (Unix ms): covers are named by when
     /// they began on it.
     wall_at_start: u64,
@@ -67,6 +70,10 @@ struct Peer {
     report: Option<Report>,
     /// The last poll got no answer.
     silent: bool,
+    /// The first poll without an answer since the last answer: the server
+    /// is inaccessible since then (it was there at its last answer, and
+    /// nobody knows better until a poll fails).
+    silent_since: Option<Instant>,
     /// When its own packets were last heard on its groups.
     heard_own: Option<Instant>,
     /// When another server of the site was last heard on its groups, and
@@ -158,6 +165,7 @@ impl Embedded {
             why_not: vec![None; n],
             retry_at: None,
             last_now: now,
+            covered_since: None,
             wall_at_start: wall_unix_ms,
         }
     }
@@ -174,6 +182,17 @@ impl Embedded {
 
     fn set_role(&mut self, now: Instant, role: Role) {
         if role != self.role {
+            let restoring = |r: &Role| {
+                matches!(
+                    r,
+                    Role::Covered { .. } | Role::Copying { .. } | Role::Reclaiming { .. }
+                )
+            };
+            // Restored from the moment it learns that another server has
+            // its role: the failback delay runs from then.
+            if restoring(&role) && !restoring(&self.role) {
+                self.covered_since = Some(now);
+            }
             self.role = role;
             self.role_since = now;
             self.retry_at = None;
@@ -192,7 +211,7 @@ impl Embedded {
     fn health(&self, i: usize) -> Health {
         let p = &self.peers[i];
         if p.silent || p.last_answer.is_none() {
-            Health::Inaccessible(p.last_answer.unwrap_or(self.started))
+            Health::Inaccessible(p.silent_since.unwrap_or(self.started))
         } else if p.report.as_ref().is_some_and(|r| r.disks_broken) {
             Health::DisksBroken
         } else {
@@ -475,7 +494,8 @@ impl Embedded {
                 let wants = m.automatic_failback || self.failback_commanded;
                 let ready = self
                     .healthy_for(now)
-                    .is_some_and(|d| d >= self.settings.failback_delay);
+                    .zip(self.covered_since.map(|t| now.duration_since(t)))
+                    .is_some_and(|(h, c)| h.min(c) >= self.settings.failback_delay);
                 if !(wants && ready) || self.retry_at.is_some_and(|t| now < t) {
                     return;
                 }
@@ -649,8 +669,14 @@ impl Controller for Embedded {
                             p.last_answer = Some(now);
                             p.report = Some(r);
                             p.silent = false;
+                            p.silent_since = None;
                         }
-                        None => p.silent = true,
+                        None => {
+                            p.silent = true;
+                            if p.last_answer.is_some() {
+                                p.silent_since.get_or_insert(now);
+                            }
+                        }
                     }
                 }
             }
@@ -705,6 +731,7 @@ impl Controller for Embedded {
                     let p = &mut self.peers[o];
                     p.last_answer = Some(now);
                     p.silent = false;
+                    p.silent_since = None;
                     p.report = None;
                     p.heard_own = Some(now);
                     self.actions.push_back(Action::ConfirmRelease {
@@ -797,6 +824,7 @@ impl Controller for Embedded {
             );
         }
         at.extend(self.healthy_since.map(|t| t + self.settings.failback_delay));
+        at.extend(self.covered_since.map(|t| t + self.settings.failback_delay));
         at.push(self.role_since + silence(&self.settings));
         at.into_iter().filter(|&t| t > self.last_now).min()
     }

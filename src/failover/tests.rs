@@ -395,3 +395,25 @@ fn two_failover_servers_on_one_group_after_a_heal_the_later_yields() {
     assert_eq!(w.emitter_names("r1").len(), 1, "{}", w.story());
     assert_clean(&w);
 }
+
+#[test]
+fn reports_read_back_as_written() {
+    use super::{Report, ReportedRole};
+    for role in [
+        ReportedRole::Recorder { emitting: true },
+        ReportedRole::Standby,
+        ReportedRole::Claiming { owner: "r1".into() },
+        ReportedRole::Covering {
+            owner: "r1".into(),
+            since_unix_ms: 1_800_000_000_123,
+        },
+    ] {
+        let r = Report {
+            disks_broken: false,
+            role,
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r, "{text}");
+    }
+}

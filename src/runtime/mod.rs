@@ -5,6 +5,8 @@
 //! sender task. The set of channels can change while running ([`Server::apply`]):
 //! failover hands a server another server's channels, on that server's groups.
 
+pub mod client;
+pub mod failover;
 pub mod http;
 pub mod limits;
 pub mod rtsp;
@@ -194,6 +196,41 @@ impl Server {
         })
     }
 
+    /// The channels of `owner` (this server, or one it covers) as this
+    /// server runs them; a channel whose spec cannot be made is logged.
+    pub fn channel_specs(&self, owner: &ServerConfig) -> Vec<ChannelSpec> {
+        owner
+            .channels
+            .iter()
+            .filter_map(|c| match ChannelSpec::new(owner, c, &self.local, self.send_mode) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(owner = %owner.name, channel = c.id, "cannot run the channel: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Channels started from now continue these points where they are
+    /// later than the ones kept (streams heard on their groups).
+    pub fn continue_from(&self, points: &HashMap<u32, ChannelPoint>) {
+        let mut kept = self.state.lock();
+        for (id, p) in points {
+            if kept
+                .get(id)
+                .is_none_or(|k| k.video.sent_unix_ms < p.video.sent_unix_ms)
+            {
+                kept.insert(*id, p.clone());
+            }
+        }
+    }
+
+    /// All the server's material disks are broken (it has some).
+    pub fn all_disks_broken(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.all_disks_broken())
+    }
+
     /// The server's own channels.
     pub fn own_channels(&self) -> anyhow::Result<Vec<ChannelSpec>> {
         self.local
@@ -318,6 +355,7 @@ impl Server {
         &self,
         clients: Option<Arc<rtsp::Clients>>,
         auth: Option<Arc<crate::serve::auth::Authenticator>>,
+        failover: watch::Receiver<failover::FailoverStatus>,
     ) -> AppState {
         let origin = self.origin();
         AppState {
@@ -334,6 +372,7 @@ impl Server {
             clients,
             recorder: self.recorder.clone(),
             auth,
+            failover,
         }
     }
 
@@ -385,6 +424,7 @@ pub struct Handle {
     pub server: Server,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     http_stop: CancellationToken,
+    failover: Option<failover::Driver>,
 }
 
 /// Binds the control API and starts the server's own channels.
@@ -459,8 +499,11 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
             .clone()
             .keep(server.directory.subscribe(), server.cancel.child_token()),
     );
-    let own = server.own_channels()?;
-    server.apply(own);
+    // The failover controller decides whose channels run: a protected
+    // server listens and asks before it emits its own.
+    let mut driver = failover::Driver::new(site, name, server.cancel.child_token());
+    driver.start_listening(&server);
+    driver.reconcile(&mut server);
     // The control API's material endpoints take the server password, as
     // the RTSP user (or "admin") with Digest.
     let api_auth = site.password(&server.local)?.map(|pw| {
@@ -473,7 +516,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
             });
         Arc::new(crate::serve::auth::Authenticator::new(user, pw, basic, rand::random()).with_qop())
     });
-    let app = control::router(server.app_state(clients, api_auth));
+    let app = control::router(server.app_state(clients, api_auth, driver.status()));
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(
         listener,
@@ -488,22 +531,35 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
         server,
         http,
         http_stop,
+        failover: Some(driver),
     })
 }
 
 impl Handle {
     /// Runs until `shutdown` is cancelled, then stops cleanly.
     pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            r = &mut self.http => {
-                self.server.shutdown().await;
-                return match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(anyhow::Error::from(e).context("control API failed")),
-                    Err(e) => Err(anyhow::Error::from(e).context("control API task failed")),
-                };
+        let driver = self.failover.take();
+        let ended = {
+            let server = &mut self.server;
+            let controller = async move {
+                match driver {
+                    Some(d) => d.run(server).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => None,
+                () = controller => None,
+                r = &mut self.http => Some(r),
             }
+        };
+        if let Some(r) = ended {
+            self.server.shutdown().await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::from(e).context("control API failed")),
+                Err(e) => Err(anyhow::Error::from(e).context("control API task failed")),
+            };
         }
         tracing::info!("shutting down");
         self.server.shutdown().await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn run_ip(args: &[&str]) {
+pub fn run_ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -176,6 +176,12 @@ pub fn clip(name: &str) -> PathBuf {
 
 /// Joins `group:port` on the namespace's lo (call inside the namespace).
 pub fn join(group: Ipv4Addr, port: u16) -> UdpSocket {
+    join_on(group, port, Ipv4Addr::LOCALHOST)
+}
+
+/// Joins `group` on the interface of `iface` (shared with other receivers
+/// of the port, such as ffmpeg).
+pub fn join_on(group: Ipv4Addr, port: u16, iface: Ipv4Addr) -> UdpSocket {
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -184,7 +190,7 @@ pub fn join(group: Ipv4Addr, port: u16) -> UdpSocket {
     .unwrap();
     s.set_reuse_address(true).unwrap();
     s.bind(&SocketAddrV4::new(group, port).into()).unwrap();
-    s.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST).unwrap();
+    s.join_multicast_v4(&group, &iface).unwrap();
     let _ = s.set_recv_buffer_size(8 << 20);
     let s: UdpSocket = s.into();
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -472,6 +478,7 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
 }
 
 pub mod http;
+pub mod lan;
 pub mod rtsp;
 pub mod slowfs;
 
