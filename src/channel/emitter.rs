@@ -6,7 +6,8 @@
 //! multicast can never hold up ingest, and no other task has to wake for each
 //! frame: measured, that wake was the largest cost per channel. RTCP sender
 //! reports ride along: the first with the first frame, then every interval
-//! while frames flow; a BYE when the channel stops.
+//! while frames flow; a BYE for a track that is replaced (a stopped
+//! channel's stream goes on elsewhere or later, and says no goodbye).
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -517,14 +517,10 @@ impl Sink for Publisher {
         if let Some(r) = &mut self.recorder {
             r.end();
         }
-        let now = Instant::now();
-        for e in self
-            .emitter
-            .iter_mut()
-            .chain(self.track_emitters.iter_mut().flatten())
-        {
-            e.bye(now, SystemTime::now());
-        }
+        // No RTCP BYE: the stream goes on after a restart of this server,
+        // or from the failover server that takes the channel, with the same
+        // SSRC, and a player told goodbye drops the source for good (ffmpeg
+        // ends its input when every stream said BYE). Receivers see a gap.
         self.channel.set_state(CameraState::Stopped);
     }
 }

@@ -1,0 +1,423 @@
+//! A LAN of namespaces (a camera host, recorder-1, failover-1 and a
+//! workstation on a switch). recorder-1 is killed (kill -9), or its link
+//! is cut, while the workstation's ffmpeg plays its channel from the SDP. failover-1 sees it
+//! inaccessible for longer than its period with its group silent, takes
+//! its channel and emits it on recorder-1's own group and port, continuing
+//! its RTP stream: the same SSRC, sequence numbers and timestamps ahead of
+//! the last ones heard. ffmpeg, never restarted, keeps decoding; a receiver
+//! that logs the source of every packet sees one source at a time. A
+//! healed recorder-1 hears failover-1 on its group and stays off it; a
+//! recorder-1 whose control API is out of reach while its streams flow is
+//! not taken over.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::lan::Lan;
+use common::{Decoder, Netns, Proc};
+
+const SITE: &str = r#"
+[site.failover]
+poll_interval = "500ms"
+
+[[server]]
+name = "recorder-1"
+password = "test"
+protocol = "rtp-multicast"
+control = "198.18.0.1:8080"
+[server.multicast]
+address = "239.255.50.1"
+port = 7200
+interface = "198.18.0.1"
+ttl = 1
+[server.failover]
+failover_enabled = true
+inaccessible_period = "3s"
+[server.ingest]
+reconnect_min = "100ms"
+reconnect_max = "300ms"
+[[server.channel]]
+id = 1
+source = "rtsp://198.18.0.10:8554/stream"
+codec = "h264"
+
+[[server]]
+name = "failover-1"
+password = "test"
+protocol = "rtp-multicast"
+control = "198.18.0.2:8080"
+[server.multicast]
+address = "239.255.50.100"
+port = 7200
+interface = "198.18.0.2"
+ttl = 1
+[server.failover]
+use_as_failover_server = true
+[server.ingest]
+reconnect_min = "100ms"
+reconnect_max = "300ms"
+"#;
+
+const PERIOD: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy)]
+struct Rx {
+    from: Ipv4Addr,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    at: Instant,
+}
+
+fn start(
+    ns: &Netns,
+    dir: &std::path::Path,
+    site: &std::path::Path,
+    server: &str,
+    addr: &str,
+) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("mcrelay-{server}.log"))).unwrap();
+    let mut cmd = ns.command(common::mcrelay());
+    cmd.args(["run", "--site"])
+        .arg(site)
+        .args(["--server", server])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut p = Proc::spawn(cmd, server);
+    common::wait_http(ns, addr, &mut p, dir);
+    p
+}
+
+fn get(ns: &Netns, addr: &'static str, path: &'static str) -> Option<(u16, String)> {
+    ns.run(move || common::http_get(addr, path).ok())
+}
+
+/// The LAN, its servers, a packet log and ffmpeg on the workstation,
+/// recorder-1 emitting.
+struct Site {
+    lan: Lan,
+    dir: tempfile::TempDir,
+    rec1: Proc,
+    _fo1: Proc,
+    _camera: Proc,
+    stop: Arc<AtomicBool>,
+    log: std::thread::JoinHandle<Vec<Rx>>,
+    decoder: Decoder,
+}
+
+const REC1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const FO1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+impl Site {
+    fn start(tag: &str) -> Site {
+        let lan = Lan::new(
+            tag,
+            &[
+                ("cam", "198.18.0.10"),
+                ("rec1", "198.18.0.1"),
+                ("fo1", "198.18.0.2"),
+                ("ws", "198.18.1.1"),
+            ],
+        );
+        let dir = common::tempdir();
+        let site = common::write_site(dir.path(), SITE);
+        let mut cmd = lan.host("cam").command(common::mcrelay());
+        cmd.args(["camera", "--clip"])
+            .arg(common::clip("camera-h264.h264"))
+            .args(["--listen", "198.18.0.10:8554"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let camera = Proc::spawn(cmd, "mcrelay camera");
+        let rec1 = start(
+            lan.host("rec1"),
+            dir.path(),
+            &site,
+            "recorder-1",
+            "198.18.0.1:8080",
+        );
+        let fo1 = start(
+            lan.host("fo1"),
+            dir.path(),
+            &site,
+            "failover-1",
+            "198.18.0.2:8080",
+        );
+        // recorder-1 listens and asks before it emits; then its SDP.
+        let ws = lan.host("ws");
+        let sdp = common::wait_for(Duration::from_secs(20), || {
+            let (code, body) = get(ws, "198.18.0.1:8080", "/channels/1.sdp")?;
+            (code == 200 && body.contains("m=video")).then_some(body)
+        })
+        .expect("recorder-1 never served its SDP");
+        assert!(sdp.contains("c=IN IP4 239.255.50.1/1"), "{sdp}");
+        let sdp_file = dir.path().join("ch1.sdp");
+        std::fs::write(&sdp_file, &sdp).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_rx = stop.clone();
+        let log = ws.spawn(move || {
+            let sock = common::join_on(
+                Ipv4Addr::new(239, 255, 50, 1),
+                7202,
+                Ipv4Addr::new(198, 18, 1, 1),
+            );
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !stop_rx.load(Ordering::Relaxed) {
+                if let Ok((n, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf)
+                    && n >= 12
+                {
+                    got.push(Rx {
+                        from: *from.ip(),
+                        seq: u16::from_be_bytes([buf[2], buf[3]]),
+                        ts: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+                        ssrc: u32::from_be_bytes(buf[8..12].try_into().unwrap()),
+                        at: Instant::now(),
+                    });
+                }
+            }
+            got
+        });
+        let decoder = Decoder::start_with(
+            ws,
+            dir.path(),
+            "takeover",
+            &["-protocol_whitelist", "file,udp,rtp", "-f", "sdp"],
+            sdp_file.to_str().unwrap(),
+            &["-map", "0:v", "-fps_mode", "passthrough"],
+            90,
+        );
+        std::thread::sleep(Duration::from_secs(5));
+        let before = decoder.frames_so_far();
+        if before < 60 {
+            for f in [
+                "mcrelay-recorder-1.log",
+                "mcrelay-failover-1.log",
+                "ffmpeg-takeover.err",
+            ] {
+                eprintln!("== {f}\n{}", common::plain_log(&dir.path().join(f)));
+            }
+        }
+        assert!(
+            before >= 60,
+            "ffmpeg decoded {before} frames before the fault"
+        );
+        Site {
+            lan,
+            dir,
+            rec1,
+            _fo1: fo1,
+            _camera: camera,
+            stop,
+            log,
+            decoder,
+        }
+    }
+
+    fn ws(&self) -> &Netns {
+        self.lan.host("ws")
+    }
+
+    /// Waits until failover-1 says it covers recorder-1: how long it took.
+    fn wait_covered(&self, since: Instant) -> Duration {
+        common::wait_for(PERIOD + Duration::from_secs(10), || {
+            let (code, body) = get(self.ws(), "198.18.0.2:8080", "/status")?;
+            (code == 200 && body.contains("\"covering recorder-1\"")).then_some(since.elapsed())
+        })
+        .expect("failover-1 never covered recorder-1")
+    }
+
+    /// Stops the log and ffmpeg: the packets, and ffmpeg's error lines.
+    fn finish(self) -> (Vec<Rx>, Vec<String>, tempfile::TempDir) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (_, errors) = self.decoder.finish(Duration::from_secs(1));
+        (self.log.join().unwrap(), errors, self.dir)
+    }
+}
+
+/// The packets from the first of failover-1 on: one stream with those
+/// before (same SSRC, sequence number and timestamp ahead); returns the
+/// first packet of failover-1 and the last one before it.
+fn assert_one_stream(got: &[Rx]) -> (Rx, Rx) {
+    let first_fo1 = got
+        .iter()
+        .position(|p| p.from == FO1)
+        .expect("no packet from failover-1 on recorder-1's group");
+    let (old, new) = got.split_at(first_fo1);
+    assert!(old.len() > 100, "{} packets before the takeover", old.len());
+    assert!(
+        old.iter().all(|p| p.from == REC1),
+        "another source before the takeover"
+    );
+    let (last, first) = (old[old.len() - 1], new[0]);
+    assert!(
+        got.iter().all(|p| p.ssrc == last.ssrc),
+        "the SSRC changed at the takeover"
+    );
+    let seq_ahead = first.seq.wrapping_sub(last.seq);
+    assert!(
+        (1..32768).contains(&seq_ahead),
+        "sequence {} after {} is not ahead",
+        first.seq,
+        last.seq
+    );
+    let ts_ahead = first.ts.wrapping_sub(last.ts);
+    assert!(
+        (1..1 << 31).contains(&ts_ahead),
+        "timestamp {} after {} is not ahead",
+        first.ts,
+        last.ts
+    );
+    (first, last)
+}
+
+#[test]
+fn a_killed_recorder_is_covered_on_its_own_group_and_viewers_keep_decoding() {
+    let mut s = Site::start("fok");
+    let before = s.decoder.frames_so_far();
+    s.rec1.kill();
+    let killed = Instant::now();
+    let took = s.wait_covered(killed);
+    let at_takeover = s.decoder.frames_so_far();
+    std::thread::sleep(Duration::from_secs(10));
+    let after = s.decoder.frames_so_far() - at_takeover;
+    let status = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    let (got, errors, _dir) = s.finish();
+    let (first, last) = assert_one_stream(&got);
+    assert!(
+        got.iter()
+            .skip_while(|p| p.from != FO1)
+            .all(|p| p.from == FO1),
+        "recorder-1 and failover-1 both on the group"
+    );
+    let first_after = first.at.duration_since(killed);
+    println!(
+        "kill -9: first packet of failover-1 {:.2} s after the kill (status said covering after {:.2} s); \
+         gap on the group {:.2} s; ffmpeg {before} frames before the kill, {after} in the 10 s after; {} error lines",
+        first_after.as_secs_f64(),
+        took.as_secs_f64(),
+        first.at.duration_since(last.at).as_secs_f64(),
+        errors.len()
+    );
+    assert!(
+        first_after <= PERIOD + Duration::from_secs(2),
+        "failover-1 emitted {first_after:?} after the kill"
+    );
+    assert!(
+        after >= 225,
+        "ffmpeg decoded {after} frames in the 10 s after the takeover: {errors:?}"
+    );
+    // The site as failover-1 sees it: recorder-1 broken, covered by it.
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let broken = &v["site"]["broken"];
+    assert_eq!(broken[0]["name"], "recorder-1", "{v}");
+    assert_eq!(broken[0]["cover"], "covered by failover-1", "{v}");
+}
+
+#[test]
+fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
+    let s = Site::start("fol");
+    s.lan.set_link("rec1", false);
+    let cut = Instant::now();
+    let took = s.wait_covered(cut);
+    let at_takeover = s.decoder.frames_so_far();
+    std::thread::sleep(Duration::from_secs(5));
+    s.lan.set_link("rec1", true);
+    let healed = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = s.decoder.frames_so_far() - at_takeover;
+    // recorder-1 knows it is covered: it says so, and has no channel.
+    let rec1 = get(s.ws(), "198.18.0.1:8080", "/status").unwrap().1;
+    let (got, errors, _dir) = s.finish();
+    let (first, _) = assert_one_stream(&got);
+    let gap = got
+        .iter()
+        .filter(|p| p.from == FO1)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    // After the heal, recorder-1 may get a frame onto the group before it
+    // hears failover-1 there; none after that.
+    let late: Vec<&Rx> = got
+        .iter()
+        .filter(|p| p.from == REC1 && p.at > first.at)
+        .collect();
+    let overlap = late
+        .last()
+        .map_or(Duration::ZERO, |p| p.at.duration_since(healed));
+    println!(
+        "link cut: failover-1 covering {:.2} s after the cut, its first packet {:.2} s after, longest gap {:.2} s; \
+         after the heal recorder-1 sent {} packets in {:.3} s; ffmpeg {after} frames in the 10 s after the takeover; {} error lines",
+        took.as_secs_f64(),
+        first.at.duration_since(cut).as_secs_f64(),
+        gap.as_secs_f64(),
+        late.len(),
+        overlap.as_secs_f64(),
+        errors.len()
+    );
+    assert!(
+        took <= PERIOD + Duration::from_secs(2),
+        "covered {took:?} after the cut"
+    );
+    assert!(
+        overlap <= Duration::from_millis(200),
+        "recorder-1 went on sending {overlap:?} after the heal"
+    );
+    let v: serde_json::Value = serde_json::from_str(&rec1).unwrap();
+    assert_eq!(v["channels"].as_array().map(Vec::len), Some(0), "{v}");
+    assert!(
+        v["site"]["recorders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "recorder-1" && r["state"] == "restored, covered"),
+        "{v}"
+    );
+    assert!(
+        after >= 225,
+        "ffmpeg decoded {after} frames in the 10 s after the takeover: {errors:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_control_api_with_the_streams_flowing_is_not_taken_over() {
+    let s = Site::start("fob");
+    // failover-1 can no longer reach recorder-1's control API (its address
+    // routed nowhere on failover-1); recorder-1's packets still arrive.
+    s.lan
+        .host("fo1")
+        .ip(&["route", "add", "blackhole", "198.18.0.1/32"]);
+    std::thread::sleep(PERIOD * 4);
+    let status = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    let (got, _, _dir) = s.finish();
+    assert!(
+        got.iter().all(|p| p.from == REC1),
+        "failover-1 emitted on the group of a recorder whose streams flow"
+    );
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let r = v["site"]["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["site"]["recorders"].as_array().unwrap())
+        .find(|r| r["name"] == "recorder-1")
+        .cloned()
+        .unwrap();
+    assert!(
+        r["state"] == "inaccessible, still streaming"
+            || r["cover"] == "still streaming: not taken over",
+        "{v}"
+    );
+    println!(
+        "control port blocked for {:?}: recorder-1 shown as {r}",
+        PERIOD * 4
+    );
+}
