@@ -37,6 +37,9 @@ ttl = 1
 [server.failover]
 failover_enabled = true
 inaccessible_period = "3s"
+[server.storage]
+disks = ["DIR/rec1/disk1"]
+segment = "2s"
 [server.ingest]
 reconnect_min = "100ms"
 reconnect_max = "300ms"
@@ -57,6 +60,9 @@ interface = "198.18.0.2"
 ttl = 1
 [server.failover]
 use_as_failover_server = true
+[server.storage]
+disks = ["DIR/fo1/disk1"]
+segment = "2s"
 [server.ingest]
 reconnect_min = "100ms"
 reconnect_max = "300ms"
@@ -125,7 +131,13 @@ impl Site {
             ],
         );
         let dir = common::tempdir();
-        let site = common::write_site(dir.path(), SITE);
+        for d in ["rec1/disk1", "fo1/disk1"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let site = common::write_site(
+            dir.path(),
+            &SITE.replace("DIR", &dir.path().display().to_string()),
+        );
         let mut cmd = lan.host("cam").command(common::mcrelay());
         cmd.args(["camera", "--clip"])
             .arg(common::clip("camera-h264.h264"))
@@ -417,7 +429,55 @@ fn an_unreachable_control_api_with_the_streams_flowing_is_not_taken_over() {
         "{v}"
     );
     println!(
-        "control port blocked for {:?}: recorder-1 shown as {r}",
+        "control API out of reach for {:?}: recorder-1 shown as {r}",
         PERIOD * 4
+    );
+}
+
+#[test]
+fn a_recorder_whose_disks_all_break_hands_its_group_over_cleanly() {
+    let s = Site::start("fod");
+    // recorder-1's only material disk goes away while it runs.
+    std::fs::remove_dir_all(s.dir.path().join("rec1/disk1")).unwrap();
+    let broke = Instant::now();
+    // The disk check runs every 5 s, then a poll.
+    let took = common::wait_for(Duration::from_secs(20), || {
+        let (code, body) = get(s.ws(), "198.18.0.2:8080", "/status")?;
+        (code == 200 && body.contains("\"covering recorder-1\"")).then_some(broke.elapsed())
+    })
+    .expect("failover-1 never covered recorder-1");
+    let at_takeover = s.decoder.frames_so_far();
+    std::thread::sleep(Duration::from_secs(10));
+    let after = s.decoder.frames_so_far() - at_takeover;
+    let rec1 = get(s.ws(), "198.18.0.1:8080", "/status").unwrap().1;
+    let fo1_log = common::plain_log(&s.dir.path().join("mcrelay-failover-1.log"));
+    let (got, errors, _dir) = s.finish();
+    let (first, last) = assert_one_stream(&got);
+    assert!(
+        got.iter()
+            .skip_while(|p| p.from != FO1)
+            .all(|p| p.from == FO1),
+        "recorder-1 went on emitting after the hand-over"
+    );
+    println!(
+        "disks broken: failover-1 covering {:.2} s after the disk went; gap on the group {:.3} s; \
+         ffmpeg {after} frames in the 10 s after; {} error lines",
+        took.as_secs_f64(),
+        first.at.duration_since(last.at).as_secs_f64(),
+        errors.len()
+    );
+    // Released on request (not after waiting for silence): the gap is the
+    // hand-over, well under the silence window.
+    assert!(fo1_log.contains("AskRelease"), "{fo1_log}");
+    assert!(
+        first.at.duration_since(last.at) < Duration::from_secs(1),
+        "a gap of {:?}",
+        first.at.duration_since(last.at)
+    );
+    let v: serde_json::Value = serde_json::from_str(&rec1).unwrap();
+    assert_eq!(v["channels"].as_array().map(Vec::len), Some(0), "{v}");
+    assert!(
+        after >= 225,
+        "ffmpeg decoded {after} frames in the 10 s after the hand-over: {errors:?}"
     );
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::serve::auth::Authenticator>>,
     /// The failover controller's report and view of the site.
     pub failover: watch::Receiver<crate::runtime::failover::FailoverStatus>,
+    /// Peers' and operators' requests to the failover controller.
+    pub failover_requests: tokio::sync::mpsc::Sender<crate::runtime::failover::ApiRequest>,
 }
 
 /// Requests other than uploads carry no body worth reading.
@@ -71,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health).layer(small))
         .route("/status", get(status).layer(small))
         .route("/metrics", get(metrics).layer(small))
+        .route(
+            "/failover/{what}",
+            axum::routing::post(failover_request).layer(small),
+        )
         .route("/channels/{file}", get(channel_sdp).layer(small))
         .route("/channels/{id}/material", get(material::list).layer(small))
         .route(
@@ -273,6 +279,70 @@ async fn status(
             "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref(), detail)).collect::<Vec<_>>(),
         }),
     )
+}
+
+/// `POST /failover/release?by=S` (a failover server asks this recorder,
+/// whose disks broke, to stop emitting), `/failover/handback?owner=S&since=MS`
+/// (a restored recorder asks this failover server for its role back),
+/// `/failover/failback` (an operator's `mcrelay failback`). With the server
+/// password. A release answers the released streams' points as JSON.
+async fn failover_request(
+    State(st): State<AppState>,
+    Path(what): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::failover::Input;
+    if let Err(r) = material::authorize(&st, "POST", &uri, &headers, peer.ip()) {
+        return *r;
+    }
+    let q: std::collections::HashMap<String, String> = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let input = match (what.as_str(), q.get("by"), q.get("owner"), q.get("since")) {
+        ("release", Some(by), _, _) => Input::ReleaseAsked { by: by.clone() },
+        ("handback", _, Some(owner), Some(since)) => match since.parse() {
+            Ok(since_unix_ms) => Input::HandBackAsked {
+                owner: owner.clone(),
+                since_unix_ms,
+            },
+            Err(_) => return text(StatusCode::BAD_REQUEST, "since: Unix milliseconds\n"),
+        },
+        ("failback", _, _, _) => Input::FailbackCommanded,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "use /failover/release?by=S, /failover/handback?owner=S&since=MS or /failover/failback\n",
+            );
+        }
+    };
+    let failback = input == Input::FailbackCommanded;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = crate::runtime::failover::ApiRequest { input, reply };
+    if st.failover_requests.send(req).await.is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the failover controller is not running\n",
+        );
+    }
+    match answer.await {
+        Ok(_) if failback => text(StatusCode::ACCEPTED, "failback requested\n"),
+        Ok(Ok(points)) => json_response(
+            StatusCode::OK,
+            serde_json::to_value(points).unwrap_or_default(),
+        ),
+        Ok(Err(why)) => text(StatusCode::CONFLICT, format!("{why}\n")),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the failover controller stopped\n",
+        ),
+    }
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

@@ -3,7 +3,7 @@
 //! the controller what it saw with the time, and runs the channels it
 //! wants. The only place of the failover with sockets and clocks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::Server;
 use super::client::HttpClient;
 use crate::channel::resume::{ChannelPoint, StreamPoint, unix_ms};
-use crate::config::{Protocol, ServerConfig, Site, plan};
+use crate::config::{Protocol, Secret, ServerConfig, Site, plan};
 use crate::failover::{
-    self, Controller, ControllerKind, Heard, Input, Member, Report, Run, SiteView,
+    self, Action, Controller, ControllerKind, Heard, Input, Member, Report, Run, SiteView,
 };
 
 /// What the control API shows of the controller.
@@ -33,6 +33,27 @@ pub struct FailoverStatus {
 
 /// How often one listener tells the controller that a source is heard.
 const HEARD_EVERY: Duration = Duration::from_millis(100);
+/// A request to a peer (release, hand back) is given this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The points of the streams a server stopped sending, by channel.
+pub type Points = BTreeMap<u32, ChannelPoint>;
+
+/// A peer's request through the control API, with where the answer goes:
+/// the points of the streams released, or why not.
+pub struct ApiRequest {
+    pub input: Input,
+    pub reply: tokio::sync::oneshot::Sender<Result<Points, String>>,
+}
+
+/// How to reach a server of the site with its password.
+#[derive(Clone)]
+struct Peer {
+    name: String,
+    addr: SocketAddr,
+    user: String,
+    password: Option<Secret>,
+}
 
 pub struct Driver {
     ctl: Box<dyn Controller>,
@@ -49,6 +70,9 @@ pub struct Driver {
     applied: Option<Vec<(String, Run)>>,
     disks_broken: Option<bool>,
     cancel: CancellationToken,
+    peers: Vec<Peer>,
+    api_tx: mpsc::Sender<ApiRequest>,
+    api_rx: mpsc::Receiver<ApiRequest>,
 }
 
 impl Driver {
@@ -64,7 +88,24 @@ impl Driver {
             unix_ms(SystemTime::now()),
         );
         let (tx, rx) = mpsc::channel(1024);
+        let (api_tx, api_rx) = mpsc::channel(16);
+        let peers = site
+            .servers()
+            .iter()
+            .map(|s| Peer {
+                name: s.name.clone(),
+                addr: s.control,
+                user: s
+                    .rtsp
+                    .as_ref()
+                    .map_or("admin".to_string(), |r| r.user.clone()),
+                password: site.password(s).ok().flatten(),
+            })
+            .collect();
         Driver {
+            peers,
+            api_tx,
+            api_rx,
             ctl,
             kind: settings.controller,
             me: me.to_string(),
@@ -86,6 +127,15 @@ impl Driver {
 
     pub fn status(&self) -> watch::Receiver<FailoverStatus> {
         self.status.subscribe()
+    }
+
+    /// Where the control API sends peers' requests.
+    pub fn requests(&self) -> mpsc::Sender<ApiRequest> {
+        self.api_tx.clone()
+    }
+
+    fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
     }
 
     fn local(&self) -> &ServerConfig {
@@ -168,8 +218,13 @@ impl Driver {
                 .ctl
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + self.poll);
+            let mut reply = None;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
+                Some(req) = self.api_rx.recv() => {
+                    self.ctl.handle(Instant::now(), req.input);
+                    reply = Some(req.reply);
+                }
                 _ = tick.tick() => {
                     self.poll_peers();
                     let broken = server.all_disks_broken();
@@ -182,14 +237,134 @@ impl Driver {
                 Some(input) = self.rx.recv() => self.ctl.handle(Instant::now(), input),
                 () = tokio::time::sleep_until(wake.into()) => self.ctl.tick(Instant::now()),
             }
+            let mut confirmed = None;
             while let Some(a) = self.ctl.poll_action() {
-                // The hand-over requests between servers come with the
-                // control API's failover endpoints (next step of issue 11);
-                // until then the controller falls back on silence.
-                tracing::info!(action = ?a, "failover action not carried out by this version");
+                match a {
+                    Action::ConfirmRelease { owner, .. } => confirmed = Some(owner),
+                    a => self.carry_out(server, a),
+                }
+            }
+            if let Some(reply) = reply {
+                // The released streams' points, taken before the channels
+                // stop (refreshed every 250 ms; the taker's margin covers
+                // what was sent since).
+                let answer = match confirmed {
+                    Some(owner) => Ok(server.points_of(&owner)),
+                    None => Err("not released: this server keeps the role".to_string()),
+                };
+                let _ = reply.send(answer);
             }
             self.reconcile(server);
         }
+    }
+
+    /// Carries out a request to a peer, or a copy, in the background; the
+    /// outcome comes back as an input.
+    fn carry_out(&self, server: &Server, action: Action) {
+        let (path, peer, released_owner) = match &action {
+            Action::AskRelease { to } => (
+                format!("/failover/release?by={}", self.me),
+                to.clone(),
+                to.clone(),
+            ),
+            Action::AskHandBack { to, since_unix_ms } => (
+                format!("/failover/handback?owner={}&since={since_unix_ms}", self.me),
+                to.clone(),
+                self.me.clone(),
+            ),
+            Action::StartCopy {
+                from,
+                since_unix_ms,
+            } => {
+                self.start_copy(server, from, *since_unix_ms);
+                return;
+            }
+            Action::ConfirmRelease { .. } => return,
+        };
+        let Some(p) = self.peer(&peer).cloned() else {
+            return;
+        };
+        let Some(password) = p.password.clone() else {
+            tracing::warn!(peer = %p.name, "no password for server {:?}: cannot ask it to hand over", p.name);
+            return;
+        };
+        let (client, tx, learned) = (self.client.clone(), self.tx.clone(), self.learned.clone());
+        tracing::info!(peer = %p.name, ?action, "asking");
+        tokio::spawn(async move {
+            match client
+                .post_digest(p.addr, &path, &p.user, &password, REQUEST_TIMEOUT)
+                .await
+            {
+                Ok((200, body)) => {
+                    let points: Points = serde_json::from_slice(&body).unwrap_or_default();
+                    {
+                        let mut l = learned.lock().unwrap_or_else(|e| e.into_inner());
+                        for (id, point) in points {
+                            l.insert(id, point);
+                        }
+                    }
+                    let _ = tx
+                        .send(Input::Released {
+                            owner: released_owner,
+                            by: p.name.clone(),
+                        })
+                        .await;
+                }
+                Ok((code, body)) => {
+                    tracing::info!(peer = %p.name, code, answer = %String::from_utf8_lossy(&body).trim(), "hand-over refused");
+                }
+                Err(e) => tracing::info!(peer = %p.name, error = %e, "hand-over request failed"),
+            }
+        });
+    }
+
+    /// Copies this server's material missing since `since_unix_ms` from
+    /// `from`, every channel; the outcome comes back as `CopyDone`.
+    fn start_copy(&self, server: &Server, from: &str, since_unix_ms: u64) {
+        let (Some(src), Some(dst)) = (self.peer(from), self.peer(&self.me)) else {
+            return;
+        };
+        let (Some(sp), Some(dp)) = (src.password.clone(), dst.password.clone()) else {
+            tracing::warn!("material copy needs both servers' passwords");
+            let tx = self.tx.clone();
+            let from = from.to_string();
+            tokio::spawn(async move { tx.send(Input::CopyDone { from, ok: false }).await });
+            return;
+        };
+        let endpoint = |p: &Peer, password: Secret| crate::record::copy::Endpoint {
+            name: p.name.clone(),
+            addr: p.addr,
+            user: p.user.clone(),
+            password,
+        };
+        let (from_ep, to_ep) = (endpoint(src, sp), endpoint(dst, dp));
+        let channels: Vec<u32> = server.local.channels.iter().map(|c| c.id).collect();
+        let (tx, from) = (self.tx.clone(), from.to_string());
+        // A little before the cover began: segments rotate at key frames.
+        let from_ms = (since_unix_ms as i64).saturating_sub(60_000);
+        tracing::info!(from = %from, channels = channels.len(), "copying the material recorded while covered");
+        tokio::spawn(async move {
+            let to_ms = unix_ms(SystemTime::now()) as i64 + 60_000;
+            let ok = tokio::task::spawn_blocking(move || {
+                let mut ok = true;
+                for ch in channels {
+                    match crate::record::copy::copy_missing(&from_ep, &to_ep, ch, from_ms, to_ms, None, |_| {}) {
+                        Ok(r) => {
+                            tracing::info!(channel = ch, copied = r.copied, bytes = r.copied_bytes, failed = r.failed.len(), "material copied back");
+                            ok &= r.failed.is_empty();
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel = ch, error = %e, "material copy failed; tried again later");
+                            ok = false;
+                        }
+                    }
+                }
+                ok
+            })
+            .await
+            .unwrap_or(false);
+            let _ = tx.send(Input::CopyDone { from, ok }).await;
+        });
     }
 
     fn poll_peers(&self) {

@@ -226,6 +226,16 @@ impl Server {
         }
     }
 
+    /// Where the streams of `owner`'s channels that run here stand.
+    pub fn points_of(&self, owner: &str) -> failover::Points {
+        self.directory
+            .borrow()
+            .iter()
+            .filter(|(_, c)| c.spec.owner == owner)
+            .filter_map(|(id, c)| Some((*id, c.point()?)))
+            .collect()
+    }
+
     /// All the server's material disks are broken (it has some).
     pub fn all_disks_broken(&self) -> bool {
         self.recorder.as_ref().is_some_and(|r| r.all_disks_broken())
@@ -355,7 +365,10 @@ impl Server {
         &self,
         clients: Option<Arc<rtsp::Clients>>,
         auth: Option<Arc<crate::serve::auth::Authenticator>>,
-        failover: watch::Receiver<failover::FailoverStatus>,
+        (failover, failover_requests): (
+            watch::Receiver<failover::FailoverStatus>,
+            tokio::sync::mpsc::Sender<failover::ApiRequest>,
+        ),
     ) -> AppState {
         let origin = self.origin();
         AppState {
@@ -373,6 +386,7 @@ impl Server {
             recorder: self.recorder.clone(),
             auth,
             failover,
+            failover_requests,
         }
     }
 
@@ -516,7 +530,8 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
             });
         Arc::new(crate::serve::auth::Authenticator::new(user, pw, basic, rand::random()).with_qop())
     });
-    let app = control::router(server.app_state(clients, api_auth, driver.status()));
+    let app =
+        control::router(server.app_state(clients, api_auth, (driver.status(), driver.requests())));
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(http::serve(
         listener,
