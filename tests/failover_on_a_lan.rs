@@ -121,6 +121,10 @@ const FO1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 impl Site {
     fn start(tag: &str) -> Site {
+        Site::start_with(tag, SITE)
+    }
+
+    fn start_with(tag: &str, site_text: &str) -> Site {
         let lan = Lan::new(
             tag,
             &[
@@ -136,7 +140,7 @@ impl Site {
         }
         let site = common::write_site(
             dir.path(),
-            &SITE.replace("DIR", &dir.path().display().to_string()),
+            &site_text.replace("DIR", &dir.path().display().to_string()),
         );
         let mut cmd = lan.host("cam").command(common::mcrelay());
         cmd.args(["camera", "--clip"])
@@ -480,4 +484,161 @@ fn a_recorder_whose_disks_all_break_hands_its_group_over_cleanly() {
         after >= 225,
         "ffmpeg decoded {after} frames in the 10 s after the hand-over: {errors:?}"
     );
+}
+
+/// Complete segments of channel 1 on a disk: name -> bytes.
+fn segments_of(disk: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(disk.join("mcrelay/ch1"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn failback_with_delay_failover_copies_the_missing_material_then_takes_the_role_back() {
+    let text = SITE
+        .replace(
+            "inaccessible_period = \"3s\"",
+            "inaccessible_period = \"3s\"\nautomatic_failback = true\nautomatic_material_copying = true\ndelay_failover = true",
+        )
+        .replace(
+            "poll_interval = \"500ms\"",
+            "poll_interval = \"500ms\"\nfailback_delay = \"5s\"",
+        );
+    let mut s = Site::start_with("fofb", &text);
+    s.rec1.kill();
+    let killed = Instant::now();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    s.wait_covered(killed);
+    // failover-1 records recorder-1's channel for a while.
+    std::thread::sleep(Duration::from_secs(8));
+    let fo1_ch = s.dir.path().join("fo1/disk1");
+    let site_path = s.dir.path().join("site.toml");
+    s.rec1 = start(
+        s.lan.host("rec1"),
+        s.dir.path(),
+        &site_path,
+        "recorder-1",
+        "198.18.0.1:8080",
+    );
+    let restarted = Instant::now();
+    // failback_delay, the copy, the hand-back.
+    let back = common::wait_for(Duration::from_secs(60), || {
+        let (code, body) = get(s.ws(), "198.18.0.1:8080", "/status")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200
+            && v["channels"].as_array().is_some_and(|c| !c.is_empty())
+            && v["site"]["recorders"]
+                .as_array()?
+                .iter()
+                .any(|r| r["name"] == "recorder-1" && r["state"] == "ok"))
+        .then_some(restarted.elapsed())
+    })
+    .expect("recorder-1 never took its role back");
+    let at_back = s.decoder.frames_so_far();
+    std::thread::sleep(Duration::from_secs(8));
+    let after = s.decoder.frames_so_far() - at_back;
+    let rec1_log = common::plain_log(&s.dir.path().join("mcrelay-recorder-1.log"));
+    let (got, errors, dir) = s.finish();
+
+    // Every segment failover-1 recorded while recorder-1 recorded nothing
+    // is on recorder-1, byte for byte. From the moment recorder-1 records
+    // again (its cameras warm before the role comes back), its own
+    // material covers that time: failover-1's segments of it stay there.
+    let theirs = segments_of(&fo1_ch);
+    let ours = segments_of(&dir.path().join("rec1/disk1"));
+    let start_ms = |n: &str| {
+        n.split('-')
+            .next()
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap()
+    };
+    let own_again = ours
+        .keys()
+        .filter(|n| n.ends_with("-recorder-1.ts") && start_ms(n) > killed_ms)
+        .map(|n| start_ms(n))
+        .min()
+        .expect("recorder-1 recorded nothing after its restart");
+    // Segments of 2 s that ended before recorder-1 recorded again.
+    let covered: Vec<&String> = theirs
+        .keys()
+        .filter(|n| n.ends_with("-failover-1.ts") && start_ms(n) + 2_500 <= own_again)
+        .collect();
+    assert!(covered.len() >= 3, "failover-1 recorded {covered:?}");
+    let mut bytes = 0;
+    for name in &covered {
+        assert_eq!(
+            ours.get(*name).map(|b| xxh(b)),
+            Some(xxh(&theirs[*name])),
+            "{name} not copied whole to recorder-1 ({} of failover-1's, {} on recorder-1)\n{rec1_log}",
+            theirs.len(),
+            ours.len()
+        );
+        bytes += theirs[*name].len();
+    }
+    // Nothing of failover-1's for a time recorder-1 has itself.
+    assert!(
+        ours.keys()
+            .filter(|n| n.ends_with("-failover-1.ts"))
+            .all(|n| start_ms(n) < own_again),
+        "copied what recorder-1 has itself"
+    );
+    // The copy came before the role (delay_failover).
+    let copied_at = rec1_log.find("material copied back").expect("no copy");
+    let asked_at = rec1_log.find("AskHandBack").expect("no hand-back");
+    assert!(copied_at < asked_at, "{rec1_log}");
+
+    // The group: failover-1, then recorder-1 again, one stream.
+    let fo_end = got.iter().rposition(|p| p.from == FO1).unwrap();
+    let (last, first) = (
+        got[fo_end],
+        got[fo_end + 1..]
+            .first()
+            .copied()
+            .expect("recorder-1 never emitted again"),
+    );
+    assert_eq!(first.from, REC1);
+    assert!(
+        got[fo_end + 1..].iter().all(|p| p.from == REC1),
+        "failover-1 emitted after the hand-back"
+    );
+    assert!(got.iter().all(|p| p.ssrc == last.ssrc), "the SSRC changed");
+    assert!(
+        (1..32768).contains(&first.seq.wrapping_sub(last.seq)),
+        "sequence not ahead"
+    );
+    assert!(
+        (1..1u32 << 31).contains(&first.ts.wrapping_sub(last.ts)),
+        "timestamp not ahead"
+    );
+    let gap = first.at.duration_since(last.at);
+    println!(
+        "failback: role back {:.1} s after the restart (failback_delay 5 s); copied {} segments, {} bytes; \
+         failback gap on the group {:.3} s; ffmpeg {after} frames in the 8 s after; {} error lines",
+        back.as_secs_f64(),
+        covered.len(),
+        bytes,
+        gap.as_secs_f64(),
+        errors.len()
+    );
+    assert!(gap < Duration::from_secs(2), "failback gap {gap:?}");
+    assert!(
+        after >= 180,
+        "ffmpeg decoded {after} frames in the 8 s after the failback: {errors:?}"
+    );
+}
+
+fn xxh(b: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(b)
 }

@@ -784,10 +784,12 @@ impl Controller for Embedded {
                     if ok {
                         self.set_role(
                             now,
+                            // And once more after the hand-back: what the
+                            // failover server recorded during this copy.
                             Role::Reclaiming {
                                 from: f,
                                 since_unix_ms,
-                                copy_after: false,
+                                copy_after: true,
                             },
                         );
                         self.ask_hand_back(now, f, since_unix_ms);

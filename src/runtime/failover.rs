@@ -344,6 +344,9 @@ impl Driver {
         let from_ms = (since_unix_ms as i64).saturating_sub(60_000);
         tracing::info!(from = %from, channels = channels.len(), "copying the material recorded while covered");
         tokio::spawn(async move {
+            // A failover server that just stopped finishes its last segment
+            // first (synced, renamed, indexed): give it a moment.
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let to_ms = unix_ms(SystemTime::now()) as i64 + 60_000;
             let ok = tokio::task::spawn_blocking(move || {
                 let mut ok = true;
