@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,6 +79,22 @@ enum Command {
     Material {
         #[command(subcommand)]
         command: MaterialCommand,
+    },
+    /// Give a server its role back from the failover server covering it
+    /// (for servers without automatic_failback): it copies its missing
+    /// material first when delay_failover says so.
+    Failback {
+        #[arg(long)]
+        site: PathBuf,
+        /// The restored server.
+        #[arg(long)]
+        server: String,
+    },
+    /// Print the site as a server sees it: VMS servers, failover servers,
+    /// broken VMS servers (asks each server of the site until one answers).
+    Status {
+        #[arg(long)]
+        site: PathBuf,
     },
     /// Validate a site file and print its address plan.
     Check {
@@ -202,6 +219,8 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { site } => check(&site),
+        Command::Failback { site, server } => failback(&site, &server),
+        Command::Status { site } => site_status(&site),
         Command::Sdp {
             site,
             server,
@@ -547,6 +566,67 @@ fn endpoint(site: &Site, name: &str) -> anyhow::Result<mcrelay::record::copy::En
         user,
         password,
     })
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn failback(site: &std::path::Path, server: &str) -> anyhow::Result<ExitCode> {
+    let site = Site::load(site)?;
+    let ep = endpoint(&site, server)?;
+    let client = mcrelay::runtime::client::HttpClient::new();
+    let (code, body) = current_thread()?.block_on(client.post_digest(
+        ep.addr,
+        "/failover/failback",
+        &ep.user,
+        &ep.password,
+        Duration::from_secs(5),
+    ))?;
+    let answer = String::from_utf8_lossy(&body);
+    if code == 202 {
+        println!("{server}: {}", answer.trim());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("{server} ({}): {code} {}", ep.addr, answer.trim())
+    }
+}
+
+fn site_status(site: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let site = Site::load(site)?;
+    let client = mcrelay::runtime::client::HttpClient::new();
+    let rt = current_thread()?;
+    for s in site.servers() {
+        let Ok((200, body)) = rt.block_on(client.get(s.control, "/status", Duration::from_secs(2)))
+        else {
+            eprintln!("{} ({}): no answer", s.name, s.control);
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        println!("as {} sees it:", s.name);
+        for (key, title) in [
+            ("recorders", "VMS servers"),
+            ("failover", "Failover servers"),
+            ("broken", "Broken VMS servers"),
+        ] {
+            println!("  {title}");
+            for r in v["site"][key].as_array().into_iter().flatten() {
+                let mut line = format!(
+                    "    {}: {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?")
+                );
+                if let Some(c) = r["cover"].as_str() {
+                    line.push_str(&format!(" ({c})"));
+                }
+                println!("{line}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::bail!("no server of {} answered", site.path.display())
 }
 
 fn material_copy(

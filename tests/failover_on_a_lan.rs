@@ -13,12 +13,10 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::lan::Lan;
-use common::{Decoder, Netns, Proc};
+use common::{Decoder, Netns, Packet, PacketLog, Proc};
 
 const SITE: &str = r#"
 [site.failover]
@@ -70,15 +68,6 @@ reconnect_max = "300ms"
 
 const PERIOD: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy)]
-struct Rx {
-    from: Ipv4Addr,
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    at: Instant,
-}
-
 fn start(
     ns: &Netns,
     dir: &std::path::Path,
@@ -111,8 +100,7 @@ struct Site {
     rec1: Proc,
     _fo1: Proc,
     _camera: Proc,
-    stop: Arc<AtomicBool>,
-    log: std::thread::JoinHandle<Vec<Rx>>,
+    log: PacketLog,
     decoder: Decoder,
 }
 
@@ -173,33 +161,12 @@ impl Site {
         assert!(sdp.contains("c=IN IP4 239.255.50.1/1"), "{sdp}");
         let sdp_file = dir.path().join("ch1.sdp");
         std::fs::write(&sdp_file, &sdp).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_rx = stop.clone();
-        let log = ws.spawn(move || {
-            let sock = common::join_on(
-                Ipv4Addr::new(239, 255, 50, 1),
-                7202,
-                Ipv4Addr::new(198, 18, 1, 1),
-            );
-            sock.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while !stop_rx.load(Ordering::Relaxed) {
-                if let Ok((n, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf)
-                    && n >= 12
-                {
-                    got.push(Rx {
-                        from: *from.ip(),
-                        seq: u16::from_be_bytes([buf[2], buf[3]]),
-                        ts: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
-                        ssrc: u32::from_be_bytes(buf[8..12].try_into().unwrap()),
-                        at: Instant::now(),
-                    });
-                }
-            }
-            got
-        });
+        let log = PacketLog::start(
+            ws,
+            Ipv4Addr::new(239, 255, 50, 1),
+            7202,
+            Ipv4Addr::new(198, 18, 1, 1),
+        );
         let decoder = Decoder::start_with(
             ws,
             dir.path(),
@@ -230,7 +197,6 @@ impl Site {
             rec1,
             _fo1: fo1,
             _camera: camera,
-            stop,
             log,
             decoder,
         }
@@ -250,17 +216,16 @@ impl Site {
     }
 
     /// Stops the log and ffmpeg: the packets, and ffmpeg's error lines.
-    fn finish(self) -> (Vec<Rx>, Vec<String>, tempfile::TempDir) {
-        self.stop.store(true, Ordering::Relaxed);
+    fn finish(self) -> (Vec<Packet>, Vec<String>, tempfile::TempDir) {
         let (_, errors) = self.decoder.finish(Duration::from_secs(1));
-        (self.log.join().unwrap(), errors, self.dir)
+        (self.log.finish(), errors, self.dir)
     }
 }
 
 /// The packets from the first of failover-1 on: one stream with those
 /// before (same SSRC, sequence number and timestamp ahead); returns the
 /// first packet of failover-1 and the last one before it.
-fn assert_one_stream(got: &[Rx]) -> (Rx, Rx) {
+fn assert_one_stream(got: &[Packet]) -> (Packet, Packet) {
     let first_fo1 = got
         .iter()
         .position(|p| p.from == FO1)
@@ -304,6 +269,34 @@ fn a_killed_recorder_is_covered_on_its_own_group_and_viewers_keep_decoding() {
     std::thread::sleep(Duration::from_secs(10));
     let after = s.decoder.frames_so_far() - at_takeover;
     let status = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    // The operator's view from the workstation: the three folders from the
+    // first server that answers (recorder-1 does not).
+    let site_path = s.dir.path().join("site.toml");
+    let tree = s
+        .ws()
+        .command(common::mcrelay())
+        .args(["status", "--site"])
+        .arg(&site_path)
+        .output()
+        .unwrap();
+    let tree_text = String::from_utf8_lossy(&tree.stdout).into_owned();
+    assert!(tree.status.success(), "{tree:?}");
+    assert!(
+        tree_text.contains("Broken VMS servers\n    recorder-1: inaccessible for")
+            && tree_text.contains("(covered by failover-1)")
+            && tree_text.contains("Failover servers\n    failover-1: covering recorder-1"),
+        "{tree_text}"
+    );
+    // A failback for a server that is down says so.
+    let fb = s
+        .ws()
+        .command(common::mcrelay())
+        .args(["failback", "--site"])
+        .arg(&site_path)
+        .args(["--server", "recorder-1"])
+        .output()
+        .unwrap();
+    assert!(!fb.status.success(), "{fb:?}");
     let (got, errors, _dir) = s.finish();
     let (first, last) = assert_one_stream(&got);
     assert!(
@@ -362,7 +355,7 @@ fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
         .unwrap_or_default();
     // After the heal, recorder-1 may get a frame onto the group before it
     // hears failover-1 there; none after that.
-    let late: Vec<&Rx> = got
+    let late: Vec<&Packet> = got
         .iter()
         .filter(|p| p.from == REC1 && p.at > first.at)
         .collect();

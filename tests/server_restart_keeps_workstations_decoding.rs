@@ -8,11 +8,9 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Decoder, Netns};
+use common::{Decoder, Netns, Packet, PacketLog};
 
 const SITE: &str = r#"
 [[server]]
@@ -34,42 +32,12 @@ source = "rtsp://127.0.0.1:8620/stream"
 codec = "h264"
 "#;
 
-#[derive(Debug, Clone, Copy)]
-struct Rx {
-    seq: u16,
-    ts: u32,
-    ssrc: u32,
-    at: Instant,
-}
-
-/// Logs every RTP packet on `port` of the group until `stop`.
-fn log_packets(ns: &Netns, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Rx>> {
-    ns.spawn(move || {
-        let sock = common::join(Ipv4Addr::new(239, 255, 31, 1), port);
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok(n) = sock.recv(&mut buf)
-                && n >= 12
-            {
-                got.push(Rx {
-                    seq: u16::from_be_bytes([buf[2], buf[3]]),
-                    ts: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
-                    ssrc: u32::from_be_bytes(buf[8..12].try_into().unwrap()),
-                    at: Instant::now(),
-                });
-            }
-        }
-        got
-    })
-}
-
 /// One stream across the restart at `killed`: the same SSRC throughout,
 /// and the first packet after it ahead of the last one before in sequence
 /// number and timestamp.
-fn assert_continues(what: &str, got: &[Rx], killed: Instant) {
-    let before: Vec<&Rx> = got.iter().filter(|p| p.at < killed).collect();
-    let after: Vec<&Rx> = got.iter().filter(|p| p.at > killed).collect();
+fn assert_continues(what: &str, got: &[Packet], killed: Instant) {
+    let before: Vec<&Packet> = got.iter().filter(|p| p.at < killed).collect();
+    let after: Vec<&Packet> = got.iter().filter(|p| p.at > killed).collect();
     assert!(
         before.len() > 20 && after.len() > 20,
         "{what}: {} packets before the kill, {} after",
@@ -120,10 +88,10 @@ fn ffmpeg_joined_by_sdp_keeps_decoding_across_a_kill_and_restart() {
     let sdp_file = dir.path().join("ch1.sdp");
     std::fs::write(&sdp_file, &sdp).unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
     // Channel 1: video on 7102, sound on 7100 + 2000 + 2.
-    let video_rx = log_packets(&ns, 7102, stop.clone());
-    let audio_rx = log_packets(&ns, 9102, stop.clone());
+    let group = Ipv4Addr::new(239, 255, 31, 1);
+    let video_rx = PacketLog::start(&ns, group, 7102, Ipv4Addr::LOCALHOST);
+    let audio_rx = PacketLog::start(&ns, group, 9102, Ipv4Addr::LOCALHOST);
     let decoder = Decoder::start_with(
         &ns,
         dir.path(),
@@ -149,10 +117,9 @@ fn ffmpeg_joined_by_sdp_keeps_decoding_across_a_kill_and_restart() {
     let at_restart = decoder.frames_so_far();
     std::thread::sleep(Duration::from_secs(10));
     let after = decoder.frames_so_far() - at_restart;
-    stop.store(true, Ordering::Relaxed);
     let (_, errors) = decoder.finish(Duration::from_secs(1));
-    let video = video_rx.join().unwrap();
-    let audio = audio_rx.join().unwrap();
+    let video = video_rx.finish();
+    let audio = audio_rx.finish();
     println!(
         "ffmpeg: {before} frames in the 5 s before the kill, {after} in the 10 s after the restart \
          ({:.1} s after the kill); {} error lines",

@@ -51,25 +51,7 @@ fuzz_target!(|data: &[u8]| {
     // Two bytes an event: what and to whom, then how long to run after.
     for ev in data[5..].chunks(2).take(64) {
         let who = names[usize::from(ev[0] & 3)];
-        let i = w.index(who);
-        match (ev[0] >> 2) % 6 {
-            0 if w.nodes[i].alive => w.kill(who),
-            0 => w.restart(who),
-            1 => {
-                let up = !w.nodes[i].link_up;
-                w.set_link(who, up);
-            }
-            2 => {
-                let up = !w.nodes[i].api_up;
-                w.set_api(who, up);
-            }
-            3 => {
-                let b = !w.nodes[i].disks_broken;
-                w.set_disks_broken(who, b);
-            }
-            4 => w.command_failback(who),
-            _ => {}
-        }
+        w.fault(who, (ev[0] >> 2) % 6);
         let ms = ev.get(1).map_or(100, |b| 50 * u64::from(*b % 80));
         w.run(Duration::from_millis(ms));
         assert!(w.violations.is_empty(), "{}", w.story());

@@ -366,6 +366,31 @@ impl World {
         self.deliver(i, Input::Disks { all_broken: broken });
     }
 
+    /// One fault (or its repair) by number: 0 kill or restart, 1 the link,
+    /// 2 the control API, 3 the disks (each toggled), 4 a failback
+    /// command, anything else nothing.
+    pub fn fault(&mut self, name: &str, kind: u8) {
+        let i = self.index(name);
+        match kind {
+            0 if self.nodes[i].alive => self.kill(name),
+            0 => self.restart(name),
+            1 => {
+                let up = !self.nodes[i].link_up;
+                self.set_link(name, up);
+            }
+            2 => {
+                let up = !self.nodes[i].api_up;
+                self.set_api(name, up);
+            }
+            3 => {
+                let b = !self.nodes[i].disks_broken;
+                self.set_disks_broken(name, b);
+            }
+            4 => self.command_failback(name),
+            _ => {}
+        }
+    }
+
     pub fn command_failback(&mut self, name: &str) {
         let i = self.index(name);
         self.deliver(i, Input::FailbackCommanded);

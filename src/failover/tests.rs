@@ -354,25 +354,7 @@ fn random_faults_never_break_the_invariants() {
         ]);
         for _ in 0..200 {
             let who = ["r1", "r2", "f1", "f2"][rnd(4) as usize];
-            let i = w.index(who);
-            match rnd(7) {
-                0 if w.nodes[i].alive => w.kill(who),
-                0 => w.restart(who),
-                1 => {
-                    let up = !w.nodes[i].link_up;
-                    w.set_link(who, up);
-                }
-                2 => {
-                    let up = !w.nodes[i].api_up;
-                    w.set_api(who, up);
-                }
-                3 => {
-                    let b = !w.nodes[i].disks_broken;
-                    w.set_disks_broken(who, b);
-                }
-                4 => w.command_failback(who),
-                _ => {}
-            }
+            w.fault(who, rnd(7) as u8);
             w.run(Duration::from_millis(100 * (1 + rnd(40))));
         }
         assert!(w.violations.is_empty(), "round {round}:\n{}", w.story());

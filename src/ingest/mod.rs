@@ -43,6 +43,9 @@ pub trait Sink {
     /// the session's start, on the same time line as the video's
     /// `source_time`.
     fn track_frame(&mut self, _index: usize, _data: Bytes, _elapsed: i64, _arrival: Instant) {}
+    /// The session is about to set up tracks besides video (after the
+    /// camera described them): from now a failure may be theirs.
+    fn setting_up_tracks(&mut self) {}
     /// Connecting (or waiting for an encoder to connect).
     fn connecting(&mut self) {}
     /// The session ended with `error`; a reconnect follows.
@@ -140,6 +143,7 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
         sink.connecting();
         let started = Instant::now();
         let mut frames = 0;
+        let mut tracks_tried = false;
         let wanted = breaker.wanted(&spec.tracks, started);
         let mut error = {
             let mut tracker = Tracker {
@@ -147,6 +151,7 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
                 frames: &mut frames,
                 continuity: &mut continuity,
                 channel: spec.id,
+                tracks_tried: &mut tracks_tried,
             };
             tokio::select! {
                 e = session(spec, &wanted, &mut tracker, &mut listener, candidates.as_mut(), pending.take()) => e,
@@ -156,6 +161,11 @@ pub async fn run_camera(spec: &ChannelSpec, sink: &mut impl Sink, cancel: Cancel
         continuity.session_ended();
         let delivered = frames > 0;
         tracing::warn!(channel = spec.id, source = %spec.source, %error, frames, "camera session ended");
+        // A session that failed before it set up any track (a camera not
+        // ready to DESCRIBE) says nothing about the tracks.
+        if !tracks_tried {
+            breaker.not_tried();
+        }
         if let Some(off) = breaker.session_ended(&error, Instant::now()) {
             tracing::warn!(
                 channel = spec.id,
@@ -227,6 +237,11 @@ impl TrackBreaker {
         tracks.to_vec()
     }
 
+    /// The session ended before it set up any track besides video.
+    fn not_tried(&mut self) {
+        self.with_tracks_since = None;
+    }
+
     /// A session that asked for tracks ended; returns the cool-down when
     /// that turns them off: an RTSP or packet error before the session was
     /// stable (a SETUP or PLAY the tracks broke, a track the camera sends
@@ -254,6 +269,8 @@ struct Tracker<'a, S> {
     frames: &'a mut u64,
     continuity: &'a mut Continuity,
     channel: u32,
+    /// The session got as far as setting up tracks besides video.
+    tracks_tried: &'a mut bool,
 }
 
 /// When a camera's pictures stopped and came back, across its sessions.
@@ -304,6 +321,9 @@ impl<S: Sink> Sink for Tracker<'_, S> {
     }
     fn tracks(&mut self, tracks: Vec<TrackDesc>, not_carried: Vec<String>) {
         self.inner.tracks(tracks, not_carried);
+    }
+    fn setting_up_tracks(&mut self) {
+        *self.tracks_tried = true;
     }
     fn track_frame(&mut self, index: usize, data: Bytes, elapsed: i64, arrival: Instant) {
         self.inner.track_frame(index, data, elapsed, arrival);
@@ -401,6 +421,19 @@ async fn session(
 #[cfg(test)]
 mod breaker_tests {
     use super::*;
+
+    #[test]
+    fn a_camera_that_fails_before_its_tracks_are_set_up_keeps_them() {
+        let all = TrackKind::ALL;
+        let t0 = Instant::now();
+        let mut b = TrackBreaker::default();
+        assert_eq!(b.wanted(&all, t0), all);
+        // The DESCRIBE failed (a camera not ready yet): not the tracks.
+        b.not_tried();
+        let e = IngestError::Rtsp("503 Service Unavailable".into());
+        assert_eq!(b.session_ended(&e, t0 + Duration::from_millis(10)), None);
+        assert_eq!(b.wanted(&all, t0 + Duration::from_millis(400)), all);
+    }
 
     #[test]
     fn failing_tracks_cost_the_video_one_reconnect_then_wait_out_a_growing_cool_down() {

@@ -153,6 +153,9 @@ async fn run(
     .await?;
     // A track the camera refuses to set up costs that track, not the video.
     let mut set_up = Vec::new();
+    if !tracks.is_empty() {
+        sink.setting_up_tracks();
+    }
     for (i, desc) in tracks {
         let opts =
             SetupOptions::default().transport(Transport::Tcp(TcpTransportOptions::default()));

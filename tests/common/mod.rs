@@ -728,3 +728,53 @@ pub fn start_mcrelay_on_tmpfs(
     wait_http(ns, "127.0.0.1:8080", &mut p, dir);
     p
 }
+
+/// One RTP packet as a receiver saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet {
+    pub from: Ipv4Addr,
+    pub seq: u16,
+    pub ts: u32,
+    pub ssrc: u32,
+    pub at: Instant,
+}
+
+/// A receiver in a namespace that logs every RTP packet on a group's port:
+/// the independent witness of who sends what.
+pub struct PacketLog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Packet>>,
+}
+
+impl PacketLog {
+    /// Joins `group:port` on the interface of `iface` in `ns`.
+    pub fn start(ns: &Netns, group: Ipv4Addr, port: u16, iface: Ipv4Addr) -> PacketLog {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_rx = stop.clone();
+        let thread = ns.spawn(move || {
+            let sock = join_on(group, port, iface);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !stop_rx.load(Ordering::Relaxed) {
+                if let Ok((n, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf)
+                    && n >= 12
+                {
+                    got.push(Packet {
+                        from: *from.ip(),
+                        seq: u16::from_be_bytes([buf[2], buf[3]]),
+                        ts: u32::from_be_bytes(buf[4..8].try_into().unwrap()),
+                        ssrc: u32::from_be_bytes(buf[8..12].try_into().unwrap()),
+                        at: Instant::now(),
+                    });
+                }
+            }
+            got
+        });
+        PacketLog { stop, thread }
+    }
+
+    pub fn finish(self) -> Vec<Packet> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("packet log")
+    }
+}
