@@ -217,11 +217,17 @@ impl Server {
     pub fn continue_from(&self, points: &HashMap<u32, ChannelPoint>) {
         let mut kept = self.state.lock();
         for (id, p) in points {
-            if kept
-                .get(id)
-                .is_none_or(|k| k.video.sent_unix_ms < p.video.sent_unix_ms)
-            {
-                kept.insert(*id, p.clone());
+            match kept.get_mut(id) {
+                Some(k) if k.video.sent_unix_ms >= p.video.sent_unix_ms => {}
+                Some(k) => {
+                    // Heard on the group: the video only; the tracks'
+                    // points kept stay.
+                    k.video = p.video;
+                    k.tracks.extend(p.tracks.clone());
+                }
+                None => {
+                    kept.insert(*id, p.clone());
+                }
             }
         }
     }
