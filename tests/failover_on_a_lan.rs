@@ -438,11 +438,7 @@ fn a_recorder_whose_disks_all_break_hands_its_group_over_cleanly() {
     std::fs::remove_dir_all(s.dir.path().join("rec1/disk1")).unwrap();
     let broke = Instant::now();
     // The disk check runs every 5 s, then a poll.
-    let took = common::wait_for(Duration::from_secs(20), || {
-        let (code, body) = get(s.ws(), "198.18.0.2:8080", "/status")?;
-        (code == 200 && body.contains("\"covering recorder-1\"")).then_some(broke.elapsed())
-    })
-    .expect("failover-1 never covered recorder-1");
+    let took = s.wait_covered(broke);
     let at_takeover = s.decoder.frames_so_far();
     std::thread::sleep(Duration::from_secs(10));
     let after = s.decoder.frames_so_far() - at_takeover;

@@ -147,7 +147,7 @@ impl ChannelCore {
     pub fn point(
         &mut self,
         now: Instant,
-        wall: SystemTime,
+        wall: impl FnOnce() -> SystemTime,
         every: Duration,
     ) -> Option<ChannelPoint> {
         let dt = match self.last_point {
@@ -156,7 +156,8 @@ impl ChannelCore {
             None => every,
         };
         self.last_point = Some(now);
-        let sent = unix_ms(wall);
+        // The wall clock is read only when a point is due.
+        let sent = unix_ms(wall());
         let next_seq = self.packetizer.as_ref()?.next_seq();
         let video = self
             .tally

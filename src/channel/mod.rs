@@ -315,7 +315,7 @@ impl Publisher {
 
     /// Refreshes the channel's point when it is due.
     fn keep_point(&mut self, now: Instant) {
-        if let Some(p) = self.core.point(now, SystemTime::now(), resume::POINT_EVERY) {
+        if let Some(p) = self.core.point(now, SystemTime::now, resume::POINT_EVERY) {
             self.channel.set_point(p);
         }
     }

@@ -135,11 +135,11 @@ impl Embedded {
         me: &str,
         now: Instant,
         wall_unix_ms: u64,
-    ) -> Embedded {
+    ) -> Result<Embedded, String> {
         let me = members
             .iter()
             .position(|m| m.name == me)
-            .expect("the controller's server is a member of the site");
+            .ok_or_else(|| format!("no server named {me:?} in the site"))?;
         let role = if members[me].standby {
             Role::Standby
         } else if members[me].protected && members.iter().any(|m| m.standby) {
@@ -150,7 +150,7 @@ impl Embedded {
             Role::Emitting
         };
         let n = members.len();
-        Embedded {
+        Ok(Embedded {
             settings,
             members,
             me,
@@ -167,7 +167,7 @@ impl Embedded {
             last_now: now,
             covered_since: None,
             wall_at_start: wall_unix_ms,
-        }
+        })
     }
 
     /// The wall clock at `t`, by this process's reading at its start.

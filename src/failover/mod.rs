@@ -249,15 +249,16 @@ impl Controller for NoController {
 }
 
 /// The controller the site's settings choose, for server `me` of `members`,
-/// started at `now`, when the wall clock read `wall_unix_ms`.
+/// started at `now`, when the wall clock read `wall_unix_ms`; an error if
+/// `me` is not a member.
 pub fn controller(
     settings: &Settings,
     members: Vec<Member>,
     me: &str,
     now: Instant,
     wall_unix_ms: u64,
-) -> Box<dyn Controller> {
-    match settings.controller {
+) -> Result<Box<dyn Controller>, String> {
+    Ok(match settings.controller {
         ControllerKind::None => Box::new(NoController {
             me: me.to_string(),
             disks_broken: false,
@@ -268,8 +269,8 @@ pub fn controller(
             me,
             now,
             wall_unix_ms,
-        )),
-    }
+        )?),
+    })
 }
 
 /// Owners in a set of wanted channels that are emitted.

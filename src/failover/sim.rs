@@ -61,7 +61,8 @@ impl World {
         let nodes = members
             .iter()
             .map(|m| Node {
-                ctl: super::controller(&settings, members.clone(), &m.name, t0, WALL0),
+                ctl: super::controller(&settings, members.clone(), &m.name, t0, WALL0)
+                    .expect("every member of the world has a controller"),
                 alive: true,
                 api_up: true,
                 link_up: true,
@@ -338,7 +339,8 @@ impl World {
         // Each process reads the wall clock at its start (a restarted one
         // a little off: clocks are never quite the same).
         let wall = self.wall_ms() + 7;
-        let ctl = super::controller(&self.settings, self.members.clone(), name, self.now, wall);
+        let ctl = super::controller(&self.settings, self.members.clone(), name, self.now, wall)
+            .expect("a server of the world (found by index above)");
         let n = &mut self.nodes[i];
         n.ctl = ctl;
         n.alive = true;

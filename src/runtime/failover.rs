@@ -33,6 +33,8 @@ pub struct FailoverStatus {
 
 /// How often one listener tells the controller that a source is heard.
 const HEARD_EVERY: Duration = Duration::from_millis(100);
+/// How often the published status is refreshed without a change of role.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// A request to a peer (release, hand back) is given this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -73,20 +75,29 @@ pub struct Driver {
     peers: Vec<Peer>,
     api_tx: mpsc::Sender<ApiRequest>,
     api_rx: mpsc::Receiver<ApiRequest>,
+    /// This server's settings.
+    local: ServerConfig,
+    /// When the status was last published.
+    status_at: Option<Instant>,
 }
 
 impl Driver {
-    pub fn new(site: &Site, me: &str, cancel: CancellationToken) -> Driver {
+    pub fn new(site: &Site, me: &str, cancel: CancellationToken) -> anyhow::Result<Driver> {
         let settings = site.file.site.failover.settings();
         let members = Member::of_site(site);
         let now = Instant::now();
+        let local = site
+            .server(me)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no server named {me:?} in the site"))?;
         let ctl = failover::controller(
             &settings,
             members.clone(),
             me,
             now,
             unix_ms(SystemTime::now()),
-        );
+        )
+        .map_err(anyhow::Error::msg)?;
         let (tx, rx) = mpsc::channel(1024);
         let (api_tx, api_rx) = mpsc::channel(16);
         let peers = site
@@ -102,7 +113,9 @@ impl Driver {
                 password: site.password(s).ok().flatten(),
             })
             .collect();
-        Driver {
+        Ok(Driver {
+            status_at: None,
+            local,
             peers,
             api_tx,
             api_rx,
@@ -122,7 +135,7 @@ impl Driver {
             applied: None,
             disks_broken: None,
             cancel,
-        }
+        })
     }
 
     pub fn status(&self) -> watch::Receiver<FailoverStatus> {
@@ -138,13 +151,6 @@ impl Driver {
         self.peers.iter().find(|p| p.name == name)
     }
 
-    fn local(&self) -> &ServerConfig {
-        self.servers
-            .iter()
-            .find(|s| s.name == self.me)
-            .expect("the driver's server is in the site")
-    }
-
     /// Listens on the groups of every protected multicast server (this
     /// one's too when protected: a foreign source on them means it is
     /// covered).
@@ -152,7 +158,7 @@ impl Driver {
         if self.kind == ControllerKind::None {
             return;
         }
-        let local = self.local();
+        let local = &self.local;
         let Some(iface) = local.multicast.as_ref().map(|m| m.interface) else {
             tracing::warn!(
                 "server {:?} has no [server.multicast] interface: it cannot listen on the protected servers' groups, so it never takes one over",
@@ -394,12 +400,23 @@ impl Driver {
     /// Runs the channels the controller wants, and publishes its status.
     pub(super) fn reconcile(&mut self, server: &mut Server) {
         let now = Instant::now();
-        self.status.send_modify(|s| {
-            s.report = Some(self.ctl.report(now));
-            s.site = self.ctl.view(now);
-        });
         let wanted = self.ctl.wanted();
-        if self.applied.as_ref() == Some(&wanted) {
+        let changed = self.applied.as_ref() != Some(&wanted);
+        // The status for /health and /status: on a change, else at most
+        // every STATUS_EVERY (group listeners give the controller many
+        // inputs a second).
+        if changed
+            || self
+                .status_at
+                .is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)
+        {
+            self.status_at = Some(now);
+            self.status.send_modify(|s| {
+                s.report = Some(self.ctl.report(now));
+                s.site = self.ctl.view(now);
+            });
+        }
+        if !changed {
             return;
         }
         let before = self.applied.take().unwrap_or_default();

@@ -521,7 +521,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     );
     // The failover controller decides whose channels run: a protected
     // server listens and asks before it emits its own.
-    let mut driver = failover::Driver::new(site, name, server.cancel.child_token());
+    let mut driver = failover::Driver::new(site, name, server.cancel.child_token())?;
     driver.start_listening(&server);
     driver.reconcile(&mut server);
     // The control API's material endpoints take the server password, as
