@@ -459,6 +459,10 @@ fn a_recorder_whose_disks_all_break_hands_its_group_over_cleanly() {
         first.at.duration_since(last.at).as_secs_f64(),
         errors.len()
     );
+    for e in errors.iter().take(8) {
+        println!("  ffmpeg: {e}");
+    }
+    println!("  seq +{} ts +{}", first.seq.wrapping_sub(last.seq), first.ts.wrapping_sub(last.ts));
     // Released on request (not after waiting for silence): the gap is the
     // hand-over, well under the silence window.
     assert!(fo1_log.contains("AskRelease"), "{fo1_log}");

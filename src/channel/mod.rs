@@ -179,6 +179,9 @@ pub struct Channel {
     /// Where the channel's streams stand (refreshed by the camera task every
     /// [`resume::POINT_EVERY`]), for the runtime to keep.
     point: std::sync::Mutex<Option<resume::ChannelPoint>>,
+    /// Cancelled when the camera task has ended: nothing of the channel is
+    /// sent after, and its point is the last one.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl Channel {
@@ -201,6 +204,7 @@ impl Channel {
             }),
             metrics,
             point: std::sync::Mutex::new(None),
+            ended: Default::default(),
         })
     }
 
@@ -212,6 +216,11 @@ impl Channel {
 
     fn set_point(&self, p: resume::ChannelPoint) {
         *self.point.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    /// Until the camera task has ended ([`Publisher::finish`]).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
     }
 
     /// A new sink: receives every frame published from now on.
@@ -311,6 +320,26 @@ impl Publisher {
     /// Tracks besides video continue these streams of an earlier emitter.
     pub fn resume_tracks(&mut self, tracks: Vec<(TrackKind, StreamIds)>) {
         self.core.resume_tracks(tracks);
+    }
+
+    /// The camera task ends: the channel's point becomes the exact one of
+    /// its last packets (nothing more is sent after it, so a stream that
+    /// continues it needs no margin for packets sent since), and whoever
+    /// waits on [`Channel::ended`] goes on. Returns that point.
+    pub fn finish(&mut self) -> Option<resume::ChannelPoint> {
+        let last = self
+            .core
+            .point(Instant::now(), SystemTime::now, Duration::ZERO)
+            .map(|mut p| {
+                p.video.packet_rate = 0;
+                p.tracks.values_mut().for_each(|t| t.packet_rate = 0);
+                p
+            });
+        if let Some(p) = &last {
+            self.channel.set_point(p.clone());
+        }
+        self.channel.ended.cancel();
+        last.or_else(|| self.channel.point())
     }
 
     /// Refreshes the channel's point when it is due.

@@ -250,17 +250,19 @@ impl Driver {
                     a => self.carry_out(server, a),
                 }
             }
-            if let Some(reply) = reply {
-                // The released streams' points, taken before the channels
-                // stop (refreshed every 250 ms; the taker's margin covers
-                // what was sent since).
-                let answer = match confirmed {
-                    Some(owner) => Ok(server.points_of(&owner)),
-                    None => Err("not released: this server keeps the role".to_string()),
-                };
-                let _ = reply.send(answer);
-            }
+            // The released channels, taken before they stop.
+            let released = confirmed.as_deref().map(|o| server.channels_of(o));
             self.reconcile(server);
+            if let Some(reply) = reply {
+                match released {
+                    Some(channels) => {
+                        tokio::spawn(answer_release(channels, reply));
+                    }
+                    None => {
+                        let _ = reply.send(Err("not released: this server keeps the role".into()));
+                    }
+                }
+            }
         }
     }
 
@@ -452,6 +454,31 @@ impl Driver {
         server.apply(specs);
         self.applied = Some(wanted);
     }
+}
+
+/// How long a release waits for its channels to stop sending.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers a release once the released channels have sent their last
+/// packet (or after [`RELEASE_WAIT`]): their exact last points, so that
+/// the taker, which starts only on this answer, continues ahead of
+/// everything sent; never two emitters on the group at once.
+async fn answer_release(
+    channels: Vec<Arc<crate::channel::Channel>>,
+    reply: tokio::sync::oneshot::Sender<Result<Points, String>>,
+) {
+    let waits = channels.iter().map(|c| c.ended());
+    if tokio::time::timeout(RELEASE_WAIT, futures::future::join_all(waits))
+        .await
+        .is_err()
+    {
+        tracing::warn!("released channels still running after {RELEASE_WAIT:?}; answering with their last points");
+    }
+    let points = channels
+        .iter()
+        .filter_map(|c| Some((c.spec.id, c.point()?)))
+        .collect();
+    let _ = reply.send(Ok(points));
 }
 
 async fn poll_health(client: &HttpClient, addr: SocketAddr, timeout: Duration) -> Option<Report> {

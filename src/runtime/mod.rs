@@ -99,6 +99,11 @@ impl StreamState {
         }
     }
 
+    /// A stopped channel's last point (written with the next store).
+    fn keep_last(&self, channel: u32, point: ChannelPoint) {
+        self.lock().insert(channel, point);
+    }
+
     fn saved(&self, channel: u32) -> Option<ChannelPoint> {
         self.lock().get(&channel).cloned()
     }
@@ -232,13 +237,13 @@ impl Server {
         }
     }
 
-    /// Where the streams of `owner`'s channels that run here stand.
-    pub fn points_of(&self, owner: &str) -> failover::Points {
+    /// The channels of `owner` that run here.
+    pub fn channels_of(&self, owner: &str) -> Vec<Arc<Channel>> {
         self.directory
             .borrow()
-            .iter()
-            .filter(|(_, c)| c.spec.owner == owner)
-            .filter_map(|(id, c)| Some((*id, c.point()?)))
+            .values()
+            .filter(|c| c.spec.owner == owner)
+            .cloned()
             .collect()
     }
 
@@ -307,6 +312,7 @@ impl Server {
         let span = tracing::info_span!("channel", id, owner = %spec.owner);
         let camera_spec = spec.clone();
         let camera_cancel = cancel.clone();
+        let state = self.state.clone();
         let camera = async move {
             // A bug that panics (release builds check arithmetic overflow in
             // mcrelay's own code) costs the channel a restart, not its life.
@@ -331,6 +337,11 @@ impl Server {
                         }
                     }
                 }
+            }
+            // Nothing of the channel is sent from here on: its last point
+            // is exact, for a restart or a server that takes it over.
+            if let Some(p) = publisher.finish() {
+                state.keep_last(camera_spec.id, p);
             }
         };
         self.tasks
