@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::resume::{ChannelPoint, StreamPoint, unix_ms};
+use super::resume::{ChannelPoint, Progress, StreamPoint, unix_ms};
 use crate::media::time::{CLOCK_RATE, Timeline};
 use crate::media::{AccessUnit, Codec, MediaTime, ParamSets, TrackDesc, TrackKind};
 use crate::rtp::rtcp::AnchorRule;
@@ -59,11 +59,11 @@ pub struct TrackCore {
     tally: Tally,
 }
 
-/// What a stream sent since its last [`StreamPoint`]: the last frame's
-/// timestamp and a packet rate.
+/// What a stream sent since its last [`StreamPoint`]: its timestamps'
+/// progress and a packet rate.
 #[derive(Debug, Default)]
 struct Tally {
-    last_rtp: Option<u32>,
+    progress: Progress,
     packets: u32,
     /// Packets a second: the peak, decaying by a quarter a point.
     rate: u32,
@@ -71,7 +71,7 @@ struct Tally {
 
 impl Tally {
     fn count(&mut self, rtp_timestamp: u32, packets: usize) {
-        self.last_rtp = Some(rtp_timestamp);
+        self.progress.see(rtp_timestamp);
         self.packets = self.packets.saturating_add(packets as u32);
     }
 
@@ -88,10 +88,11 @@ impl Tally {
         Some(StreamPoint {
             ssrc: ids.0,
             next_seq: ids.1,
-            rtp_timestamp: self.last_rtp?,
+            rtp_timestamp: self.progress.furthest()?,
             clock_rate,
             sent_unix_ms: sent,
             packet_rate: self.rate,
+            frame_ticks: self.progress.step(),
         })
     }
 }

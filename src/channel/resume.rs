@@ -39,7 +39,8 @@ pub struct StreamPoint {
     pub ssrc: u32,
     /// The sequence number the next packet would have had.
     pub next_seq: u16,
-    /// The RTP timestamp of the last frame sent.
+    /// The RTP timestamp furthest ahead sent (with B-frames, not always
+    /// the last frame's).
     pub rtp_timestamp: u32,
     pub clock_rate: u32,
     /// When that frame was sent, milliseconds since the Unix epoch.
@@ -47,6 +48,13 @@ pub struct StreamPoint {
     /// Packets a second of late (the peak, decaying): how many may have
     /// been sent after this point.
     pub packet_rate: u32,
+    /// The stream's smallest step forward between two frames, in ticks
+    /// (a frame's or an audio packet's duration; 0: unknown). A stream
+    /// that continues moves on at least this much, so that its first frame
+    /// never lands on the same instant as the last one sent (ffmpeg reads
+    /// that as time standing still).
+    #[serde(default)]
+    pub frame_ticks: u32,
 }
 
 impl StreamPoint {
@@ -58,13 +66,157 @@ impl StreamPoint {
         let margin =
             (self.packet_rate.saturating_mul(MARGIN_SECONDS)).clamp(MIN_MARGIN, MAX_MARGIN) as u16;
         let since_ms = unix_ms(now).saturating_sub(self.sent_unix_ms);
-        // At least one tick: the first frame is never the last one again.
-        let ticks = (u128::from(since_ms) * u128::from(self.clock_rate) / 1000).max(1);
+        // At least a frame: the first frame is never the last one again.
+        let ticks = (u128::from(since_ms) * u128::from(self.clock_rate) / 1000)
+            .max(u128::from(self.frame_ticks))
+            .max(1);
         StreamIds {
             ssrc: self.ssrc,
             initial_seq: self.next_seq.wrapping_add(margin),
             rtp_base: self.rtp_timestamp.wrapping_add(ticks as u32),
         }
+    }
+}
+
+/// A step between two timestamps in a row larger than this is a jump, not
+/// a frame's duration (about 11 s at 90 kHz).
+const STEP_MAX: u32 = 1 << 20;
+/// A timestamp this far behind the furthest one is a stream that jumped
+/// back (followed), not a frame sent out of order (about 3 min at 90 kHz).
+const BEHIND_MAX: u32 = 1 << 24;
+
+/// What a stream's timestamps show, frame by frame or packet by packet:
+/// the one furthest ahead (a camera with B-frames sends later pictures
+/// before earlier ones) and the smallest step forward between two in a
+/// row (the frame duration).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    furthest: Option<u32>,
+    prev: Option<u32>,
+    step: u32,
+}
+
+impl Progress {
+    pub fn see(&mut self, ts: u32) {
+        if let Some(p) = self.prev {
+            let d = ts.wrapping_sub(p);
+            if d != 0 && d < STEP_MAX && (self.step == 0 || d < self.step) {
+                self.step = d;
+            }
+        }
+        self.prev = Some(ts);
+        self.furthest = Some(match self.furthest {
+            Some(f) if (1..BEHIND_MAX).contains(&f.wrapping_sub(ts)) => f,
+            _ => ts,
+        });
+    }
+
+    /// The timestamp furthest ahead seen; `None` before the first.
+    pub fn furthest(&self) -> Option<u32> {
+        self.furthest
+    }
+
+    /// The smallest step forward seen; 0 before two timestamps.
+    pub fn step(&self) -> u32 {
+        self.step
+    }
+}
+
+/// RTP clock rates a camera's streams use: what a heard stream's measured
+/// rate is rounded to.
+const CLOCK_RATES: [u32; 10] = [
+    8000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 90_000,
+];
+/// How long a heard stream is measured before its clock rate is taken.
+const RATE_AFTER_MS: u64 = 2000;
+
+/// Where a stream heard on a group stands, packet by packet: what a
+/// server that takes the group over continues. Its clock rate comes from
+/// a static payload type, else from its timestamps against the wall
+/// clock (0 until then: a continuation moves on by a frame only).
+#[derive(Clone, Debug, Default)]
+pub struct Watch {
+    /// The clock rate known before the first packet (0: none).
+    known: u32,
+    progress: Progress,
+    last: Option<(u32, u16, u64)>,
+    clock_rate: u32,
+    first: Option<(u32, u64)>,
+    window: (u64, u32),
+    rate: u32,
+}
+
+impl Watch {
+    /// Watches a stream whose clock rate is `clock_rate` if known (video:
+    /// 90 kHz), else 0.
+    pub fn new(clock_rate: u32) -> Watch {
+        Watch {
+            known: clock_rate,
+            clock_rate,
+            ..Watch::default()
+        }
+    }
+
+    /// An RTP packet heard at `now_ms` (Unix milliseconds).
+    pub fn packet(&mut self, ssrc: u32, payload_type: u8, seq: u16, ts: u32, now_ms: u64) {
+        if self.last.is_some_and(|(s, _, _)| s != ssrc) {
+            *self = Watch::new(self.known);
+        }
+        self.progress.see(ts);
+        self.last = Some((ssrc, seq, now_ms));
+        if self.clock_rate == 0 {
+            self.clock_rate = match payload_type {
+                0 | 3..=5 | 7..=9 | 12 | 13 | 15 | 18 => 8000,
+                6 => 16_000,
+                10 | 11 => 44_100,
+                _ => self.measure(ts, now_ms),
+            };
+        }
+        self.window.1 = self.window.1.saturating_add(1);
+        if now_ms.saturating_sub(self.window.0) >= 1000 {
+            self.rate = self.window.1.max(self.rate - self.rate / 4);
+            self.window = (now_ms, 0);
+        }
+    }
+
+    /// The clock rate the timestamps show against the wall clock, once
+    /// measured long enough (0 before).
+    fn measure(&mut self, ts: u32, now_ms: u64) -> u32 {
+        let Some((ts0, at0)) = self.first else {
+            self.first = Some((ts, now_ms));
+            return 0;
+        };
+        let ms = now_ms.saturating_sub(at0);
+        if ms < RATE_AFTER_MS {
+            return 0;
+        }
+        let measured = f64::from(ts.wrapping_sub(ts0)) * 1000.0 / ms as f64;
+        CLOCK_RATES
+            .into_iter()
+            .min_by(|a, b| {
+                let off = |r: u32| (measured / f64::from(r)).ln().abs();
+                off(*a).total_cmp(&off(*b))
+            })
+            .filter(|r| (measured / f64::from(*r) - 1.0).abs() < 0.1)
+            .unwrap_or_else(|| {
+                // Not a rate a camera uses: measure again.
+                self.first = Some((ts, now_ms));
+                0
+            })
+    }
+
+    /// Where the stream stands; `None` before its first packet.
+    pub fn point(&self) -> Option<StreamPoint> {
+        let (ssrc, seq, at) = self.last?;
+        Some(StreamPoint {
+            ssrc,
+            next_seq: seq.wrapping_add(1),
+            rtp_timestamp: self.progress.furthest()?,
+            clock_rate: self.clock_rate,
+            sent_unix_ms: at,
+            packet_rate: self.rate.max(self.window.1),
+            frame_ticks: self.progress.step(),
+        })
     }
 }
 
@@ -211,7 +363,70 @@ mod tests {
             clock_rate: 90_000,
             sent_unix_ms,
             packet_rate: rate,
+            frame_ticks: 0,
         }
+    }
+
+    #[test]
+    fn progress_keeps_the_furthest_timestamp_and_the_frame_step() {
+        let mut p = Progress::default();
+        assert_eq!((p.furthest(), p.step()), (None, 0));
+        // I0 P3 B1 B2 P6 B4 B5 at 3600 a frame, across the wrap.
+        let base = u32::MAX - 5000;
+        for f in [0u32, 3, 1, 2, 6, 4, 5] {
+            p.see(base.wrapping_add(f * 3600));
+        }
+        assert_eq!(p.furthest(), Some(base.wrapping_add(6 * 3600)));
+        assert_eq!(p.step(), 3600);
+        // Packets of one frame share its timestamp: no step of 0.
+        p.see(base.wrapping_add(6 * 3600));
+        assert_eq!(p.step(), 3600);
+        // A stream that jumps back far is followed.
+        p.see(base.wrapping_sub(BEHIND_MAX));
+        assert_eq!(p.furthest(), Some(base.wrapping_sub(BEHIND_MAX)));
+    }
+
+    #[test]
+    fn a_heard_stream_is_continued_at_its_measured_clock_rate() {
+        // AAC at 48 kHz on a dynamic payload type: 1024 samples a packet,
+        // about 47 packets a second, heard for 3 s.
+        let mut w = Watch::new(0);
+        let t0 = 1_700_000_000_000u64;
+        for i in 0..141u32 {
+            let at = t0 + u64::from(i) * 1024 * 1000 / 48_000;
+            w.packet(9, 97, 100u16.wrapping_add(i as u16), 5000 + i * 1024, at);
+        }
+        let p = w.point().unwrap();
+        assert_eq!((p.ssrc, p.clock_rate, p.frame_ticks), (9, 48_000, 1024));
+        assert_eq!(p.next_seq, 241);
+        assert_eq!(p.rtp_timestamp, 5000 + 140 * 1024);
+        assert!((40..=50).contains(&p.packet_rate), "{}", p.packet_rate);
+        // G.711 is known by its payload type at once.
+        let mut g = Watch::new(0);
+        g.packet(1, 8, 0, 0, t0);
+        assert_eq!(g.point().unwrap().clock_rate, 8000);
+        // A new SSRC starts over.
+        w.packet(10, 97, 7, 1, t0 + 4000);
+        let p = w.point().unwrap();
+        assert_eq!(
+            (p.ssrc, p.next_seq, p.rtp_timestamp, p.frame_ticks),
+            (10, 8, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_resumed_stream_moves_on_at_least_a_frame() {
+        let sent = 1_700_000_000_000;
+        // Resumed 1 ms after the last frame: one frame (40 ms) on.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(sent + 1);
+        let p = StreamPoint {
+            frame_ticks: 3600,
+            ..point(10, 1000, sent, 0)
+        };
+        assert_eq!(p.resume(now).rtp_base, 4600);
+        // Resumed after a second: the time elapsed.
+        let later = SystemTime::UNIX_EPOCH + Duration::from_millis(sent + 1000);
+        assert_eq!(p.resume(later).rtp_base, 91_000);
     }
 
     #[test]

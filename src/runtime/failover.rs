@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Server;
 use super::client::HttpClient;
-use crate::channel::resume::{ChannelPoint, StreamPoint, unix_ms};
+use crate::channel::resume::{ChannelPoint, StreamPoint, Watch, unix_ms};
 use crate::config::{Protocol, Secret, ServerConfig, Site, plan};
 use crate::failover::{
     self, Action, Controller, ControllerKind, Heard, Input, Member, Report, Run, SiteView,
 };
+use crate::media::TrackKind;
 
 /// What the control API shows of the controller.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -37,6 +38,10 @@ const HEARD_EVERY: Duration = Duration::from_millis(100);
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// A request to a peer (release, hand back) is given this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where each stream stands as heard on its group (or as released), by
+/// channel and kind.
+type Learned = HashMap<(u32, TrackKind), StreamPoint>;
 
 /// The points of the streams a server stopped sending, by channel.
 pub type Points = BTreeMap<u32, ChannelPoint>;
@@ -68,7 +73,7 @@ pub struct Driver {
     rx: mpsc::Receiver<Input>,
     status: watch::Sender<FailoverStatus>,
     /// Where each channel's stream stands as heard on its group.
-    learned: Arc<Mutex<HashMap<u32, ChannelPoint>>>,
+    learned: Arc<Mutex<Learned>>,
     applied: Option<Vec<(String, Run)>>,
     disks_broken: Option<bool>,
     cancel: CancellationToken,
@@ -192,20 +197,24 @@ impl Driver {
                 continue;
             };
             for ch in &owner.channels {
-                let Ok(dest) = plan::destination(mc, ch.id) else {
-                    continue;
-                };
-                let task = listen(
-                    owner.name.clone(),
-                    ch.id,
-                    SocketAddrV4::new(dest.group, dest.port),
-                    iface,
-                    sources.clone(),
-                    self.tx.clone(),
-                    self.learned.clone(),
-                    self.cancel.clone(),
-                );
-                server.tasks.spawn(task);
+                // Every track the channel relays: a server that takes it
+                // over continues each stream.
+                for kind in &ch.tracks {
+                    let Ok(dest) = plan::track_destination(mc, ch.id, *kind) else {
+                        continue;
+                    };
+                    let task = listen(
+                        owner.name.clone(),
+                        (ch.id, *kind),
+                        SocketAddrV4::new(dest.group, dest.port),
+                        iface,
+                        sources.clone(),
+                        self.tx.clone(),
+                        self.learned.clone(),
+                        self.cancel.clone(),
+                    );
+                    server.tasks.spawn(task);
+                }
             }
         }
     }
@@ -308,7 +317,10 @@ impl Driver {
                     {
                         let mut l = learned.lock().unwrap_or_else(|e| e.into_inner());
                         for (id, point) in points {
-                            l.insert(id, point);
+                            l.insert((id, TrackKind::Video), point.video);
+                            for (kind, p) in point.tracks {
+                                l.insert((id, kind), p);
+                            }
                         }
                     }
                     let _ = tx
@@ -444,12 +456,8 @@ impl Driver {
                 specs.push(spec);
             }
         }
-        // A covered channel continues the stream heard on its group.
-        let learned = self
-            .learned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        // A covered channel continues the streams heard on its group.
+        let learned = channel_points(&self.learned.lock().unwrap_or_else(|e| e.into_inner()));
         server.continue_from(&learned);
         server.apply(specs);
         self.applied = Some(wanted);
@@ -472,7 +480,9 @@ async fn answer_release(
         .await
         .is_err()
     {
-        tracing::warn!("released channels still running after {RELEASE_WAIT:?}; answering with their last points");
+        tracing::warn!(
+            "released channels still running after {RELEASE_WAIT:?}; answering with their last points"
+        );
     }
     let points = channels
         .iter()
@@ -487,17 +497,17 @@ async fn poll_health(client: &HttpClient, addr: SocketAddr, timeout: Duration) -
     serde_json::from_value(v.get("failover")?.clone()).ok()
 }
 
-/// Listens on one channel's video group: who sends, and where its stream
-/// stands.
+/// Listens on one stream of a channel (its video or a track, on the
+/// channel's group): who sends, and where the stream stands.
 #[allow(clippy::too_many_arguments)]
 async fn listen(
     owner: String,
-    channel: u32,
+    stream: (u32, TrackKind),
     group: SocketAddrV4,
     iface: Ipv4Addr,
     sources: Arc<HashMap<Ipv4Addr, String>>,
     tx: mpsc::Sender<Input>,
-    learned: Arc<Mutex<HashMap<u32, ChannelPoint>>>,
+    learned: Arc<Mutex<Learned>>,
     cancel: CancellationToken,
 ) {
     let sock = match join(group, iface) {
@@ -509,7 +519,11 @@ async fn listen(
     };
     let mut buf = vec![0u8; 2048];
     let mut told: HashMap<Ipv4Addr, Instant> = HashMap::new();
-    let mut rate = (Instant::now(), 0u32, 0u32);
+    let known_rate = match stream.1 {
+        TrackKind::Video => crate::media::time::CLOCK_RATE,
+        _ => 0,
+    };
+    let mut watch = Watch::new(known_rate);
     loop {
         let (n, from) = tokio::select! {
             () = cancel.cancelled() => return,
@@ -523,42 +537,60 @@ async fn listen(
         };
         let now = Instant::now();
         let ip = *from.ip();
-        let source = sources.get(&ip).cloned();
         if n >= 12 && buf[0] >> 6 == 2 {
-            rate.1 += 1;
-            if now.duration_since(rate.0) >= Duration::from_secs(1) {
-                rate = (now, 0, rate.1.max(rate.2 - rate.2 / 4));
+            watch.packet(
+                u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                buf[1] & 0x7f,
+                u16::from_be_bytes([buf[2], buf[3]]),
+                u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                unix_ms(SystemTime::now()),
+            );
+            if let Some(point) = watch.point() {
+                learned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(stream, point);
             }
-            let point = StreamPoint {
-                ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                next_seq: u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(1),
-                rtp_timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-                clock_rate: crate::media::time::CLOCK_RATE,
-                sent_unix_ms: unix_ms(SystemTime::now()),
-                packet_rate: rate.2.max(rate.1),
-            };
-            learned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(channel)
-                .and_modify(|p| p.video = point)
-                .or_insert(ChannelPoint {
-                    video: point,
-                    tracks: Default::default(),
-                });
         }
         if told
             .get(&ip)
             .is_none_or(|t| now.duration_since(*t) >= HEARD_EVERY)
         {
             told.insert(ip, now);
-            let source = source.map_or(Heard::Unknown, Heard::Server);
+            let source = sources
+                .get(&ip)
+                .cloned()
+                .map_or(Heard::Unknown, Heard::Server);
             let _ = tx.try_send(Input::Heard {
                 owner: owner.clone(),
                 source,
             });
         }
     }
+}
+
+/// The points of the channels whose video was heard (or released), with
+/// the tracks heard besides.
+fn channel_points(learned: &Learned) -> HashMap<u32, ChannelPoint> {
+    let mut points: HashMap<u32, ChannelPoint> = learned
+        .iter()
+        .filter(|((_, kind), _)| *kind == TrackKind::Video)
+        .map(|((id, _), video)| {
+            (
+                *id,
+                ChannelPoint {
+                    video: *video,
+                    tracks: Default::default(),
+                },
+            )
+        })
+        .collect();
+    for ((id, kind), p) in learned {
+        if let (Some(c), false) = (points.get_mut(id), *kind == TrackKind::Video) {
+            c.tracks.insert(*kind, *p);
+        }
+    }
+    points
 }
 
 fn join(group: SocketAddrV4, iface: Ipv4Addr) -> std::io::Result<tokio::net::UdpSocket> {
