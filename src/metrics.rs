@@ -2,6 +2,7 @@
 //! task holds its own clones and never takes a lock per packet.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -85,6 +86,39 @@ pub struct Metrics {
     rtsp_unauthorized: Counter,
     rtsp_refused: Counter,
     record: RecordFamilies,
+    pub failover: FailoverMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerStateLabel {
+    pub server: String,
+    pub state: &'static str,
+}
+
+/// The failover controller's series (see the README's Failover section).
+#[derive(Clone, Default)]
+pub struct FailoverMetrics {
+    /// 1 for each server of the site, labelled with its state as this
+    /// server sees it.
+    pub server_state: Family<ServerStateLabel, Gauge>,
+    /// Servers this one took over, by owner.
+    pub takeovers: Family<ServerLabel, Counter>,
+    /// The last takeover, by owner: from deciding the owner is broken to
+    /// this server's first packet on the owner's groups.
+    pub takeover_seconds: Family<ServerLabel, Gauge<f64, AtomicU64>>,
+    /// Roles this server took back from a failover server.
+    pub failbacks: Counter,
+    /// The last failback: the failover server's last packet to this
+    /// server's first, on its groups.
+    pub failback_gap_seconds: Gauge<f64, AtomicU64>,
+    /// Material copied back from a failover server.
+    pub copied_segments: Counter,
+    pub copied_bytes: Counter,
 }
 
 /// The recorder's series, by channel.
@@ -267,7 +301,44 @@ impl Metrics {
             "RTCP sender reports sent",
             rtcp_reports.clone(),
         );
+        let failover = FailoverMetrics::default();
+        r.register(
+            "failover_server_state",
+            "1 for each server of the site, by its state as this server sees it",
+            failover.server_state.clone(),
+        );
+        r.register(
+            "failover_takeovers",
+            "Servers this one took over, by owner",
+            failover.takeovers.clone(),
+        );
+        r.register(
+            "failover_takeover_seconds",
+            "The last takeover of the owner: deciding it is broken to the first packet on its groups",
+            failover.takeover_seconds.clone(),
+        );
+        r.register(
+            "failover_failbacks",
+            "Roles this server took back from a failover server",
+            failover.failbacks.clone(),
+        );
+        r.register(
+            "failover_failback_gap_seconds",
+            "The last failback: the failover server's last packet to this server's first on its groups",
+            failover.failback_gap_seconds.clone(),
+        );
+        r.register(
+            "failover_copied_segments",
+            "Segments copied back from a failover server",
+            failover.copied_segments.clone(),
+        );
+        r.register(
+            "failover_copied_bytes",
+            "Bytes of material copied back from a failover server",
+            failover.copied_bytes.clone(),
+        );
         Metrics {
+            failover,
             registry: Arc::new(r),
             frames,
             key_frames,

@@ -319,6 +319,7 @@ fn a_killed_recorder_is_covered_on_its_own_group_and_viewers_keep_decoding() {
     std::thread::sleep(Duration::from_secs(10));
     let after = s.decoder.frames_so_far() - at_takeover;
     let status = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    let metrics = get(s.ws(), "198.18.0.2:8080", "/metrics").unwrap().1;
     // The operator's view from the workstation: the three folders from the
     // first server that answers (recorder-1 does not).
     let site_path = s.dir.path().join("site.toml");
@@ -357,6 +358,33 @@ fn a_killed_recorder_is_covered_on_its_own_group_and_viewers_keep_decoding() {
         "recorder-1 and failover-1 both on the group"
     );
     let first_after = first.at.duration_since(killed);
+    // failover-1's metrics: one takeover, its time (decided to the first
+    // packet), the site's states as it sees them.
+    let takeover_s = metric(
+        &metrics,
+        "mcrelay_failover_takeover_seconds{server=\"recorder-1\"}",
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "mcrelay_failover_takeovers_total{server=\"recorder-1\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        takeover_s.is_some_and(|t| t > 0.0 && t < first_after.as_secs_f64()),
+        "takeover time {takeover_s:?} of {first_after:?}"
+    );
+    for (server, state) in [("recorder-1", "broken"), ("failover-1", "covering")] {
+        let series =
+            format!("mcrelay_failover_server_state{{server=\"{server}\",state=\"{state}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    }
+    println!(
+        "  failover-1's mcrelay_failover_takeover_seconds: {:.3}",
+        takeover_s.unwrap_or_default()
+    );
     println!(
         "kill -9: first packet of failover-1 {:.2} s after the kill (status said covering after {:.2} s); \
          gap on the group {:.2} s; ffmpeg {before} frames before the kill, {after} in the 10 s after; {} error lines",
@@ -595,6 +623,7 @@ fn failback_with_delay_failover_copies_the_missing_material_then_takes_the_role_
     std::thread::sleep(Duration::from_secs(8));
     let after = s.decoder.frames_so_far() - at_back;
     let rec1_log = common::plain_log(&s.dir.path().join("mcrelay-recorder-1.log"));
+    let rec1_metrics = get(s.ws(), "198.18.0.1:8080", "/metrics").unwrap().1;
     let (got, errors, fin) = s.finish();
     let dir = &fin.dir;
 
@@ -659,10 +688,34 @@ fn failback_with_delay_failover_copies_the_missing_material_then_takes_the_role_
         errors.len()
     );
     assert!(gap < Duration::from_secs(2), "failback gap {gap:?}");
+    // recorder-1's metrics: the failback, its gap, the copy.
+    let m = |series: &str| metric(&rec1_metrics, series).unwrap_or(-1.0);
+    let exported_gap = m("mcrelay_failover_failback_gap_seconds");
+    println!(
+        "  recorder-1's metrics: failback gap {exported_gap:.3} s, {} segments and {} bytes copied",
+        m("mcrelay_failover_copied_segments_total"),
+        m("mcrelay_failover_copied_bytes_total")
+    );
+    assert_eq!(m("mcrelay_failover_failbacks_total"), 1.0, "{rec1_metrics}");
+    assert!(
+        exported_gap > 0.0 && exported_gap < 2.0,
+        "exported gap {exported_gap}"
+    );
+    assert!(
+        m("mcrelay_failover_copied_segments_total") >= covered.len() as f64
+            && m("mcrelay_failover_copied_bytes_total") >= bytes as f64,
+        "{rec1_metrics}"
+    );
     assert!(
         after >= 180,
         "ffmpeg decoded {after} frames in the 8 s after the failback: {errors:?}"
     );
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 fn xxh(b: &[u8]) -> u64 {

@@ -114,7 +114,10 @@ pub struct ChannelCore {
     retired: Vec<TrackCore>,
     /// Numbering that continues a track of an earlier emitter, by kind,
     /// until a session has that track.
-    resumed: Vec<(TrackKind, StreamIds)>,
+    resumed: Vec<(TrackKind, StreamIds, u32)>,
+    /// When the resumed numbering was computed: the first frame moves the
+    /// timestamps on by the time since (see [`ChannelCore::resume`]).
+    resumed_at: Option<Instant>,
     tally: Tally,
     last_point: Option<Instant>,
 }
@@ -132,15 +135,40 @@ impl ChannelCore {
             clock: None,
             clock_rule: AnchorRule::default(),
             resumed: Vec::new(),
+            resumed_at: None,
             tally: Tally::default(),
             last_point: None,
         }
     }
 
-    /// Tracks besides video continue these streams (an earlier emitter's)
-    /// when a session has them.
-    pub fn resume_tracks(&mut self, tracks: Vec<(TrackKind, StreamIds)>) {
+    /// The channel continues an earlier emitter's streams, numbered as of
+    /// `at`: tracks besides video continue these (with their clock rates)
+    /// when a session has them, and the first picture, whenever it comes,
+    /// moves every timestamp on by the time since `at`. So the first frame
+    /// stands where the earlier emitter's timeline would have put it, and
+    /// this channel's sender reports (which map it to when it arrived)
+    /// agree with the earlier emitter's: receivers that sync by reports
+    /// see no jump back (ffmpeg did, by the camera's connect time).
+    pub fn resume(&mut self, tracks: Vec<(TrackKind, StreamIds, u32)>, at: Instant) {
         self.resumed = tracks;
+        self.resumed_at = Some(at);
+    }
+
+    /// At the first picture of a resumed channel: every timestamp on by
+    /// the time since the numbering was computed.
+    fn catch_up(&mut self, arrival: Instant) {
+        let Some(at) = self.resumed_at.take() else {
+            return;
+        };
+        let d = arrival.saturating_duration_since(at);
+        let ticks = |rate: u32| (d.as_nanos() * u128::from(rate) / 1_000_000_000) as u32;
+        self.ids.rtp_base = self.ids.rtp_base.wrapping_add(ticks(CLOCK_RATE));
+        for t in &mut self.tracks {
+            t.ids.rtp_base = t.ids.rtp_base.wrapping_add(ticks(t.desc.clock_rate));
+        }
+        for (_, ids, rate) in &mut self.resumed {
+            ids.rtp_base = ids.rtp_base.wrapping_add(ticks(*rate));
+        }
     }
 
     /// Where the channel's streams stand, at most every `every`: `None`
@@ -244,7 +272,7 @@ impl ChannelCore {
             let resumed = self
                 .resumed
                 .iter()
-                .position(|(k, _)| *k == desc.kind)
+                .position(|(k, _, _)| *k == desc.kind)
                 .map(|i| self.resumed.swap_remove(i).1);
             let ids = old
                 .as_ref()
@@ -345,6 +373,13 @@ impl ChannelCore {
         if !self.in_session {
             return None;
         }
+        if self
+            .packetizer
+            .as_ref()
+            .is_some_and(|p| p.codec() == au.codec)
+        {
+            self.catch_up(arrival);
+        }
         let p = self.packetizer.as_mut().filter(|p| p.codec() == au.codec)?;
         let time = self.timeline.map(source, arrival);
         self.clock = Some(reanchor(self.clock, &mut self.clock_rule, time, arrival));
@@ -438,6 +473,44 @@ mod tests {
         assert_eq!(f3.packets[0].seq(), 1);
         assert_eq!(f3.rtp_timestamp, 90_000 - 1, "wrapped, one second after f2");
         assert!(f3.time > f2.time);
+    }
+
+    #[test]
+    fn a_resumed_channel_moves_its_timestamps_on_to_its_first_frame() {
+        use crate::media::{Payload, TrackDesc};
+        let ids = |ssrc, rtp_base| StreamIds {
+            ssrc,
+            initial_seq: 10,
+            rtp_base,
+        };
+        let mut c = ChannelCore::new(ids(1, 1000), 1400);
+        let t0 = Instant::now();
+        c.resume(vec![(TrackKind::Audio, ids(2, 500), 8000)], t0);
+        c.start_session(Codec::H264);
+        c.set_tracks(vec![TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "PCMU".into(),
+            clock_rate: 8000,
+            channels: None,
+            payload: Payload::Frame,
+        }]);
+        // The camera's first picture comes half a second after the
+        // numbering was computed: 45000 ticks of video, 4000 of sound on.
+        let (v, _) = c
+            .push(&au(true), MediaTime(0), t0 + Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(v.rtp_timestamp, 46_000);
+        assert_eq!(v.packets[0].seq(), 10);
+        let a = c
+            .push_track(0, &Bytes::from_static(&[0xff; 160]), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.packets[0].ssrc(), a.rtp_timestamp), (2, 4500));
+        // Only once.
+        let (v2, _) = c
+            .push(&au(false), MediaTime(3600), t0 + Duration::from_millis(540))
+            .unwrap();
+        assert_eq!(v2.rtp_timestamp, 49_600);
     }
 
     #[test]

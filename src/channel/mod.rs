@@ -182,6 +182,8 @@ pub struct Channel {
     /// Cancelled when the camera task has ended: nothing of the channel is
     /// sent after, and its point is the last one.
     ended: tokio_util::sync::CancellationToken,
+    /// When the channel sent its first multicast packet.
+    first_sent: std::sync::OnceLock<SystemTime>,
 }
 
 impl Channel {
@@ -205,6 +207,7 @@ impl Channel {
             metrics,
             point: std::sync::Mutex::new(None),
             ended: Default::default(),
+            first_sent: Default::default(),
         })
     }
 
@@ -216,6 +219,11 @@ impl Channel {
 
     fn set_point(&self, p: resume::ChannelPoint) {
         *self.point.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    /// When the channel sent its first multicast packet; `None` before.
+    pub fn first_sent(&self) -> Option<SystemTime> {
+        self.first_sent.get().copied()
     }
 
     /// Until the camera task has ended ([`Publisher::finish`]).
@@ -293,6 +301,8 @@ pub struct Publisher {
     /// not log it again.
     logged_not_carried: Vec<String>,
     last_track_warn: Option<Instant>,
+    /// When the last picture went to the multicast emitter.
+    last_sent: Option<SystemTime>,
 }
 
 impl Publisher {
@@ -314,12 +324,14 @@ impl Publisher {
             recorder: None,
             logged_not_carried: Vec::new(),
             last_track_warn: None,
+            last_sent: None,
         }
     }
 
-    /// Tracks besides video continue these streams of an earlier emitter.
-    pub fn resume_tracks(&mut self, tracks: Vec<(TrackKind, StreamIds)>) {
-        self.core.resume_tracks(tracks);
+    /// The channel continues an earlier emitter's streams, numbered as
+    /// of `at` ([`ChannelCore::resume`]).
+    pub fn resume(&mut self, tracks: Vec<(TrackKind, StreamIds, u32)>, at: Instant) {
+        self.core.resume(tracks, at);
     }
 
     /// The camera task ends: the channel's point becomes the exact one of
@@ -331,8 +343,13 @@ impl Publisher {
             .core
             .point(Instant::now(), SystemTime::now, Duration::ZERO)
             .map(|mut p| {
-                p.video.packet_rate = 0;
-                p.tracks.values_mut().for_each(|t| t.packet_rate = 0);
+                // Sent when the last picture was (a later sound packet
+                // only makes its continuation start further ahead).
+                let sent = self.last_sent.map_or(p.video.sent_unix_ms, resume::unix_ms);
+                for s in std::iter::once(&mut p.video).chain(p.tracks.values_mut()) {
+                    s.packet_rate = 0;
+                    s.sent_unix_ms = sent;
+                }
                 p
             });
         if let Some(p) = &last {
@@ -406,6 +423,10 @@ impl Sink for Publisher {
         let wall = SystemTime::now();
         if let Some(e) = &mut self.emitter {
             e.send(&frame, m, arrival);
+            if self.last_sent.is_none() {
+                let _ = self.channel.first_sent.set(wall);
+            }
+            self.last_sent = Some(wall);
         }
         if let Some(r) = &mut self.recorder {
             let params: Vec<Bytes> = if au.key {

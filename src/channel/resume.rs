@@ -232,7 +232,11 @@ pub struct ChannelPoint {
 #[derive(Clone, Debug)]
 pub struct Resume {
     pub video: StreamIds,
-    pub tracks: Vec<(TrackKind, StreamIds)>,
+    /// Each track's numbering, with its clock rate (0: unknown).
+    pub tracks: Vec<(TrackKind, StreamIds, u32)>,
+    /// Continues an earlier emitter's streams: their timestamps move on
+    /// by the time to the first frame too ([`super::core::ChannelCore::resume`]).
+    pub continued: bool,
 }
 
 impl Resume {
@@ -243,8 +247,9 @@ impl Resume {
             tracks: point
                 .tracks
                 .iter()
-                .map(|(k, p)| (*k, p.resume(now)))
+                .map(|(k, p)| (*k, p.resume(now), p.clock_rate))
                 .collect(),
+            continued: true,
         }
     }
 
@@ -259,6 +264,7 @@ impl Resume {
                 rtp_base: random.1,
             },
             tracks: Vec::new(),
+            continued: false,
         }
     }
 

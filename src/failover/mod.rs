@@ -186,6 +186,36 @@ pub struct SiteView {
     pub broken: Vec<ServerView>,
 }
 
+impl SiteView {
+    /// Every server's state as a short code, for metrics: ok,
+    /// inaccessible, still_streaming, starting, restored, disks_broken
+    /// (not yet broken), standby, taking_over, covering, broken.
+    pub fn states(&self) -> Vec<(String, &'static str)> {
+        let recorder = |s: &ServerView| match s.state.as_str() {
+            "ok" => "ok",
+            st if st.contains("still streaming") => "still_streaming",
+            st if st.starts_with("inaccessible") => "inaccessible",
+            st if st.starts_with("starting") => "starting",
+            st if st.starts_with("restored") => "restored",
+            st if st.contains("disks broken") => "disks_broken",
+            _ => "other",
+        };
+        let standby = |s: &ServerView| match s.state.as_str() {
+            st if st.starts_with("covering") => "covering",
+            st if st.starts_with("taking over") => "taking_over",
+            st if st.starts_with("inaccessible") => "inaccessible",
+            _ => "standby",
+        };
+        let named = |s: &ServerView, code| (s.name.clone(), code);
+        self.recorders
+            .iter()
+            .map(|s| named(s, recorder(s)))
+            .chain(self.failover.iter().map(|s| named(s, standby(s))))
+            .chain(self.broken.iter().map(|s| named(s, "broken")))
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerView {
     pub name: String,

@@ -17,9 +17,11 @@ use super::client::HttpClient;
 use crate::channel::resume::{ChannelPoint, StreamPoint, Watch, unix_ms};
 use crate::config::{Protocol, Secret, ServerConfig, Site, plan};
 use crate::failover::{
-    self, Action, Controller, ControllerKind, Heard, Input, Member, Report, Run, SiteView,
+    self, Action, Controller, ControllerKind, Heard, Input, Member, Report, ReportedRole, Run,
+    SiteView,
 };
 use crate::media::TrackKind;
+use crate::metrics::{ServerLabel, ServerStateLabel};
 
 /// What the control API shows of the controller.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -82,6 +84,11 @@ pub struct Driver {
     api_rx: mpsc::Receiver<ApiRequest>,
     /// This server's settings.
     local: ServerConfig,
+    /// When this server decided to take over a server (owner, wall
+    /// clock): the start of the takeover time.
+    decided: Option<(String, SystemTime)>,
+    /// The servers' states last exported as metrics.
+    states: Vec<(String, &'static str)>,
     /// When the status was last published.
     status_at: Option<Instant>,
 }
@@ -120,6 +127,8 @@ impl Driver {
             .collect();
         Ok(Driver {
             status_at: None,
+            decided: None,
+            states: Vec::new(),
             local,
             peers,
             api_tx,
@@ -360,6 +369,7 @@ impl Driver {
         let (from_ep, to_ep) = (endpoint(src, sp), endpoint(dst, dp));
         let channels: Vec<u32> = server.local.channels.iter().map(|c| c.id).collect();
         let (tx, from) = (self.tx.clone(), from.to_string());
+        let metrics = server.metrics.failover.clone();
         // A little before the cover began: segments rotate at key frames.
         let from_ms = (since_unix_ms as i64).saturating_sub(60_000);
         tracing::info!(from = %from, channels = channels.len(), "copying the material recorded while covered");
@@ -374,6 +384,8 @@ impl Driver {
                     match crate::record::copy::copy_missing(&from_ep, &to_ep, ch, from_ms, to_ms, None, |_| {}) {
                         Ok(r) => {
                             tracing::info!(channel = ch, copied = r.copied, bytes = r.copied_bytes, failed = r.failed.len(), "material copied back");
+                            metrics.copied_segments.inc_by(r.copied as u64);
+                            metrics.copied_bytes.inc_by(r.copied_bytes);
                             ok &= r.failed.is_empty();
                         }
                         Err(e) => {
@@ -425,9 +437,33 @@ impl Driver {
                 .is_none_or(|t| now.duration_since(t) >= STATUS_EVERY)
         {
             self.status_at = Some(now);
+            let report = self.ctl.report(now);
+            match &report.role {
+                ReportedRole::Claiming { owner } | ReportedRole::Covering { owner, .. } => {
+                    if self.decided.as_ref().is_none_or(|(o, _)| o != owner) {
+                        self.decided = Some((owner.clone(), SystemTime::now()));
+                    }
+                }
+                _ => self.decided = None,
+            }
+            let site = self.ctl.view(now);
+            let states = site.states();
+            if states != self.states {
+                let family = &server.metrics.failover.server_state;
+                family.clear();
+                for (name, state) in &states {
+                    family
+                        .get_or_create(&ServerStateLabel {
+                            server: name.clone(),
+                            state,
+                        })
+                        .set(1);
+                }
+                self.states = states;
+            }
             self.status.send_modify(|s| {
-                s.report = Some(self.ctl.report(now));
-                s.site = self.ctl.view(now);
+                s.report = Some(report);
+                s.site = site;
             });
         }
         if !changed {
@@ -460,7 +496,72 @@ impl Driver {
         let learned = channel_points(&self.learned.lock().unwrap_or_else(|e| e.into_inner()));
         server.continue_from(&learned);
         server.apply(specs);
+        self.measure(server, &before, &wanted, &learned);
         self.applied = Some(wanted);
+    }
+
+    /// Exports a takeover's time (decided to first packet) and a
+    /// failback's gap (the cover's last packet to this server's first)
+    /// once the first packet is out.
+    fn measure(
+        &self,
+        server: &Server,
+        before: &[(String, Run)],
+        wanted: &[(String, Run)],
+        learned: &HashMap<u32, ChannelPoint>,
+    ) {
+        let m = server.metrics.failover.clone();
+        for (owner, run) in wanted {
+            if *run != Run::Emit || before.contains(&(owner.clone(), Run::Emit)) {
+                continue;
+            }
+            let channels = server.channels_of(owner);
+            if *owner != self.me {
+                let label = ServerLabel {
+                    server: owner.clone(),
+                };
+                m.takeovers.get_or_create(&label).inc();
+                let decided = self
+                    .decided
+                    .as_ref()
+                    .filter(|(o, _)| o == owner)
+                    .map_or_else(SystemTime::now, |(_, t)| *t);
+                let (m, cancel) = (m.clone(), self.cancel.clone());
+                tokio::spawn(async move {
+                    if let Some(first) = first_sent(&channels, &cancel).await {
+                        let took = first.duration_since(decided).unwrap_or_default();
+                        m.takeover_seconds
+                            .get_or_create(&label)
+                            .set(took.as_secs_f64());
+                        tracing::info!(owner = %label.server, took_ms = took.as_millis() as u64, "first packet on the groups of {:?} after deciding to take them", label.server);
+                    }
+                });
+            } else if before.contains(&(owner.clone(), Run::Warm)) {
+                // The role back from a failover server: the gap after its
+                // last packet heard (or its released point).
+                m.failbacks.inc();
+                let cover_last = channels
+                    .iter()
+                    .filter_map(|c| learned.get(&c.spec.id))
+                    .map(|p| p.video.sent_unix_ms)
+                    .max();
+                let cancel = self.cancel.clone();
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let (Some(first), Some(last)) =
+                        (first_sent(&channels, &cancel).await, cover_last)
+                    else {
+                        return;
+                    };
+                    let gap_ms = unix_ms(first).saturating_sub(last);
+                    m.failback_gap_seconds.set(gap_ms as f64 / 1000.0);
+                    tracing::info!(
+                        gap_ms,
+                        "role back: first packet on this server's groups after the failover server's last"
+                    );
+                });
+            }
+        }
     }
 }
 
@@ -489,6 +590,24 @@ async fn answer_release(
         .filter_map(|c| Some((c.spec.id, c.point()?)))
         .collect();
     let _ = reply.send(Ok(points));
+}
+
+/// When the first of `channels` sent its first multicast packet (checked
+/// every 10 ms for a minute).
+async fn first_sent(
+    channels: &[Arc<crate::channel::Channel>],
+    cancel: &CancellationToken,
+) -> Option<SystemTime> {
+    for _ in 0..6000 {
+        if let Some(t) = channels.iter().filter_map(|c| c.first_sent()).min() {
+            return Some(t);
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    None
 }
 
 async fn poll_health(client: &HttpClient, addr: SocketAddr, timeout: Duration) -> Option<Report> {

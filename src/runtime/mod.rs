@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -305,7 +305,9 @@ impl Server {
         // The stream's name, whoever sends it: the owner's.
         let cname = format!("{}/{}@{}", spec.owner, id, interface);
         let mut publisher = Publisher::new(channel.clone(), resume.video, cname);
-        publisher.resume_tracks(resume.tracks);
+        if resume.continued {
+            publisher.resume(resume.tracks, Instant::now());
+        }
         if let Some(r) = &self.recorder {
             publisher.set_recorder(r.channel(id, self.metrics.record(id)));
         }
