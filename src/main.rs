@@ -543,6 +543,7 @@ fn sdp(path: &std::path::Path, server: &str, channel: u32) -> anyhow::Result<Exi
             video: &info,
             version: 0,
             tracks: &[],
+            sources: &mcrelay::config::plan::ssm_sources(site.servers(), owner),
         })
     );
     Ok(ExitCode::SUCCESS)

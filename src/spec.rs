@@ -28,6 +28,9 @@ pub struct ChannelSpec {
     pub allow: Vec<crate::config::Allowed>,
     /// The camera's tracks to take (video always among them).
     pub tracks: Vec<TrackKind>,
+    /// The sources its SDP lists when the owner's groups are
+    /// source-specific ([`plan::ssm_sources`]; empty otherwise).
+    pub ssm_sources: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +74,7 @@ impl ChannelSpec {
             multicast: None,
             allow: Vec::new(),
             tracks: TrackKind::ALL.to_vec(),
+            ssm_sources: Vec::new(),
         }
     }
 
@@ -117,6 +121,7 @@ impl ChannelSpec {
             multicast,
             allow: channel.allow.clone(),
             tracks: channel.tracks.clone(),
+            ssm_sources: Vec::new(),
         })
     }
 }

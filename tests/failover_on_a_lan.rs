@@ -105,6 +105,13 @@ struct Site {
     decoder: Decoder,
 }
 
+const HOSTS: [(&str, &str); 4] = [
+    ("cam", "198.18.0.10"),
+    ("rec1", "198.18.0.1"),
+    ("fo1", "198.18.0.2"),
+    ("ws", "198.18.1.1"),
+];
+
 const REC1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const FO1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
@@ -114,15 +121,11 @@ impl Site {
     }
 
     fn start_with(tag: &str, site_text: &str) -> Site {
-        let lan = Lan::new(
-            tag,
-            &[
-                ("cam", "198.18.0.10"),
-                ("rec1", "198.18.0.1"),
-                ("fo1", "198.18.0.2"),
-                ("ws", "198.18.1.1"),
-            ],
-        );
+        Site::start_on(Lan::new(tag, &HOSTS), site_text)
+    }
+
+    /// On `lan`, whose hosts are [`HOSTS`].
+    fn start_on(lan: Lan, site_text: &str) -> Site {
         let dir = common::tempdir();
         for d in ["rec1/disk1", "fo1/disk1"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
@@ -159,11 +162,17 @@ impl Site {
             (code == 200 && body.contains("m=video")).then_some(body)
         })
         .expect("recorder-1 never served its SDP");
-        assert!(sdp.contains("c=IN IP4 239.255.50.1/1"), "{sdp}");
+        // recorder-1's group: the first address of the site.
+        let group: Ipv4Addr = site_text
+            .split("address = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|a| a.parse().ok())
+            .expect("no multicast address in the site");
+        assert!(sdp.contains(&format!("c=IN IP4 {group}/1")), "{sdp}");
         let sdp_file = dir.path().join("ch1.sdp");
         std::fs::write(&sdp_file, &sdp).unwrap();
         // Channel 1: video on 7200 + 2, sound on 7200 + 2000 + 2.
-        let group = Ipv4Addr::new(239, 255, 50, 1);
         let log = PacketLog::start(ws, group, 7202, Ipv4Addr::new(198, 18, 1, 1));
         let audio = PacketLog::start(ws, group, 9202, Ipv4Addr::new(198, 18, 1, 1));
         let decoder = Decoder::start_with(
@@ -720,4 +729,34 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 fn xxh(b: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
+}
+
+#[test]
+fn a_takeover_on_a_source_specific_group_reaches_workstations_joined_by_source() {
+    // recorder-1 on 232.1.50.1; a switch with IGMPv3 snooping.
+    let text = SITE.replace("239.255.50.1", "232.1.50.1");
+    let mut s = Site::start_on(Lan::snooping("fos", &HOSTS), &text);
+    let sdp = get(s.ws(), "198.18.0.1:8080", "/channels/1.sdp").unwrap().1;
+    // Its own interface and failover-1's: ffmpeg joins by both.
+    assert!(
+        sdp.contains("a=source-filter: incl IN IP4 232.1.50.1 198.18.0.1 198.18.0.2\r\n"),
+        "{sdp}"
+    );
+    let before = s.decoder.frames_so_far();
+    s.rec1.kill();
+    s.wait_covered(Instant::now());
+    let at_takeover = s.decoder.frames_so_far();
+    std::thread::sleep(Duration::from_secs(10));
+    let after = s.decoder.frames_so_far() - at_takeover;
+    let (got, errors, _fin) = s.finish();
+    let (first, last) = assert_one_stream("video", &got);
+    println!(
+        "SSM: gap on the group {:.2} s; ffmpeg (joined by source) {before} frames before, {after} in the 10 s after the takeover; {} error lines",
+        first.at.duration_since(last.at).as_secs_f64(),
+        errors.len()
+    );
+    assert!(
+        after >= 225,
+        "ffmpeg decoded {after} frames in the 10 s after the takeover: {errors:?}"
+    );
 }

@@ -20,7 +20,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use super::types::MulticastConfig;
+use super::types::{MulticastConfig, ServerConfig};
 use crate::media::TrackKind;
 
 /// Where one channel's RTP (and, one port up, RTCP) goes.
@@ -96,6 +96,36 @@ pub fn track_destination(
         port: shifted as u16,
         ..video
     })
+}
+
+/// Source-specific multicast (RFC 4607): 232.0.0.0/8. A receiver joins a
+/// group there by (source, group) and hears only the sources it named.
+pub fn is_ssm(group: Ipv4Addr) -> bool {
+    group.octets()[0] == 232
+}
+
+/// The sources `owner`'s channels may come from when its groups are SSM:
+/// its own interface, then the interface of each failover server that may
+/// cover it (site order); its SDPs list them all (RFC 4570
+/// `source-filter`), so that a receiver that joined by source keeps
+/// receiving after a takeover. Empty for any-source groups.
+pub fn ssm_sources(servers: &[ServerConfig], owner: &ServerConfig) -> Vec<Ipv4Addr> {
+    let Some(mc) = owner.multicast.as_ref().filter(|m| is_ssm(m.address)) else {
+        return Vec::new();
+    };
+    let mut sources = vec![mc.interface];
+    if owner.failover.failover_enabled {
+        let covers = servers
+            .iter()
+            .filter(|s| s.failover.use_as_failover_server && s.name != owner.name)
+            .filter_map(|s| s.multicast.as_ref().map(|m| m.interface));
+        for a in covers {
+            if !sources.contains(&a) {
+                sources.push(a);
+            }
+        }
+    }
+    sources
 }
 
 /// The multicast addresses a server owns: `[first, last]` as integers.

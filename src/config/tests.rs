@@ -1,3 +1,4 @@
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
@@ -249,6 +250,46 @@ source = "rtsp://198.18.0.9/s"
     ))
     .unwrap_err();
     assert!(err.to_string().contains("not a duration"), "{err}");
+}
+
+#[test]
+fn source_specific_groups_list_their_covers_and_are_checked() {
+    // a on 232.1.1.1 under protection; b a failover server with its own
+    // interface; c a failover server without one.
+    let text = two_servers(
+        "[server.failover]\nfailover_enabled = true",
+        "[server.failover]\nuse_as_failover_server = true",
+    )
+    .replace("239.1.1.1", "232.1.1.1");
+    let site = parse(&text).unwrap();
+    let a = site.server("a").unwrap();
+    assert_eq!(
+        plan::ssm_sources(site.servers(), a),
+        vec![Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)]
+    );
+    // Any-source groups list none.
+    assert!(plan::ssm_sources(site.servers(), site.server("b").unwrap()).is_empty());
+    let no_interface = format!(
+        "{text}\n[[server]]\nname = \"c\"\npassword = \"x\"\ncontrol = \"198.18.0.3:8080\"\n[server.failover]\nuse_as_failover_server = true\n"
+    );
+    let e = errors(&no_interface);
+    assert!(
+        e.iter()
+            .any(|i| i.key == "server \"c\" multicast" && i.message.contains("source-specific")),
+        "{e:?}"
+    );
+    // Reserved, and a range across the edge of 232/8.
+    let e = errors(&two_servers("", "").replace("239.1.1.1", "232.0.0.7"));
+    assert!(e.iter().any(|i| i.message.contains("RFC 4607")), "{e:?}");
+    let e = errors(
+        &two_servers("", "")
+            .replace("239.1.1.1", "232.255.255.255")
+            .replace(
+                "interface = \"198.18.0.1\"",
+                "interface = \"198.18.0.1\"\ngroups = 2",
+            ),
+    );
+    assert!(e.iter().any(|i| i.message.contains("edge of 232")), "{e:?}");
 }
 
 #[test]

@@ -310,6 +310,22 @@ fn check_multicast(out: &mut Issues, s: &ServerConfig) {
             ),
             "use an administratively scoped group such as 239.192.x.y",
         );
+    } else if plan::is_ssm(Ipv4Addr::from(first)) != plan::is_ssm(Ipv4Addr::from(last)) {
+        out.error(
+            key(s, "multicast.address"),
+            format!(
+                "{}..{} runs across the edge of 232.0.0.0/8: some groups would be source-specific, some not",
+                mc.address,
+                Ipv4Addr::from(last)
+            ),
+            "keep the range inside 232.0.0.0/8 (SSM) or outside it",
+        );
+    } else if Ipv4Addr::from(first).octets()[..3] == [232, 0, 0] {
+        out.error(
+            key(s, "multicast.address"),
+            format!("{} is in 232.0.0.0/24, reserved (RFC 4607)", mc.address),
+            "use a source-specific group from 232.0.1.0 on, such as 232.1.1.1",
+        );
     } else if Ipv4Addr::from(first).octets()[..3] == [224, 0, 0] {
         out.error(
             key(s, "multicast.address"),
@@ -431,6 +447,29 @@ fn check_group_overlaps(out: &mut Issues, site: &SiteFile) {
 
 fn check_failover(out: &mut Issues, s: &ServerConfig, site: &SiteFile) {
     let f = &s.failover;
+    // A receiver of a source-specific group hears only the sources it
+    // joined: the ones the owner's SDP lists, which are the interfaces of
+    // the failover servers that may cover it.
+    let ssm_owner = s
+        .multicast
+        .as_ref()
+        .filter(|m| plan::is_ssm(m.address) && s.protocol == Protocol::RtpMulticast);
+    if let (Some(mc), true) = (ssm_owner, f.failover_enabled) {
+        for o in site
+            .servers
+            .iter()
+            .filter(|o| o.failover.use_as_failover_server && o.multicast.is_none())
+        {
+            out.error(
+                key(o, "multicast"),
+                format!(
+                    "may cover server {:?}, whose group {} is source-specific, but has no multicast interface: workstations joined by source would never hear it",
+                    s.name, mc.address
+                ),
+                "add a [server.multicast] table with this server's interface (its address and port are its own)",
+            );
+        }
+    }
     if f.use_as_failover_server {
         if !s.channels.is_empty() {
             out.error(

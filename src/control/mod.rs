@@ -407,6 +407,7 @@ async fn channel_sdp(State(st): State<AppState>, Path(file): Path<String>) -> Re
         video: &info.video,
         version: info.version,
         tracks: &tracks,
+        sources: &c.spec.ssm_sources,
     });
     (
         StatusCode::OK,

@@ -34,6 +34,9 @@ pub struct ChannelDescription<'a> {
     pub version: u64,
     /// The tracks besides video, each on its own `m=` line.
     pub tracks: &'a [TrackLine<'a>],
+    /// A source-specific group's sources (RFC 4570 `source-filter`): the
+    /// owner and the failover servers that may cover it. Empty: any source.
+    pub sources: &'a [Ipv4Addr],
 }
 
 /// A track besides video (audio, metadata) as the SDP lists it.
@@ -86,6 +89,14 @@ pub fn channel_sdp(d: &ChannelDescription<'_>) -> String {
         concat!("mcrelay ", env!("CARGO_PKG_VERSION")),
     ));
     s.attributes.push(Attribute::new("recvonly"));
+    if let (Delivery::Multicast(dest), false) = (d.delivery, d.sources.is_empty()) {
+        // Session level: every m= line of the channel is on this group.
+        let list: Vec<String> = d.sources.iter().map(|a| a.to_string()).collect();
+        s.attributes.push(Attribute::with_value(
+            "source-filter",
+            format!(" incl IN IP4 {} {}", dest.group, list.join(" ")),
+        ));
+    }
     if let Delivery::Rtsp = d.delivery {
         s.attributes.push(Attribute::with_value("control", "*"));
         s.attributes
@@ -197,12 +208,41 @@ mod tests {
                 video: &video,
                 version: 1,
                 tracks: &[],
+                sources: &[],
             });
             assert!(sdp.contains(want), "{sdp}");
             assert!(!sdp.contains("framerate"), "{sdp}");
             let controls = sdp.lines().filter(|l| l.starts_with("a=control:"));
             assert_eq!(controls.count(), 2, "{sdp}");
         }
+    }
+
+    #[test]
+    fn a_source_specific_group_lists_its_sources() {
+        let sources = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)];
+        let (params, video) = (ParamSets::default(), VideoInfo::default());
+        let d = |sources| ChannelDescription {
+            channel_id: 1,
+            name: "Gate",
+            origin: Ipv4Addr::new(198, 18, 0, 1),
+            delivery: Delivery::Multicast(Destination {
+                group: Ipv4Addr::new(232, 1, 1, 1),
+                port: 5002,
+                ttl: 1,
+            }),
+            codec: Codec::H264,
+            params: &params,
+            video: &video,
+            version: 1,
+            tracks: &[],
+            sources,
+        };
+        let sdp = channel_sdp(&d(&sources));
+        assert!(
+            sdp.contains("a=source-filter: incl IN IP4 232.1.1.1 198.18.0.1 198.18.0.2\r\n"),
+            "{sdp}"
+        );
+        assert!(!channel_sdp(&d(&[])).contains("source-filter"));
     }
 
     #[test]
@@ -232,6 +272,7 @@ mod tests {
             video: &video,
             version: 3,
             tracks: &[],
+            sources: &[],
         });
         for line in [
             "v=0\r\n",
@@ -269,6 +310,7 @@ mod tests {
             video: &VideoInfo::default(),
             version: 0,
             tracks: &[],
+            sources: &[],
         });
         assert!(sdp.contains("s=Channel 2\r\n"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:96 H265/90000\r\n"), "{sdp}");
@@ -323,6 +365,7 @@ mod tests {
             video: &VideoInfo::default(),
             version: 1,
             tracks: &tracks,
+            sources: &[],
         });
         let parsed = Session::parse(sdp.as_bytes()).unwrap();
         let m: Vec<(&str, u16, &str)> = parsed
@@ -358,6 +401,7 @@ mod tests {
             video: &VideoInfo::default(),
             version: 1,
             tracks: &tracks,
+            sources: &[],
         });
         assert!(sdp.contains("a=control:trackID=1\r\n"), "{sdp}");
         assert!(sdp.contains("a=control:trackID=2\r\n"), "{sdp}");
@@ -376,6 +420,7 @@ mod tests {
             video: &VideoInfo::default(),
             version: 1,
             tracks: &[],
+            sources: &[],
         });
         for line in [
             "c=IN IP4 0.0.0.0\r\n",

@@ -217,6 +217,9 @@ impl Driver {
                         (ch.id, *kind),
                         SocketAddrV4::new(dest.group, dest.port),
                         iface,
+                        // On a source-specific group, the servers that may
+                        // send there (none other can be heard).
+                        plan::ssm_sources(&self.servers, owner),
                         sources.clone(),
                         self.tx.clone(),
                         self.learned.clone(),
@@ -624,12 +627,13 @@ async fn listen(
     stream: (u32, TrackKind),
     group: SocketAddrV4,
     iface: Ipv4Addr,
+    ssm: Vec<Ipv4Addr>,
     sources: Arc<HashMap<Ipv4Addr, String>>,
     tx: mpsc::Sender<Input>,
     learned: Arc<Mutex<Learned>>,
     cancel: CancellationToken,
 ) {
-    let sock = match join(group, iface) {
+    let sock = match join(group, iface, &ssm) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%group, error = %e, "cannot listen on a protected server's group: its streams are not watched");
@@ -712,7 +716,13 @@ fn channel_points(learned: &Learned) -> HashMap<u32, ChannelPoint> {
     points
 }
 
-fn join(group: SocketAddrV4, iface: Ipv4Addr) -> std::io::Result<tokio::net::UdpSocket> {
+/// A socket on `group`: joined by each of `sources` on a source-specific
+/// group (only they can be heard there), else by the group alone.
+fn join(
+    group: SocketAddrV4,
+    iface: Ipv4Addr,
+    sources: &[Ipv4Addr],
+) -> std::io::Result<tokio::net::UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -720,7 +730,12 @@ fn join(group: SocketAddrV4, iface: Ipv4Addr) -> std::io::Result<tokio::net::Udp
     )?;
     s.set_reuse_address(true)?;
     s.bind(&group.into())?;
-    s.join_multicast_v4(group.ip(), &iface)?;
+    if sources.is_empty() {
+        s.join_multicast_v4(group.ip(), &iface)?;
+    }
+    for src in sources {
+        s.join_ssm_v4(src, group.ip(), &iface)?;
+    }
     s.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(s.into())
 }

@@ -25,7 +25,7 @@ use tracing::Instrument as _;
 
 use crate::channel::resume::{self, ChannelPoint, Resume, StateFile};
 use crate::channel::{Channel, Directory, Publisher};
-use crate::config::{ServerConfig, Site};
+use crate::config::{ServerConfig, Site, plan};
 use crate::control::{self, AppState, ServerInfo};
 use crate::emit::SendMode;
 use crate::metrics::Metrics;
@@ -65,6 +65,8 @@ struct Running {
 /// The channel supervisor of one server.
 pub struct Server {
     local: ServerConfig,
+    /// The site's servers (for the sources of source-specific groups).
+    servers: Vec<ServerConfig>,
     metrics: Metrics,
     directory: watch::Sender<Directory>,
     running: HashMap<u32, Running>,
@@ -189,6 +191,7 @@ impl Server {
         });
         let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
         Ok(Server {
+            servers: site.servers().to_vec(),
             state: Arc::new(StreamState::load(state_dir)),
             recorder,
             local,
@@ -208,7 +211,10 @@ impl Server {
             .channels
             .iter()
             .filter_map(|c| match ChannelSpec::new(owner, c, &self.local, self.send_mode) {
-                Ok(s) => Some(s),
+                Ok(mut s) => {
+                    s.ssm_sources = plan::ssm_sources(&self.servers, owner);
+                    Some(s)
+                }
                 Err(e) => {
                     tracing::error!(owner = %owner.name, channel = c.id, "cannot run the channel: {e}");
                     None

@@ -238,6 +238,7 @@ impl Catalog for DirCatalog<'_> {
                 video: &info.video,
                 version: info.version,
                 tracks: &lines,
+                sources: &[],
             })
         });
         Some(ChannelEntry {

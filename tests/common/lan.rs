@@ -14,19 +14,35 @@ pub struct Lan {
 
 impl Lan {
     /// Hosts by (name, address); names are at most 8 characters.
+    /// Snooping off: the bridge floods multicast to every port, as an
+    /// unmanaged switch does.
     pub fn new(tag: &str, hosts: &[(&str, &str)]) -> Lan {
+        Lan::with_bridge(tag, hosts, &["mcast_snooping", "0"])
+    }
+
+    /// A managed switch: IGMPv3 snooping with a querier, so that the
+    /// bridge forwards a group only to the ports that joined it, and a
+    /// source-specific group only from the sources they joined.
+    pub fn snooping(tag: &str, hosts: &[(&str, &str)]) -> Lan {
+        Lan::with_bridge(
+            tag,
+            hosts,
+            &[
+                "mcast_snooping",
+                "1",
+                "mcast_igmp_version",
+                "3",
+                "mcast_querier",
+                "1",
+            ],
+        )
+    }
+
+    fn with_bridge(tag: &str, hosts: &[(&str, &str)], options: &[&str]) -> Lan {
         let switch = Netns::new(&format!("{tag}sw"));
-        // Snooping off: the bridge floods multicast to every port, as an
-        // unmanaged switch does.
-        switch.ip(&[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
+        let mut args = vec!["link", "add", "br0", "type", "bridge"];
+        args.extend_from_slice(options);
+        switch.ip(&args);
         switch.ip(&["link", "set", "br0", "up"]);
         let hosts = hosts
             .iter()
