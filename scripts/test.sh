@@ -17,9 +17,10 @@ fi
 # Debian packages: ffmpeg (the workstation decoder), iproute2 and ethtool
 # (namespaces, the benchmark's LAN),
 # GStreamer's RTSP server with x264/x265 (a camera that is not ours),
-# curl (a Digest HTTP client for the material API).
+# curl (a Digest HTTP client for the material API),
+# chromium (a real browser, headless, for the status page).
 packages=(
-    ffmpeg iproute2 ethtool curl python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
+    ffmpeg iproute2 ethtool curl chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly gstreamer1.0-tools
 )

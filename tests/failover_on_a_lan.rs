@@ -8,7 +8,9 @@
 //! that logs the source of every packet sees one source at a time. A
 //! healed recorder-1 hears failover-1 on its group and stays off it; a
 //! recorder-1 whose control API is out of reach while its streams flow is
-//! not taken over.
+//! not taken over. failover-1's status page, in a headless chromium on the
+//! workstation, shows recorder-1 move from the VMS servers to the broken
+//! ones and failover-1 from standby to covering it.
 
 mod common;
 
@@ -758,5 +760,123 @@ fn a_takeover_on_a_source_specific_group_reaches_workstations_joined_by_source()
     assert!(
         after >= 225,
         "ffmpeg decoded {after} frames in the 10 s after the takeover: {errors:?}"
+    );
+}
+
+/// A password that must appear nowhere on the status page or in `/status`.
+const SECRET: &str = "pw-Fop-7c1e9";
+
+/// In a dumped status page: the state (`data-state`) of server `name` in
+/// the folder (section) `folder`, and the markup of its entry.
+fn page_server<'a>(dom: &'a str, folder: &str, name: &str) -> Option<(&'a str, &'a str)> {
+    let f = common::browser::element(dom, "section", folder);
+    let at = f.find(&format!("data-server=\"{name}\""))?;
+    let start = f[..at].rfind("<li")?;
+    let li = &f[start..start + f[start..].find("</li>")?];
+    let state = li.split("data-state=\"").nth(1)?.split('"').next()?;
+    Some((state, li))
+}
+
+/// The page's script ran: it fetched `/status` and refreshed (at least
+/// twice), and replaced every "loading" placeholder.
+fn assert_fetched(dom: &str) -> u32 {
+    let updated = common::browser::element(dom, "p", "updated");
+    let fetches = updated
+        .split("data-fetches=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        updated.contains("data-state=\"ok\"") && fetches >= 2,
+        "the page did not fetch /status (twice): {updated}\n{dom}"
+    );
+    assert!(!dom.contains("loading…"), "{dom}");
+    assert!(
+        common::browser::element(dom, "p", "unreachable").contains("hidden"),
+        "{dom}"
+    );
+    fetches
+}
+
+#[test]
+fn the_status_page_in_a_browser_shows_the_folders_change_at_a_takeover() {
+    let text = SITE
+        .replace("password = \"test\"", &format!("password = \"{SECRET}\""))
+        .replace(
+            "name = \"failover-1\"",
+            "name = \"failover-1\"\ndescription = \"<img src=x onerror=alert(1)> standby & co\"",
+        );
+    let mut s = Site::start_with("fop", &text);
+    let url = "http://198.18.0.2:8080/";
+    let t = Instant::now();
+    let before = common::browser::dump_dom(s.ws(), url);
+    let dump = t.elapsed();
+    let fetches = assert_fetched(&before);
+    assert_eq!(
+        page_server(&before, "folder-vms", "recorder-1").map(|v| v.0),
+        Some("ok"),
+        "{before}"
+    );
+    assert_eq!(
+        page_server(&before, "folder-failover", "failover-1").map(|v| v.0),
+        Some("standby"),
+        "{before}"
+    );
+    let broken = common::browser::element(&before, "section", "folder-broken");
+    assert!(
+        !broken.contains("data-server=") && broken.contains("class=\"empty\""),
+        "{broken}"
+    );
+    // failover-1 runs no channel in standby.
+    let rows = common::browser::element(&before, "tbody", "channel-rows");
+    assert!(!rows.contains("data-channel="), "{rows}");
+    // The description is text on the page, never markup.
+    assert!(
+        before.contains("&lt;img src=x onerror=alert(1)&gt; standby &amp; co")
+            && !before.contains("<img"),
+        "{before}"
+    );
+
+    s.rec1.kill();
+    let killed = Instant::now();
+    let took = s.wait_covered(killed);
+    let after = common::browser::dump_dom(s.ws(), url);
+    assert_fetched(&after);
+    let (state, entry) = page_server(&after, "folder-broken", "recorder-1")
+        .unwrap_or_else(|| panic!("recorder-1 not under Broken VMS servers:\n{after}"));
+    assert!(state.starts_with("inaccessible for"), "{entry}");
+    assert!(entry.contains("covered by failover-1"), "{entry}");
+    assert!(
+        page_server(&after, "folder-vms", "recorder-1").is_none(),
+        "{after}"
+    );
+    assert_eq!(
+        page_server(&after, "folder-failover", "failover-1").map(|v| v.0),
+        Some("covering recorder-1"),
+        "{after}"
+    );
+    // Now failover-1 runs recorder-1's channel; the workstation's ffmpeg
+    // joined the group from the SDP, which no server counts.
+    let rows = common::browser::element(&after, "tbody", "channel-rows");
+    assert!(
+        rows.contains("data-channel=\"1\" data-owner=\"recorder-1\"")
+            && rows.contains("data-viewers=\"0\""),
+        "{rows}"
+    );
+    // Neither the page nor what it reads has the password.
+    let status = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    for (what, text) in [
+        ("page before", &before),
+        ("page after", &after),
+        ("/status", &status),
+    ] {
+        assert!(!text.contains(SECRET), "{what} shows the password: {text}");
+    }
+    println!(
+        "status page: chromium dumped it in {:.2} s ({fetches} fetches of /status); \
+         failover-1 covering {:.2} s after the kill",
+        dump.as_secs_f64(),
+        took.as_secs_f64()
     );
 }

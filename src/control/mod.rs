@@ -1,6 +1,8 @@
-//! The control API (HTTP): health, status, each channel's SDP, metrics.
+//! The control API (HTTP): health, status (and a page showing it), each
+//! channel's SDP, metrics.
 
 pub mod material;
+pub mod page;
 pub mod sdp;
 
 use std::net::Ipv4Addr;
@@ -70,6 +72,9 @@ pub fn router(state: AppState) -> Router {
         RequestBodyTimeoutLayer::new(UPLOAD_IDLE),
     ));
     Router::new()
+        .route("/", get(page::html).layer(small))
+        .route("/status.js", get(page::js).layer(small))
+        .route("/status.css", get(page::css).layer(small))
         .route("/health", get(health).layer(small))
         .route("/status", get(status).layer(small))
         .route("/metrics", get(metrics).layer(small))
@@ -263,6 +268,12 @@ async fn status(
             "disks": disks,
         })
     });
+    // One borrow of the failover status (a second one in the same
+    // statement could wait behind its writer while this one holds it).
+    let (controller, site) = {
+        let f = st.failover.borrow();
+        (f.controller, f.site.clone())
+    };
     json_response(
         StatusCode::OK,
         json!({
@@ -273,9 +284,13 @@ async fn status(
                 "role": if st.server.failover_server { "failover" } else { "recorder" },
             },
             "uptime_seconds": uptime.as_secs(),
+            // The server's wall clock when it answered: what the status
+            // page measures bitrates and "since" against.
+            "now_unix_ms": crate::channel::resume::unix_ms(SystemTime::now()),
             "detail": detail,
             "material": material,
-            "site": st.failover.borrow().site,
+            "failover_controller": controller,
+            "site": site,
             "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref(), detail)).collect::<Vec<_>>(),
         }),
     )

@@ -477,6 +477,7 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
     found.unwrap_or_else(|| panic!("channel {id} never reached state {state}; last status: {last}"))
 }
 
+pub mod browser;
 pub mod http;
 pub mod lan;
 pub mod rtsp;
