@@ -132,6 +132,23 @@ enum Command {
         /// Do not record.
         #[arg(long)]
         no_record: bool,
+        /// The failover demo instead: recorder-1 (a process of its own)
+        /// and failover-1 on loopback (config/demo-failover.toml); break
+        /// recorder-1 with kill -9 and watch failover-1 take over, then
+        /// the failback.
+        #[arg(long)]
+        failover: bool,
+        /// With --failover: kill recorder-1 after this long (e.g. "20s")
+        /// instead of waiting for the operator to.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        break_after: Option<std::time::Duration>,
+        /// With --failover: start recorder-1 again this long after the
+        /// takeover.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        restart_after: std::time::Duration,
+        /// With --failover: stop once recorder-1 has its role back.
+        #[arg(long)]
+        exit_when_done: bool,
     },
     /// Serve a clip as a live camera, paced in real time and looping.
     Camera {
@@ -276,8 +293,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             material,
             no_record,
+            failover,
+            break_after,
+            restart_after,
+            exit_when_done,
         } => with_runtime(threads, |shutdown| async move {
             raise_fd_limit();
+            if failover {
+                let opts = mcrelay::demo::FailoverDemoOptions {
+                    dir: material
+                        .unwrap_or_else(|| std::env::temp_dir().join("mcrelay-failover-demo")),
+                    send_mode: send_mode.into(),
+                    break_after,
+                    restart_after,
+                    exit_when_done,
+                };
+                return mcrelay::demo::run_failover(opts, shutdown).await;
+            }
             let opts = mcrelay::demo::DemoOptions {
                 run: RunOptions {
                     control: Some(control),

@@ -62,6 +62,18 @@ fn shipped_examples_are_valid() {
         std::net::Ipv4Addr::LOCALHOST
     );
     assert!(demo.warnings.is_empty(), "{:?}", demo.warnings);
+    // The failover demo: both servers on loopback, told apart by address.
+    let fo = parse(crate::demo::DEMO_FAILOVER_SITE).unwrap();
+    assert!(fo.warnings.is_empty(), "{:?}", fo.warnings);
+    let interfaces: Vec<Ipv4Addr> = fo
+        .servers()
+        .iter()
+        .filter_map(|s| s.multicast.as_ref().map(|m| m.interface))
+        .collect();
+    assert_eq!(
+        interfaces,
+        [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)]
+    );
 }
 
 #[test]
