@@ -197,12 +197,12 @@ impl Driver {
                 })
                 .collect(),
         );
-        let me_standby = local.failover.use_as_failover_server;
         for owner in &self.servers {
-            let watched = owner.failover.failover_enabled
-                && owner.protocol == Protocol::RtpMulticast
-                && (me_standby || owner.name == self.me);
-            let Some(mc) = owner.multicast.as_ref().filter(|_| watched) else {
+            let Some(mc) = owner
+                .multicast
+                .as_ref()
+                .filter(|_| watched(owner, local, &self.me))
+            else {
                 continue;
             };
             for ch in &owner.channels {
@@ -566,6 +566,29 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether server `me` (`local`) listens on `owner`'s groups: a standby
+/// on every protected multicast server's, a protected server on its own.
+fn watched(owner: &ServerConfig, local: &ServerConfig, me: &str) -> bool {
+    owner.failover.failover_enabled
+        && owner.protocol == Protocol::RtpMulticast
+        && owner.multicast.is_some()
+        && (local.failover.use_as_failover_server || owner.name == me)
+}
+
+/// The sockets server `me` keeps listening on groups: one per track of
+/// every channel it watches (for the descriptor budget).
+pub fn listening_sockets(site: &Site, me: &str) -> usize {
+    let Some(local) = site.server(me) else {
+        return 0;
+    };
+    site.servers()
+        .iter()
+        .filter(|o| watched(o, local, me))
+        .flat_map(|o| &o.channels)
+        .map(|c| c.tracks.len())
+        .sum()
 }
 
 /// How long a release waits for its channels to stop sending.

@@ -7,8 +7,9 @@
 /// own (epoll, eventfd, signals), listeners, threads' files.
 const BASE: u64 = 64;
 /// Per channel: the camera's connection, the multicast RTP and RTCP
-/// sockets, the segment being written, a reconnect overlapping a close.
-const PER_CHANNEL: u64 = 8;
+/// sockets of its video, audio and metadata, the segment being written, a
+/// reconnect overlapping a close.
+const PER_CHANNEL: u64 = 10;
 /// Per material disk: its lock, its index, a probe or a directory sync, a
 /// copied segment being received.
 const PER_DISK: u64 = 8;
@@ -46,17 +47,18 @@ pub struct Budget {
     pub rtsp: usize,
 }
 
-/// Shares `nofile` descriptors out: the reserve for `channels` and `disks`
-/// first, then the control API and the RTSP server (which wants
+/// Shares `nofile` descriptors out: the reserve for `channels`, `disks`
+/// and the failover's group `listeners` (one socket each) first, then the control API and the RTSP server (which wants
 /// `rtsp_wanted`), each shrunk in proportion when they do not fit. The
 /// string explains a shrink, for a warning.
 pub fn budget(
     nofile: u64,
     channels: usize,
     disks: usize,
+    listeners: usize,
     rtsp_wanted: usize,
 ) -> (Budget, Option<String>) {
-    let reserve = BASE + PER_CHANNEL * channels as u64 + PER_DISK * disks as u64;
+    let reserve = BASE + PER_CHANNEL * channels as u64 + PER_DISK * disks as u64 + listeners as u64;
     let free = nofile.saturating_sub(reserve) as usize;
     let want = CONTROL_CONNECTIONS + rtsp_wanted;
     if want <= free {
@@ -73,7 +75,7 @@ pub fn budget(
     (
         Budget { control, rtsp },
         Some(format!(
-            "only {nofile} file descriptors ({reserve} kept for {channels} channels and {disks} disks): connections capped at {control} (control API) and {rtsp} (RTSP) instead of {CONTROL_CONNECTIONS} and {rtsp_wanted}; raise the limit (ulimit -n, LimitNOFILE=)"
+            "only {nofile} file descriptors ({reserve} kept for {channels} channels, {disks} disks and {listeners} group listeners): connections capped at {control} (control API) and {rtsp} (RTSP) instead of {CONTROL_CONNECTIONS} and {rtsp_wanted}; raise the limit (ulimit -n, LimitNOFILE=)"
         )),
     )
 }
@@ -84,7 +86,7 @@ mod tests {
 
     #[test]
     fn connections_never_take_the_reserve() {
-        let (b, warn) = budget(1 << 20, 100, 4, 400);
+        let (b, warn) = budget(1 << 20, 100, 4, 300, 400);
         assert_eq!(
             b,
             Budget {
@@ -93,10 +95,11 @@ mod tests {
             }
         );
         assert!(warn.is_none());
-        // 1024 descriptors, 100 channels and 4 disks: 864 reserved.
-        let (b, warn) = budget(1024, 100, 4, 400);
-        assert!(b.control + b.rtsp <= 1024 - 864 + 8, "{b:?}");
-        assert!(warn.unwrap().contains("1024"));
+        // 1024 descriptors, 80 channels, 4 disks and 60 listeners: 956
+        // reserved.
+        let (b, warn) = budget(1024, 80, 4, 60, 400);
+        assert!(b.control + b.rtsp <= 1024 - 956 + 8, "{b:?}");
+        assert!(warn.unwrap().contains("60 group listeners"));
     }
 
     #[test]

@@ -486,6 +486,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
         nofile,
         site_channels.max(server.local.channels.len()),
         server.local.storage.disks.len(),
+        failover::listening_sockets(site, name),
         rtsp_wanted,
     );
     if let Some(w) = shrunk {
