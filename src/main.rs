@@ -682,16 +682,19 @@ fn material_copy(
     };
     anyhow::ensure!(to_ms > from_ms, "--until is not after --since");
     let (src, dst) = (endpoint(&site, from)?, endpoint(&site, to)?);
-    let report = mcrelay::record::copy::copy_missing(
-        &src,
-        &dst,
-        channel,
-        from_ms,
-        to_ms,
-        max_segments,
-        |e| println!("copied {} ({} bytes)", e.segment, e.bytes),
-    )
-    .with_context(|| format!("copying channel {channel} from {from} to {to}"))?;
+    let client = mcrelay::runtime::client::HttpClient::new();
+    let report = current_thread()?
+        .block_on(mcrelay::record::copy::copy_missing(
+            &client,
+            &src,
+            &dst,
+            channel,
+            from_ms,
+            to_ms,
+            max_segments,
+            |e| println!("copied {} ({} bytes)", e.segment, e.bytes),
+        ))
+        .with_context(|| format!("copying channel {channel} from {from} to {to}"))?;
     println!(
         "channel {channel}: copied {} segments ({} bytes); skipped {} already present and {} covered by {to}'s own material ({} bytes); {} left for a later run",
         report.copied,

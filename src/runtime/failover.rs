@@ -371,7 +371,7 @@ impl Driver {
         };
         let (from_ep, to_ep) = (endpoint(src, sp), endpoint(dst, dp));
         let channels: Vec<u32> = server.local.channels.iter().map(|c| c.id).collect();
-        let (tx, from) = (self.tx.clone(), from.to_string());
+        let (tx, from, client) = (self.tx.clone(), from.to_string(), self.client.clone());
         let metrics = server.metrics.failover.clone();
         // A little before the cover began: segments rotate at key frames.
         let from_ms = (since_unix_ms as i64).saturating_sub(60_000);
@@ -381,26 +381,38 @@ impl Driver {
             // first (synced, renamed, indexed): give it a moment.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let to_ms = unix_ms(SystemTime::now()) as i64 + 60_000;
-            let ok = tokio::task::spawn_blocking(move || {
-                let mut ok = true;
-                for ch in channels {
-                    match crate::record::copy::copy_missing(&from_ep, &to_ep, ch, from_ms, to_ms, None, |_| {}) {
-                        Ok(r) => {
-                            tracing::info!(channel = ch, copied = r.copied, bytes = r.copied_bytes, failed = r.failed.len(), "material copied back");
-                            metrics.copied_segments.inc_by(r.copied as u64);
-                            metrics.copied_bytes.inc_by(r.copied_bytes);
-                            ok &= r.failed.is_empty();
-                        }
-                        Err(e) => {
-                            tracing::warn!(channel = ch, error = %e, "material copy failed; tried again later");
-                            ok = false;
-                        }
+            let mut ok = true;
+            for ch in channels {
+                match crate::record::copy::copy_missing(
+                    &client,
+                    &from_ep,
+                    &to_ep,
+                    ch,
+                    from_ms,
+                    to_ms,
+                    None,
+                    |_| {},
+                )
+                .await
+                {
+                    Ok(r) => {
+                        tracing::info!(
+                            channel = ch,
+                            copied = r.copied,
+                            bytes = r.copied_bytes,
+                            failed = r.failed.len(),
+                            "material copied back"
+                        );
+                        metrics.copied_segments.inc_by(r.copied as u64);
+                        metrics.copied_bytes.inc_by(r.copied_bytes);
+                        ok &= r.failed.is_empty();
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = ch, error = %e, "material copy failed; tried again later");
+                        ok = false;
                     }
                 }
-                ok
-            })
-            .await
-            .unwrap_or(false);
+            }
             let _ = tx.send(Input::CopyDone { from, ok }).await;
         });
     }
