@@ -460,12 +460,22 @@ async fn print_figures(
             .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     };
-    let (rec, fo) = (metrics(rec_api).await, metrics(fo_api).await);
     let value = |text: &str, series: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
             .unwrap_or(f64::NAN)
     };
+    // recorder-1 exports the gap once its first packet is out, a moment
+    // after failover-1 says it stands by again.
+    let mut rec = metrics(rec_api).await;
+    for _ in 0..50 {
+        if value(&rec, "mcrelay_failover_failback_gap_seconds") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        rec = metrics(rec_api).await;
+    }
+    let fo = metrics(fo_api).await;
     println!();
     println!("  recorder-1 has its role back.");
     if let Some(t) = took {
