@@ -4,7 +4,9 @@
 //!
 //!   mcrelay-bench suite --out bench-out     # everything BENCHMARKS.md shows
 //!   mcrelay-bench suite --quick             # a short smoke run
+//!   mcrelay-bench failover                  # takeover and failback, kill -9 and link cut
 
+mod failover;
 mod floor;
 mod measure;
 mod netns;
@@ -15,7 +17,7 @@ mod topology;
 mod viewers;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -71,7 +73,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
         /// Only these relays (mcrelay-multicast, mcrelay-record, mcrelay-tcp, ffmpeg,
-        /// gstreamer, gstreamer-rtsp, floor-per-packet, floor-gso, floor-tcp).
+        /// gstreamer, gstreamer-rtsp, floor-per-packet, floor-gso, floor-tcp),
+        /// and the failover scenario (failover), which a full run ends with
+        /// and a quick one leaves out (it takes over a minute).
         #[arg(long, value_delimiter = ',')]
         relays: Vec<String>,
         /// Runtime threads for mcrelay (it is pinned to one CPU).
@@ -81,6 +85,24 @@ enum Command {
         /// own multicast port): the extra cost of a track.
         #[arg(long)]
         audio: bool,
+    },
+    /// Failover on a LAN of its own: recorder-1 broken by kill -9 and by a
+    /// cut link, side by side: the time until failover-1 emits on its
+    /// group, the frames a decoding viewer lost, and the gap when
+    /// recorder-1 takes its role back. Writes failover.md (and the
+    /// servers' logs under failover-logs/).
+    Failover {
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// recorder-1's inaccessible_period.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        period: Duration,
+        /// The site's failback_delay.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        failback_delay: Duration,
+        /// Only these faults.
+        #[arg(long, value_delimiter = ',', default_values = ["kill", "cut"])]
+        faults: Vec<failover::Fault>,
     },
     /// The floor sender (run by the suite on the recorder host).
     #[command(hide = true)]
@@ -172,10 +194,50 @@ fn machine() -> String {
     )
 }
 
+/// The failover scenario's tools: mcrelay and the tests' camera clip.
+fn failover_env() -> anyhow::Result<failover::Env> {
+    Ok(failover::Env {
+        mcrelay: sibling("mcrelay")?,
+        clip: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/clips/camera-h264.h264"),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     netns::clean_up_on_signals();
     match cli.command {
+        Command::Failover {
+            out,
+            period,
+            failback_delay,
+            faults,
+        } => {
+            let cfg = failover::Config {
+                period,
+                failback_delay,
+                faults,
+            };
+            std::fs::create_dir_all(&out)?;
+            let started = Instant::now();
+            let results = failover::run(&failover_env()?, &cfg, &out.join("failover-logs"));
+            let md = format!(
+                "## Machine\n\n{}\n{}",
+                machine(),
+                failover::section(&cfg, &results)
+            );
+            std::fs::write(out.join("failover.md"), &md)?;
+            println!("{md}");
+            eprintln!(
+                "wrote {} in {:.1} min",
+                out.join("failover.md").display(),
+                started.elapsed().as_secs_f64() / 60.0
+            );
+            anyhow::ensure!(
+                results.iter().all(|(_, r)| r.is_ok()),
+                "a fault's run failed (its column says why)"
+            );
+            Ok(())
+        }
         Command::Floor {
             clip,
             mode,
@@ -234,7 +296,7 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             eprintln!("building the LAN: switch, recorder, camera, {hosts} workstations");
             let lan = topology::Lan::new(hosts)?;
-            let _camera = relays::camera(&lan, &env)?;
+            let camera = relays::camera(&lan, &env)?;
             std::thread::sleep(std::time::Duration::from_secs(1));
 
             let viewer_relays = [
@@ -335,13 +397,36 @@ fn main() -> anyhow::Result<()> {
                     Err(e) => eprintln!("    failed: {e:#}"),
                 }
             }
+            // The failover scenario builds LANs of its own: this one goes first.
+            drop(camera);
+            drop(lan);
+            let run_failover = if relays.is_empty() {
+                !quick
+            } else {
+                relays.iter().any(|k| k == "failover")
+            };
+            let failover_section = if run_failover {
+                eprintln!(
+                    "[{:.0} min] failover: kill -9 and link cut",
+                    started.elapsed().as_secs_f64() / 60.0
+                );
+                let cfg = failover::Config {
+                    period: Duration::from_secs(3),
+                    failback_delay: Duration::from_secs(3),
+                    faults: vec![failover::Fault::Kill, failover::Fault::Cut],
+                };
+                let results = failover::run(&failover_env()?, &cfg, &out.join("failover-logs"));
+                format!("\n{}", failover::section(&cfg, &results))
+            } else {
+                String::new()
+            };
             let md = format!(
                 "## Machine\n\n{}\n## One channel, N viewers\n\nOne {size} H.264 camera at {bitrate}bit/s (1 s GOP) on the camera host, pulled over RTSP/TCP by the relay on the recorder host; viewers spread over {hosts} workstation hosts. Multicast viewers join the channel's group through the switch (IGMP snooping); TCP viewers play it over RTSP with TCP interleaved. One viewer per run is Debian's ffmpeg decoding. Each row: {seconds} s.\n\n{}\n## N channels, multicast\n\nEach channel pulls the same camera; one group per channel; a probe joins every group to count loss.\n\n{}\n## Targets\n\n{}",
                 machine(),
                 report::viewers_table(&by_viewers),
                 report::channels_table(&by_channels),
                 report::targets(&by_viewers, &by_channels),
-            );
+            ) + &failover_section;
             std::fs::write(out.join("results.md"), &md)?;
             report::plot(
                 &out.join("benchmarks.svg"),

@@ -101,6 +101,12 @@ pub struct Proc(pub Child);
 impl Proc {
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Proc> {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Proc::spawn_as_set(cmd)
+    }
+
+    /// Like [`Proc::spawn`], with the standard streams the caller set
+    /// (a log file, a pipe to read).
+    pub fn spawn_as_set(mut cmd: Command) -> anyhow::Result<Proc> {
         let child = cmd.spawn()?;
         CHILDREN
             .lock()
@@ -111,6 +117,18 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// SIGKILL to this PID (`ip netns exec` and `taskset` exec the
+    /// program, so it is the program's own), then reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
     }
 }
 

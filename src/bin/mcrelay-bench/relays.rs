@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::netns::Proc;
+use crate::netns::{Netns, Proc};
 use crate::topology::{CAMERA_ADDR, Lan, RECORDER_ADDR};
 
 pub const PORT: u16 = 5000;
@@ -204,25 +204,37 @@ groups = {}
 
 /// GET from the recorder's control API (from inside its namespace).
 pub fn control_get(lan: &Lan, path: &str) -> String {
-    let path = path.to_string();
-    lan.recorder
-        .ns
-        .spawn(move || -> std::io::Result<String> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect((RECORDER_ADDR, 8080))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default())
-        })
-        .join()
-        .ok()
-        .and_then(Result::ok)
+    http_get(&lan.recorder.ns, &format!("{RECORDER_ADDR}:8080"), path)
+        .map(|(_, body)| body)
         .unwrap_or_default()
+}
+
+/// GET `path` from `addr` over HTTP/1.0, from inside `ns`: the status code
+/// and the body, or `None` when nothing answered within 10 s.
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    ns.spawn(move || -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let sock: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    })
+    .join()
+    .ok()
+    .and_then(Result::ok)
 }
 
 /// A command on the recorder host, pinned to the relay's CPU.

@@ -339,3 +339,272 @@ impl Decoder {
         Decoded { frames, errors }
     }
 }
+
+/// One RTP packet as the packet log saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// The sender's address (which server emitted it).
+    pub from: Ipv4Addr,
+    pub ssrc: u32,
+    pub seq: u16,
+    pub ts: u32,
+    pub at: std::time::Instant,
+}
+
+/// Packets one log keeps at most: a 4 Mbit/s stream's for over 20 minutes
+/// (the failover scenario's camera sends about 40 a second).
+const MAX_LOGGED_PACKETS: usize = 1 << 20;
+
+/// An independent receiver on a workstation that logs (source, SSRC,
+/// sequence, timestamp, arrival) of every RTP packet on a group's port:
+/// the witness of who sent what, and when.
+pub struct PacketLog {
+    packets: Arc<std::sync::Mutex<Vec<Packet>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PacketLog {
+    /// Joins `group` on `port` at `local` in `ns` (the port is shared with
+    /// other receivers there, such as ffmpeg); returns once joined.
+    pub fn start(ns: &Netns, local: Ipv4Addr, group: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
+        let packets: Arc<std::sync::Mutex<Vec<Packet>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (joined_tx, joined) = std::sync::mpsc::channel();
+        let (log, stop_rx) = (packets.clone(), stop.clone());
+        let thread = ns.spawn(move || {
+            let join = || -> std::io::Result<UdpSocket> {
+                let s = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )?;
+                s.set_reuse_address(true)?;
+                let _ = s.set_recv_buffer_size(4 << 20);
+                s.bind(&SocketAddrV4::new(group, port).into())?;
+                s.join_multicast_v4(&group, &local)?;
+                let sock: UdpSocket = s.into();
+                sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+                Ok(sock)
+            };
+            let sock = match join() {
+                Ok(s) => {
+                    let _ = joined_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = joined_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !stop_rx.load(Ordering::Relaxed) {
+                let Ok((n, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let rtp = &buf[..n];
+                if n < 12 || rtp[0] >> 6 != 2 || (200..=204).contains(&rtp[1]) {
+                    continue; // Not RTP.
+                }
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if log.len() < MAX_LOGGED_PACKETS {
+                    log.push(Packet {
+                        from: *from.ip(),
+                        seq: u16::from_be_bytes([rtp[2], rtp[3]]),
+                        ts: u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]),
+                        ssrc: u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]),
+                        at: std::time::Instant::now(),
+                    });
+                }
+            }
+        });
+        let mut log = PacketLog {
+            packets,
+            stop,
+            thread: Some(thread),
+        };
+        match joined.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(log),
+            Ok(Err(e)) => Err(anyhow::anyhow!("packet log: join {group}:{port}: {e}")),
+            Err(_) => {
+                log.stop();
+                anyhow::bail!("packet log: no answer from its thread")
+            }
+        }
+    }
+
+    /// The packets logged so far.
+    pub fn snapshot(&self) -> Vec<Packet> {
+        self.packets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops logging; every packet logged, in arrival order.
+    pub fn finish(mut self) -> Vec<Packet> {
+        self.stop();
+        std::mem::take(&mut *self.packets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for PacketLog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A decoded picture: when it came out of the decoder, its presentation
+/// timestamp (in the decoder's time base) and a checksum of its content
+/// (which pictures are the same picture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Picture {
+    pub at: std::time::Instant,
+    pub pts: i64,
+    pub crc: u32,
+}
+
+/// Pictures a decoding viewer keeps at most: 25 fps for 10 minutes, which is
+/// also the `-t` the decoder is started with.
+const MAX_FRAMES: usize = 25 * 600;
+
+/// A decoding viewer: Debian's ffmpeg playing an SDP, each decoded picture
+/// stamped with the instant it came out of the decoder. ffmpeg writes one
+/// `framecrc` line per picture (scaled down to 16x16 grey first: the
+/// picture is counted, not looked at) to a pipe, flushed at once
+/// (`-flush_packets 1`). Pictures pass through as decoded (`-fps_mode
+/// passthrough`: none is repeated to fill a gap), with the stream's own
+/// timestamps (`-enc_time_base -1`).
+pub struct FrameClock {
+    proc: crate::netns::Proc,
+    frames: Arc<std::sync::Mutex<Vec<Picture>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    err: std::path::PathBuf,
+}
+
+/// The presentation timestamp and the checksum in a `framecrc` line
+/// (`stream, dts, pts, duration, size, crc`); `None` for its header lines.
+fn framecrc_line(line: &str) -> Option<(i64, u32)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    let pts = f.get(2)?.parse().ok()?;
+    let crc = u32::from_str_radix(f.get(5)?.strip_prefix("0x")?, 16).ok()?;
+    Some((pts, crc))
+}
+
+impl FrameClock {
+    /// Plays `sdp` (a file) in `ns`; ffmpeg's error lines go to `err`.
+    pub fn start(ns: &Netns, sdp: &std::path::Path, err: &std::path::Path) -> anyhow::Result<Self> {
+        let mut cmd = ns.command("ffmpeg");
+        cmd.args(["-hide_banner", "-nostdin", "-v", "error"])
+            .args(["-protocol_whitelist", "file,udp,rtp", "-f", "sdp", "-i"])
+            .arg(sdp)
+            .args([
+                "-map",
+                "0:v",
+                "-fps_mode",
+                "passthrough",
+                "-enc_time_base",
+                "-1",
+            ])
+            .args(["-vf", "scale=16:16,format=gray", "-f", "framecrc"])
+            .args(["-flush_packets", "1", "-t", &(MAX_FRAMES / 25).to_string()])
+            .arg("pipe:1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(err)?);
+        let mut proc = crate::netns::Proc::spawn_as_set(cmd)?;
+        let out = proc
+            .0
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("ffmpeg's stdout"))?;
+        let frames: Arc<std::sync::Mutex<Vec<Picture>>> = Arc::default();
+        let f = frames.clone();
+        // Ends when ffmpeg does (end of its output), at most MAX_FRAMES on.
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let Some((pts, crc)) = framecrc_line(&line) else {
+                    continue;
+                };
+                let at = std::time::Instant::now();
+                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                if f.len() >= MAX_FRAMES {
+                    break;
+                }
+                f.push(Picture { at, pts, crc });
+            }
+        });
+        Ok(FrameClock {
+            proc,
+            frames,
+            reader: Some(reader),
+            err: err.to_path_buf(),
+        })
+    }
+
+    /// Pictures decoded so far.
+    pub fn count(&self) -> usize {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether ffmpeg still runs.
+    pub fn running(&mut self) -> bool {
+        self.proc.running()
+    }
+
+    /// Stops ffmpeg (by its PID): the pictures, and ffmpeg's error lines.
+    pub fn finish(mut self) -> (Vec<Picture>, Vec<String>) {
+        self.proc.kill();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let frames = std::mem::take(&mut *self.frames.lock().unwrap_or_else(|e| e.into_inner()));
+        let errors = std::fs::read_to_string(&self.err)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        (frames, errors)
+    }
+}
+
+impl Drop for FrameClock {
+    fn drop(&mut self) {
+        self.proc.kill();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::framecrc_line;
+
+    #[test]
+    fn framecrc_lines_give_the_pictures_timestamps_and_checksums() {
+        assert_eq!(framecrc_line("#tb 0: 1/90000"), None);
+        assert_eq!(
+            framecrc_line("0,      48000,      51600,    3600,      256, 0xa6947f56"),
+            Some((51600, 0xa694_7f56))
+        );
+        assert_eq!(
+            framecrc_line("0,      -7200,      -3600,    3600,      256, 0x00000001"),
+            Some((-3600, 1))
+        );
+        assert_eq!(framecrc_line("garbage"), None);
+    }
+}
