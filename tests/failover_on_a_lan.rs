@@ -161,7 +161,15 @@ impl Site {
         let ws = lan.host("ws");
         let sdp = common::wait_for(Duration::from_secs(20), || {
             let (code, body) = get(ws, "198.18.0.1:8080", "/channels/1.sdp")?;
-            (code == 200 && body.contains("m=video")).then_some(body)
+            // Complete, as a workstation that opens the channel later gets
+            // it: the parameter sets and the sound (an SDP from before the
+            // camera's first key frame has neither, and ffmpeg then misses
+            // the PPS until one comes).
+            (code == 200
+                && body.contains("m=video")
+                && body.contains("sprop-parameter-sets")
+                && body.contains("m=audio"))
+            .then_some(body)
         })
         .expect("recorder-1 never served its SDP");
         // recorder-1's group: the first address of the site.
