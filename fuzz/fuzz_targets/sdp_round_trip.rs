@@ -91,6 +91,10 @@ fuzz_target!(|data: &[u8]| {
             }),
         })
         .collect();
+    // A source-specific group's sources: up to three, from the header.
+    let sources: Vec<Ipv4Addr> = (0..(head[0] >> 6))
+        .map(|i| Ipv4Addr::new(198, 18, head[0], i))
+        .collect();
     let sdp = channel_sdp(&ChannelDescription {
         channel_id,
         name: &name,
@@ -105,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
         video: &video,
         version: 1,
         tracks: &tracks,
+        sources: &sources,
     });
     assert!(!sdp.is_empty());
     assert_eq!(
@@ -118,6 +123,21 @@ fuzz_target!(|data: &[u8]| {
         "{sdp}"
     );
     let s = sdp_types::Session::parse(sdp.as_bytes()).unwrap_or_else(|e| panic!("{e:?} in\n{sdp}"));
+    // One source filter, naming every source, on a multicast SDP only.
+    let filters: Vec<&str> = s
+        .attributes
+        .iter()
+        .filter(|a| a.attribute == "source-filter")
+        .filter_map(|a| a.value.as_deref())
+        .collect();
+    if multicast && !sources.is_empty() {
+        assert_eq!(filters.len(), 1, "{sdp}");
+        let listed: Vec<&str> = filters[0].split_whitespace().skip(4).collect();
+        let want: Vec<String> = sources.iter().map(|a| a.to_string()).collect();
+        assert_eq!(listed, want, "{sdp}");
+    } else {
+        assert!(filters.is_empty(), "{sdp}");
+    }
     assert_eq!(s.medias.len(), 1 + tracks.len());
     for (t, m) in tracks.iter().zip(&s.medias[1..]) {
         assert_eq!(m.media, t.desc.kind.sdp_media(), "{sdp}");
