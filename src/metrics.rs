@@ -119,6 +119,9 @@ pub struct FailoverMetrics {
     /// Material copied back from a failover server.
     pub copied_segments: Counter,
     pub copied_bytes: Counter,
+    /// Multicast sends refused by this server's fence (etcd: the lease
+    /// not confirmed in time).
+    pub fenced_sends: Counter,
 }
 
 /// The recorder's series, by channel.
@@ -336,6 +339,11 @@ impl Metrics {
             "failover_copied_bytes",
             "Bytes of material copied back from a failover server",
             failover.copied_bytes.clone(),
+        );
+        r.register(
+            "failover_fenced_sends",
+            "Multicast sends refused by this server's fence (etcd: its lease not confirmed within lease_ttl / 2)",
+            failover.fenced_sends.clone(),
         );
         Metrics {
             failover,

@@ -46,6 +46,12 @@ pub struct EmitSpec {
     /// the channel takes them.
     pub audio: Option<Destination>,
     pub metadata: Option<Destination>,
+    /// This server's fence: nothing goes out once it is past.
+    pub fence: crate::emit::Fence,
+    /// etcd: the epoch of the role this server emits under (the role
+    /// key's create revision), in the RTCP CNAME so that a receiver can
+    /// tell epochs apart.
+    pub epoch: Option<i64>,
 }
 
 impl EmitSpec {
@@ -106,6 +112,8 @@ impl ChannelSpec {
                     mode,
                     audio: track(TrackKind::Audio)?,
                     metadata: track(TrackKind::Metadata)?,
+                    fence: crate::emit::Fence::OPEN,
+                    epoch: None,
                 })
             }
             _ => None,

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         controller: ControllerKind::Embedded,
         poll_interval: Duration::from_millis(500),
         failback_delay: Duration::from_millis(500 * u64::from(data[4] % 16)),
+        lease_ttl: Duration::from_secs(10),
     };
     let mut w = World::new(settings, members);
     w.copy_time = Duration::from_millis(250 * u64::from(data[4] >> 4));

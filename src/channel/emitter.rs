@@ -95,6 +95,11 @@ impl Emitter {
     pub fn send(&mut self, frame: &Frame, m: &ChannelMetrics, now: Instant) {
         let channel = self.channel;
         let dest = self.spec.dest.rtp();
+        // A server whose lease is no longer confirmed sends nothing: not
+        // the frame, not its report.
+        if !self.spec.fence.allows() {
+            return;
+        }
         let Some(sender) = self.sender(now) else {
             m.mc_errors.inc();
             return;
@@ -140,7 +145,9 @@ impl Emitter {
 
     /// RFC 3550 6.6: say goodbye so receivers drop the source at once.
     pub fn bye(&mut self, now: Instant, wall: SystemTime) {
-        if let Some(s) = &self.sender {
+        if let Some(s) = &self.sender
+            && self.spec.fence.allows()
+        {
             let _ = s.try_send_rtcp(&self.rtcp.bye(now, wall));
         }
     }

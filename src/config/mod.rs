@@ -121,12 +121,56 @@ impl Site {
     /// Resolves a server's password (inline, file relative to the site file,
     /// or environment variable).
     pub fn password(&self, server: &ServerConfig) -> Result<Option<Secret>, ConfigError> {
+        self.secret(server.password.as_ref(), &server.name, "password")
+    }
+
+    /// The password for etcd (`site.failover.etcd_password`).
+    pub fn etcd_password(&self) -> Result<Option<Secret>, ConfigError> {
+        self.secret(
+            self.file.site.failover.etcd_password.as_ref(),
+            "site.failover",
+            "etcd_password",
+        )
+    }
+
+    /// A path of the site file, relative to its folder.
+    pub fn relative(&self, p: &Path) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    /// Where the site's etcd keys live: `key_prefix`, or
+    /// `/mcrelay/<site name>/`, always ending in `/`.
+    pub fn etcd_prefix(&self) -> String {
+        let name = if self.file.site.name.is_empty() {
+            "site"
+        } else {
+            &self.file.site.name
+        };
+        let mut p = self
+            .file
+            .site
+            .failover
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| format!("/mcrelay/{name}/"));
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p
+    }
+
+    fn secret(
+        &self,
+        source: Option<&PasswordSource>,
+        owner: &str,
+        key: &str,
+    ) -> Result<Option<Secret>, ConfigError> {
         let err = |message: String| ConfigError::Password {
             path: self.path.clone(),
-            server: server.name.clone(),
+            server: owner.to_string(),
             message,
         };
-        match &server.password {
+        match source {
             None => Ok(None),
             Some(PasswordSource::Inline(p)) => Ok(Some(Secret::new(p.clone()))),
             Some(PasswordSource::Env(var)) => match std::env::var(var) {
@@ -135,14 +179,14 @@ impl Site {
                 ))),
                 Ok(v) => Ok(Some(Secret::new(v))),
                 Err(_) => Err(err(format!(
-                    "environment variable {var} is not set; set it or change password.env"
+                    "environment variable {var} is not set; set it or change {key}.env"
                 ))),
             },
             Some(PasswordSource::File(f)) => {
-                let full = self.path.parent().unwrap_or(Path::new(".")).join(f);
+                let full = self.relative(f);
                 let text = std::fs::read_to_string(&full).map_err(|e| {
                     err(format!(
-                        "cannot read {}: {e}; fix the path in password.file",
+                        "cannot read {}: {e}; fix the path in {key}.file",
                         full.display()
                     ))
                 })?;

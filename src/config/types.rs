@@ -46,6 +46,37 @@ pub struct SiteFailoverConfig {
     /// back (default 5 min).
     #[serde(default = "default_failback_delay", deserialize_with = "de_duration")]
     pub failback_delay: Duration,
+    /// etcd: the cluster's client URLs (`http://host:2379`, or `https://`
+    /// with `etcd_ca_file`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// etcd: each server's lease time to live (default 10 s, at least 2 s,
+    /// whole seconds). A role holder that cannot confirm its lease stops
+    /// sending after half of it; a standby takes over after all of it.
+    #[serde(default = "default_lease_ttl", deserialize_with = "de_duration")]
+    pub lease_ttl: Duration,
+    /// etcd: where the site's keys live (default `/mcrelay/<site name>/`).
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// etcd: the user for etcd's authentication, with `etcd_password`.
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<PasswordSource>,
+    /// etcd over TLS: the CA that signed the cluster's certificates (PEM),
+    /// relative to the site file.
+    #[serde(default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// etcd over TLS with client certificates: this server's certificate
+    /// and key (PEM).
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_controller() -> crate::failover::ControllerKind {
@@ -66,6 +97,14 @@ impl Default for SiteFailoverConfig {
             controller: default_controller(),
             poll_interval: default_poll_interval(),
             failback_delay: default_failback_delay(),
+            endpoints: Vec::new(),
+            lease_ttl: default_lease_ttl(),
+            key_prefix: None,
+            etcd_user: None,
+            etcd_password: None,
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
         }
     }
 }
@@ -76,6 +115,7 @@ impl SiteFailoverConfig {
             controller: self.controller,
             poll_interval: self.poll_interval,
             failback_delay: self.failback_delay,
+            lease_ttl: self.lease_ttl,
         }
     }
 }

@@ -105,6 +105,9 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
             "set it such as \"500ms\" (the default)",
         );
     }
+    if fo.controller == crate::failover::ControllerKind::Etcd {
+        check_etcd(&mut out, site);
+    }
     for s in &site.servers {
         if let Err(why) = super::types::check_server_name(&s.name) {
             out.error(
@@ -530,6 +533,112 @@ fn check_failover(out: &mut Issues, s: &ServerConfig, site: &SiteFile) {
             "delay_failover and automatic_material_copying act only when failover_enabled = true",
             "enable failover for this server or drop those keys",
         );
+    }
+}
+
+/// `[site.failover]` with `controller = "etcd"`.
+fn check_etcd(out: &mut Issues, site: &SiteFile) {
+    let fo = &site.site.failover;
+    let k = |name: &str| format!("site.failover.{name}");
+    if !cfg!(feature = "etcd") {
+        out.error(
+            k("controller"),
+            "this mcrelay was built without the etcd controller",
+            "build it with `cargo build --release --features etcd` (needs protoc: Debian's protobuf-compiler), or choose controller = \"embedded\"",
+        );
+    }
+    if fo.endpoints.is_empty() {
+        out.error(
+            k("endpoints"),
+            "the etcd controller needs the cluster's client URLs",
+            "set endpoints = [\"http://10.0.0.5:2379\", ...] (every member of the cluster)",
+        );
+    }
+    let mut https = false;
+    for e in &fo.endpoints {
+        match url::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                https |= u.scheme() == "https";
+                if !u.username().is_empty() || u.password().is_some() {
+                    out.error(
+                        k("endpoints"),
+                        "an endpoint carries credentials in its URL",
+                        "remove them from the URL and set etcd_user and etcd_password",
+                    );
+                }
+            }
+            _ => out.error(
+                k("endpoints"),
+                format!(
+                    "{:?} is not an http:// or https:// URL with a host",
+                    super::source::redact_credentials(e)
+                ),
+                "write each endpoint as http://host:2379 or https://host:2379",
+            ),
+        }
+    }
+    if https && fo.etcd_ca_file.is_none() {
+        out.error(
+            k("etcd_ca_file"),
+            "https endpoints need the CA that signed the cluster's certificates",
+            "set etcd_ca_file to its PEM file",
+        );
+    }
+    if !https && (fo.etcd_ca_file.is_some() || fo.etcd_cert_file.is_some()) {
+        out.warn(
+            k("endpoints"),
+            "TLS files are set but every endpoint is http://: they are not used",
+            "write the endpoints as https://",
+        );
+    }
+    if fo.etcd_cert_file.is_some() != fo.etcd_key_file.is_some() {
+        out.error(
+            k("etcd_cert_file"),
+            "a client certificate needs its key, and a key its certificate",
+            "set both etcd_cert_file and etcd_key_file, or neither",
+        );
+    }
+    if fo.etcd_user.is_some() != fo.etcd_password.is_some() {
+        out.error(
+            k("etcd_user"),
+            "etcd's authentication needs both a user and a password",
+            "set both etcd_user and etcd_password, or neither",
+        );
+    }
+    let ttl = fo.lease_ttl;
+    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(300) || ttl.subsec_nanos() != 0 {
+        out.error(
+            k("lease_ttl"),
+            format!("{ttl:?} is not a whole number of seconds in 2 s ..= 300 s (etcd's leases count whole seconds)"),
+            "set it such as \"10s\" (the default)",
+        );
+    }
+    if fo.poll_interval * 2 > ttl {
+        out.warn(
+            k("poll_interval"),
+            format!("longer than half the lease time to live ({ttl:?}): roles move slower than the leases"),
+            "make poll_interval shorter or lease_ttl longer",
+        );
+    }
+    if let Some(p) = &fo.key_prefix
+        && (!p.starts_with('/') || p.len() < 2)
+    {
+        out.error(
+            k("key_prefix"),
+            format!("{p:?} does not start with '/' or is only '/'"),
+            "set it such as \"/mcrelay/site-a/\"",
+        );
+    }
+    for s in site.servers.iter().filter(|s| s.failover.failover_enabled) {
+        if s.failover.inaccessible_period < ttl {
+            out.warn(
+                key(s, "failover.inaccessible_period"),
+                format!(
+                    "shorter than site.failover.lease_ttl ({ttl:?}): a standby takes over only once the lease expired, so after {ttl:?}"
+                ),
+                "make the period at least lease_ttl, or lease_ttl shorter",
+            );
+        }
     }
 }
 

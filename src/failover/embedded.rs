@@ -773,6 +773,8 @@ impl Controller for Embedded {
                     _ => {}
                 }
             }
+            // etcd's outcomes are the etcd controller's.
+            Input::Etcd(_) => {}
             Input::FailbackCommanded => self.failback_commanded = true,
             Input::CopyDone { from, ok } => {
                 if let Role::Copying {

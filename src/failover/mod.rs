@@ -8,12 +8,16 @@
 //! ([`Controller::wanted`]). The runtime is the only place with sockets
 //! and clocks, so every rule here is tested in virtual time.
 //!
-//! Controllers: `none` (every server emits its own channels, nothing else)
-//! and `embedded` (servers watch each other over the control API and on
-//! the multicast groups; [`embedded`]). The site chooses with
-//! `[site.failover] controller`.
+//! Controllers: `none` (every server emits its own channels, nothing else),
+//! `embedded` (servers watch each other over the control API and on the
+//! multicast groups; [`embedded`]) and `etcd` (leases and transactions on
+//! an etcd cluster, self-fencing emitters; [`etcd`]). The site chooses
+//! with `[site.failover] controller`.
 
 pub mod embedded;
+pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod etcd_store;
 pub mod sim;
 #[cfg(test)]
 mod tests;
@@ -35,6 +39,10 @@ pub struct Settings {
     /// How long a restored server stays healthy before it takes its role
     /// back (VRRP's preempt delay): a flapping server must not flap the site.
     pub failback_delay: Duration,
+    /// etcd: each server's lease time to live. A role holder stops
+    /// emitting `lease_ttl / 2` after its last confirmed keep-alive was
+    /// sent; a standby takes a role only once its holder's lease expired.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +52,8 @@ pub enum ControllerKind {
     None,
     /// Servers watch each other (the default).
     Embedded,
+    /// Leases and transactions on an etcd cluster.
+    Etcd,
 }
 
 /// What one server of the site is to the controller.
@@ -144,6 +154,8 @@ pub enum Input {
     FailbackCommanded,
     /// The copy of this server's missing material from `from` finished.
     CopyDone { from: String, ok: bool },
+    /// The outcome of an etcd operation ([`Action::Etcd`]).
+    Etcd(etcd::Outcome),
 }
 
 /// What the controller asks the runtime to do besides running the
@@ -161,6 +173,9 @@ pub enum Action {
     /// Copy this server's missing material from `from`, recorded since
     /// `since_unix_ms`.
     StartCopy { from: String, since_unix_ms: u64 },
+    /// An operation on the etcd cluster; its outcome comes back as
+    /// [`Input::Etcd`].
+    Etcd(etcd::Op),
 }
 
 /// How this server runs one owner's channels.
@@ -243,6 +258,21 @@ pub trait Controller: Send {
     /// What this server says of itself in `/health`.
     fn report(&self, now: Instant) -> Report;
     fn view(&self, now: Instant) -> SiteView;
+    /// The instant after which this server must not send on any group
+    /// (its lease is no longer confirmed); `None`: no fence. The runtime
+    /// checks it before every send, whatever [`Controller::wanted`] says.
+    fn fence(&self) -> Option<Instant> {
+        None
+    }
+    /// The epoch of the role this server emits under (etcd: the role
+    /// key's create revision); `None` without one.
+    fn epoch(&self) -> Option<i64> {
+        None
+    }
+    /// Whether the server may emit at `now`, by [`Controller::fence`].
+    fn may_emit(&self, now: Instant) -> bool {
+        self.fence().is_none_or(|d| now < d)
+    }
 }
 
 /// `none`: every server emits its own channels, always.
@@ -294,6 +324,13 @@ pub fn controller(
             disks_broken: false,
         }),
         ControllerKind::Embedded => Box::new(embedded::Embedded::new(
+            settings.clone(),
+            members,
+            me,
+            now,
+            wall_unix_ms,
+        )?),
+        ControllerKind::Etcd => Box::new(etcd::EtcdController::new(
             settings.clone(),
             members,
             me,

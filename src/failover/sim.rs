@@ -6,6 +6,10 @@
 //! - only failover servers emit another server's channels;
 //! - under `delay_failover` with material copying, the role never returns
 //!   to its owner before the copy of the material it missed completed.
+//!
+//! With the etcd controller the world runs in real time against a real
+//! etcd (started by the world, on loopback): leases expire on etcd's clock.
+//! A server off the network reaches etcd no more than its peers.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +49,41 @@ pub struct World {
     pub hand_backs: Vec<(usize, Instant)>,
     /// Violations of an invariant (empty in a correct world).
     pub violations: Vec<String>,
+    /// The etcd of an etcd world, and each server's handle on it.
+    #[cfg(feature = "etcd")]
+    etcd: Option<EtcdWorld>,
+}
+
+#[cfg(feature = "etcd")]
+struct EtcdWorld {
+    _server: super::etcd_store::testing::EtcdServer,
+    rt: tokio::runtime::Runtime,
+    stores: Vec<super::etcd_store::Store>,
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdWorld {
+    fn start(settings: &Settings, members: &[Member]) -> EtcdWorld {
+        use super::etcd_store::{Connection, Store, testing::EtcdServer};
+        let server = EtcdServer::start_local().expect("etcd starts (Debian's etcd-server)");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the etcd client");
+        let conn = Connection {
+            endpoints: vec![server.endpoint.clone()],
+            ..Default::default()
+        };
+        let stores = members
+            .iter()
+            .map(|m| Store::new(&conn, "/mcrelay/sim/", &m.name, settings))
+            .collect();
+        EtcdWorld {
+            _server: server,
+            rt,
+            stores,
+        }
+    }
 }
 
 /// The wall clock at the start of the world, Unix ms.
@@ -57,6 +96,9 @@ pub fn step_of(settings: &Settings) -> Duration {
 
 impl World {
     pub fn new(settings: Settings, members: Vec<Member>) -> World {
+        #[cfg(feature = "etcd")]
+        let etcd = (settings.controller == super::ControllerKind::Etcd)
+            .then(|| EtcdWorld::start(&settings, &members));
         let t0 = Instant::now();
         let nodes = members
             .iter()
@@ -73,6 +115,8 @@ impl World {
             .collect();
         let n = members.len();
         World {
+            #[cfg(feature = "etcd")]
+            etcd,
             t0,
             now: t0,
             next_poll: t0,
@@ -118,6 +162,7 @@ impl World {
         (0..self.nodes.len())
             .filter(|&i| {
                 self.on_lan(i)
+                    && self.nodes[i].ctl.may_emit(self.now)
                     && self.nodes[i]
                         .ctl
                         .wanted()
@@ -141,6 +186,10 @@ impl World {
     fn drain(&mut self, i: usize) {
         while let Some(a) = self.nodes[i].ctl.poll_action() {
             let me = self.members[i].name.clone();
+            if let Action::Etcd(op) = a {
+                self.etcd_op(i, op);
+                continue;
+            }
             self.log.push(format!(
                 "{:>7.2}s {me}: {a:?}",
                 self.now.duration_since(self.t0).as_secs_f64()
@@ -170,18 +219,8 @@ impl World {
                     let t = self.index(&to);
                     if self.reachable(t, i) {
                         // A failover server handing the role back.
-                        if t == self.index(&owner) && self.members[i].standby {
-                            self.hand_backs.push((t, self.now));
-                            let m = &self.members[t];
-                            if m.delay_failover
-                                && m.automatic_material_copying
-                                && !self.nodes[t].copied
-                            {
-                                let at = self.now.duration_since(self.t0).as_secs_f64();
-                                self.violations.push(format!(
-                                    "{at:.2}s: {owner} took its role back before its copy"
-                                ));
-                            }
+                        if t == self.index(&owner) {
+                            self.handed_back(t, i);
                         }
                         self.deliver(t, Input::Released { owner, by: me });
                     }
@@ -189,8 +228,79 @@ impl World {
                 Action::StartCopy { from, .. } => {
                     self.nodes[i].copy = Some((from, self.now + self.copy_time));
                 }
+                Action::Etcd(_) => {}
             }
         }
+    }
+
+    /// A hand-back seen: the role returns to `owner` from `by`.
+    fn handed_back(&mut self, owner: usize, by: usize) {
+        if !self.members[by].standby {
+            return;
+        }
+        self.hand_backs.push((owner, self.now));
+        let m = &self.members[owner];
+        if m.delay_failover && m.automatic_material_copying && !self.nodes[owner].copied {
+            let at = self.now.duration_since(self.t0).as_secs_f64();
+            self.violations.push(format!(
+                "{at:.2}s: {} took its role back before its copy",
+                m.name
+            ));
+        }
+    }
+
+    /// Carries out an etcd operation of server `i` (only while it is on the
+    /// network) and gives it the outcome.
+    #[cfg(feature = "etcd")]
+    fn etcd_op(&mut self, i: usize, op: super::etcd::Op) {
+        use super::etcd::{Op, Outcome};
+        let Some(etcd) = &self.etcd else { return };
+        if !op.routine() {
+            let me = &self.members[i].name;
+            self.log.push(format!(
+                "{:>7.2}s {me}: Etcd({op:?})",
+                self.now.duration_since(self.t0).as_secs_f64()
+            ));
+        }
+        let outcome = if self.on_lan(i) {
+            etcd.rt.block_on(etcd.stores[i].run(op.clone(), None))
+        } else {
+            Outcome::Failed {
+                op: op.kind(),
+                error: "cut off".into(),
+            }
+        };
+        if let (Op::ConfirmRelease { owner, .. }, Outcome::Released { deleted: true, .. }) =
+            (&op, &outcome)
+        {
+            let o = self.index(owner);
+            if o != i {
+                self.handed_back(o, i);
+            }
+        }
+        // Straight to the controller: its next actions come out of the
+        // loop of `drain` that called this (no recursion per operation).
+        let now = self.now;
+        self.nodes[i].ctl.handle(now, Input::Etcd(outcome));
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn etcd_op(&mut self, _i: usize, _op: super::etcd::Op) {}
+
+    /// The next instant of the world: a step of virtual time, or of real
+    /// time against etcd.
+    fn advance(&mut self, step: Duration) {
+        #[cfg(feature = "etcd")]
+        if self.etcd.is_some() {
+            let next = self.now + step;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            self.now = Instant::now();
+            return;
+        }
+        self.now += step;
     }
 
     /// Runs `d` of virtual time.
@@ -198,7 +308,7 @@ impl World {
         let end = self.now + d;
         let step = step_of(&self.settings);
         while self.now < end {
-            self.now += step;
+            self.advance(step);
             self.step();
         }
     }
@@ -215,7 +325,7 @@ impl World {
             if f(self) {
                 return Some(self.now.duration_since(start));
             }
-            self.now += step;
+            self.advance(step);
             self.step();
         }
         f(self).then(|| self.now.duration_since(start))
@@ -253,7 +363,7 @@ impl World {
         }
         // Multicast: every server on the LAN hears every emitter on it.
         for x in 0..n {
-            if !self.on_lan(x) {
+            if !self.on_lan(x) || !self.nodes[x].ctl.may_emit(now) {
                 continue;
             }
             let owners: Vec<String> = self.nodes[x]

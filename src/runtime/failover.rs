@@ -38,6 +38,20 @@ pub struct FailoverStatus {
 const HEARD_EVERY: Duration = Duration::from_millis(100);
 /// How often the published status is refreshed without a change of role.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
+/// etcd operations failing in a row, for the log.
+#[derive(Default)]
+struct EtcdFailing {
+    /// The first failure since the last answer.
+    since: Option<Instant>,
+    count: u32,
+    /// The last warning.
+    warned: Option<Instant>,
+    /// A warning was said since the last answer.
+    said: bool,
+}
+
+/// How often a warning repeats while etcd does not answer.
+const ETCD_WARN_EVERY: Duration = Duration::from_secs(10);
 /// A request to a peer (release, hand back) is given this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -91,6 +105,13 @@ pub struct Driver {
     states: Vec<(String, &'static str)>,
     /// When the status was last published.
     status_at: Option<Instant>,
+    /// The epoch of the role emitted under, as last applied.
+    epoch: Option<i64>,
+    /// etcd operations failing, for the log.
+    etcd_failing: EtcdFailing,
+    /// The etcd controller's handle on the cluster.
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::failover::etcd_store::Store>,
 }
 
 impl Driver {
@@ -110,6 +131,26 @@ impl Driver {
             unix_ms(SystemTime::now()),
         )
         .map_err(anyhow::Error::msg)?;
+        #[cfg(feature = "etcd")]
+        let etcd = match settings.controller {
+            ControllerKind::Etcd => {
+                let conn = crate::failover::etcd_store::Connection::of_site(site)
+                    .map_err(anyhow::Error::msg)?;
+                Some(crate::failover::etcd_store::Store::new(
+                    &conn,
+                    &site.etcd_prefix(),
+                    me,
+                    &settings,
+                ))
+            }
+            _ => None,
+        };
+        #[cfg(not(feature = "etcd"))]
+        if settings.controller == ControllerKind::Etcd {
+            anyhow::bail!(
+                "the site chooses controller = \"etcd\", and this mcrelay was built without it: build it with --features etcd"
+            );
+        }
         let (tx, rx) = mpsc::channel(1024);
         let (api_tx, api_rx) = mpsc::channel(16);
         let peers = site
@@ -126,6 +167,10 @@ impl Driver {
             })
             .collect();
         Ok(Driver {
+            #[cfg(feature = "etcd")]
+            etcd,
+            epoch: None,
+            etcd_failing: EtcdFailing::default(),
             status_at: None,
             decided: None,
             states: Vec::new(),
@@ -253,7 +298,10 @@ impl Driver {
                     reply = Some(req.reply);
                 }
                 _ = tick.tick() => {
-                    self.poll_peers();
+                    // On etcd, the cluster says who is alive.
+                    if self.kind != ControllerKind::Etcd {
+                        self.poll_peers();
+                    }
                     let broken = server.all_disks_broken();
                     if self.disks_broken != Some(broken) {
                         self.disks_broken = Some(broken);
@@ -261,19 +309,40 @@ impl Driver {
                     }
                     self.ctl.tick(Instant::now());
                 }
-                Some(input) = self.rx.recv() => self.ctl.handle(Instant::now(), input),
+                Some(input) = self.rx.recv() => {
+                    self.take_released(&input);
+                    self.say_etcd(&input);
+                    self.ctl.handle(Instant::now(), input);
+                }
                 () = tokio::time::sleep_until(wake.into()) => self.ctl.tick(Instant::now()),
             }
+            // The lease just confirmed (or not): before anything is sent.
+            server.fence.set(self.ctl.fence());
             let mut confirmed = None;
+            let mut etcd_ops = Vec::new();
             while let Some(a) = self.ctl.poll_action() {
                 match a {
                     Action::ConfirmRelease { owner, .. } => confirmed = Some(owner),
+                    Action::Etcd(op) => {
+                        // A release through etcd: the channels, taken
+                        // before they stop, give their last points.
+                        let channels = match &op {
+                            crate::failover::etcd::Op::ConfirmRelease { owner, .. } => {
+                                Some(server.channels_of(owner))
+                            }
+                            _ => None,
+                        };
+                        etcd_ops.push((op, channels));
+                    }
                     a => self.carry_out(server, a),
                 }
             }
             // The released channels, taken before they stop.
             let released = confirmed.as_deref().map(|o| server.channels_of(o));
             self.reconcile(server);
+            for (op, channels) in etcd_ops {
+                self.run_etcd(op, channels);
+            }
             if let Some(reply) = reply {
                 match released {
                     Some(channels) => {
@@ -283,6 +352,103 @@ impl Driver {
                         let _ = reply.send(Err("not released: this server keeps the role".into()));
                     }
                 }
+            }
+        }
+    }
+
+    /// Carries out an etcd operation in the background; its outcome comes
+    /// back as an input. A release first waits for `channels` to stop and
+    /// writes their last points with it.
+    #[cfg(feature = "etcd")]
+    fn run_etcd(
+        &self,
+        op: crate::failover::etcd::Op,
+        channels: Option<Vec<Arc<crate::channel::Channel>>>,
+    ) {
+        let Some(store) = self.etcd.clone() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        if !op.routine() {
+            tracing::info!(?op, "etcd");
+        }
+        tokio::spawn(async move {
+            let points = match channels {
+                Some(c) if !c.is_empty() => serde_json::to_string(&last_points(c).await).ok(),
+                _ => None,
+            };
+            let outcome = store.run(op, points).await;
+            match &outcome {
+                crate::failover::etcd::Outcome::Failed { op, error } => {
+                    tracing::debug!(?op, %error, "etcd operation failed")
+                }
+                o @ (crate::failover::etcd::Outcome::Acquired { .. }
+                | crate::failover::etcd::Outcome::Released { .. }) => {
+                    tracing::info!(outcome = ?o, "etcd")
+                }
+                _ => {}
+            }
+            let _ = tx.send(Input::Etcd(outcome)).await;
+        });
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn run_etcd(
+        &self,
+        _op: crate::failover::etcd::Op,
+        _channels: Option<Vec<Arc<crate::channel::Channel>>>,
+    ) {
+    }
+
+    /// The streams' last points a server wrote with its release on etcd,
+    /// read back: where they are later than what was heard on the groups,
+    /// a takeover continues them.
+    fn take_released(&self, input: &Input) {
+        let Input::Etcd(crate::failover::etcd::Outcome::Read { snapshot, .. }) = input else {
+            return;
+        };
+        for (owner, json) in &snapshot.released {
+            match serde_json::from_str::<Points>(json) {
+                Ok(points) => learn(&self.learned, points, true),
+                Err(e) => {
+                    tracing::debug!(owner = %owner, error = %e, "released points do not parse")
+                }
+            }
+        }
+    }
+
+    /// Says when etcd stops answering (a warning at most every
+    /// [`ETCD_WARN_EVERY`], however often it fails and answers in turn)
+    /// and when it answers again after a warning.
+    fn say_etcd(&mut self, input: &Input) {
+        use crate::failover::etcd::Outcome;
+        let Input::Etcd(o) = input else { return };
+        let now = Instant::now();
+        let f = &mut self.etcd_failing;
+        match o {
+            Outcome::Failed { op, error } => {
+                let since = *f.since.get_or_insert(now);
+                f.count += 1;
+                if f.warned
+                    .is_none_or(|t| now.duration_since(t) >= ETCD_WARN_EVERY)
+                {
+                    f.warned = Some(now);
+                    f.said = true;
+                    tracing::warn!(?op, %error, failed = f.count, for_ms = now.duration_since(since).as_millis() as u64,
+                        "etcd does not answer: this server keeps no role it cannot confirm and takes none over");
+                }
+            }
+            _ => {
+                if let (Some(since), true) = (f.since, f.said) {
+                    tracing::info!(
+                        failed = f.count,
+                        for_ms = now.duration_since(since).as_millis() as u64,
+                        "etcd answers again"
+                    );
+                }
+                f.since = None;
+                f.count = 0;
+                f.said = false;
             }
         }
     }
@@ -308,7 +474,7 @@ impl Driver {
                 self.start_copy(server, from, *since_unix_ms);
                 return;
             }
-            Action::ConfirmRelease { .. } => return,
+            Action::ConfirmRelease { .. } | Action::Etcd(_) => return,
         };
         let Some(p) = self.peer(&peer).cloned() else {
             return;
@@ -326,15 +492,7 @@ impl Driver {
             {
                 Ok((200, body)) => {
                     let points: Points = serde_json::from_slice(&body).unwrap_or_default();
-                    {
-                        let mut l = learned.lock().unwrap_or_else(|e| e.into_inner());
-                        for (id, point) in points {
-                            l.insert((id, TrackKind::Video), point.video);
-                            for (kind, p) in point.tracks {
-                                l.insert((id, kind), p);
-                            }
-                        }
-                    }
+                    learn(&learned, points, false);
                     let _ = tx
                         .send(Input::Released {
                             owner: released_owner,
@@ -442,7 +600,8 @@ impl Driver {
     pub(super) fn reconcile(&mut self, server: &mut Server) {
         let now = Instant::now();
         let wanted = self.ctl.wanted();
-        let changed = self.applied.as_ref() != Some(&wanted);
+        let epoch = self.ctl.epoch();
+        let changed = self.applied.as_ref() != Some(&wanted) || epoch != self.epoch;
         // The status for /health and /status: on a change, else at most
         // every STATUS_EVERY (group listeners give the controller many
         // inputs a second).
@@ -487,9 +646,12 @@ impl Driver {
         let before = self.applied.take().unwrap_or_default();
         for (owner, run) in &wanted {
             if !before.contains(&(owner.clone(), *run)) && *owner != self.me {
-                tracing::warn!(owner = %owner, run = ?run, "taking over the channels of server {owner:?} on its groups");
+                tracing::warn!(owner = %owner, run = ?run, epoch, "taking over the channels of server {owner:?} on its groups");
+            } else if *owner == self.me && *run == Run::Emit && epoch != self.epoch {
+                tracing::info!(epoch, "emitting this server's channels on its groups");
             }
         }
+        self.epoch = epoch;
         for (owner, _) in &before {
             if !wanted.iter().any(|(o, _)| o == owner) {
                 tracing::warn!(owner = %owner, "no longer running the channels of server {owner:?}");
@@ -503,6 +665,9 @@ impl Driver {
             for mut spec in server.channel_specs(o) {
                 if *run == Run::Warm {
                     spec.multicast = None;
+                }
+                if let Some(m) = &mut spec.multicast {
+                    m.epoch = epoch;
                 }
                 specs.push(spec);
             }
@@ -603,6 +768,23 @@ pub fn listening_sockets(site: &Site, me: &str) -> usize {
         .sum()
 }
 
+/// Takes a released server's last points into what was learned (`only_newer`:
+/// only where they are later than what was heard).
+fn learn(learned: &Mutex<Learned>, points: Points, only_newer: bool) {
+    let mut l = learned.lock().unwrap_or_else(|e| e.into_inner());
+    for (id, point) in points {
+        let streams = std::iter::once((TrackKind::Video, point.video)).chain(point.tracks);
+        for (kind, p) in streams {
+            let keep = only_newer
+                && l.get(&(id, kind))
+                    .is_some_and(|k| k.sent_unix_ms >= p.sent_unix_ms);
+            if !keep {
+                l.insert((id, kind), p);
+            }
+        }
+    }
+}
+
 /// How long a release waits for its channels to stop sending.
 const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
@@ -614,6 +796,12 @@ async fn answer_release(
     channels: Vec<Arc<crate::channel::Channel>>,
     reply: tokio::sync::oneshot::Sender<Result<Points, String>>,
 ) {
+    let _ = reply.send(Ok(last_points(channels).await));
+}
+
+/// The last points of `channels`, once they have sent their last packet
+/// (or after [`RELEASE_WAIT`]).
+async fn last_points(channels: Vec<Arc<crate::channel::Channel>>) -> Points {
     let waits = channels.iter().map(|c| c.ended());
     if tokio::time::timeout(RELEASE_WAIT, futures::future::join_all(waits))
         .await
@@ -623,11 +811,10 @@ async fn answer_release(
             "released channels still running after {RELEASE_WAIT:?}; answering with their last points"
         );
     }
-    let points = channels
+    channels
         .iter()
         .filter_map(|c| Some((c.spec.id, c.point()?)))
-        .collect();
-    let _ = reply.send(Ok(points));
+        .collect()
 }
 
 /// When the first of `channels` sent its first multicast packet (checked

@@ -75,6 +75,8 @@ pub struct Server {
     send_mode: SendMode,
     recorder: Option<Arc<Recorder>>,
     state: Arc<StreamState>,
+    /// Checked before every multicast send ([`crate::emit::Fence`]).
+    fence: crate::emit::Fence,
 }
 
 /// Where the server's channels' streams stand, kept on disk so that a
@@ -190,12 +192,25 @@ impl Server {
                 .join(&local.name)
         });
         let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+        let metrics = Metrics::new();
+        // A server that holds its groups by an etcd lease fences itself;
+        // closed until its first lease. An unprotected recorder holds no
+        // role key (nobody takes its groups).
+        let by_lease = local.failover.failover_enabled || local.failover.use_as_failover_server;
+        let fence = if site.file.site.failover.controller == crate::failover::ControllerKind::Etcd
+            && by_lease
+        {
+            crate::emit::Fence::closed(metrics.failover.fenced_sends.clone())
+        } else {
+            crate::emit::Fence::OPEN
+        };
         Ok(Server {
+            fence,
             servers: site.servers().to_vec(),
             state: Arc::new(StreamState::load(state_dir)),
             recorder,
             local,
-            metrics: Metrics::new(),
+            metrics,
             directory: watch::Sender::new(Arc::new(BTreeMap::new())),
             running: HashMap::new(),
             cancel: CancellationToken::new(),
@@ -213,6 +228,9 @@ impl Server {
             .filter_map(|c| match ChannelSpec::new(owner, c, &self.local, self.send_mode) {
                 Ok(mut s) => {
                     s.ssm_sources = plan::ssm_sources(&self.servers, owner);
+                    if let Some(m) = &mut s.multicast {
+                        m.fence = self.fence;
+                    }
                     Some(s)
                 }
                 Err(e) => {
@@ -308,8 +326,12 @@ impl Server {
             .multicast
             .map(|e| e.interface.to_string())
             .unwrap_or_default();
-        // The stream's name, whoever sends it: the owner's.
-        let cname = format!("{}/{}@{}", spec.owner, id, interface);
+        // The stream's name, whoever sends it: the owner's; the sender's
+        // interface and (etcd) the role's epoch tell who sends it.
+        let mut cname = format!("{}/{}@{}", spec.owner, id, interface);
+        if let Some(epoch) = spec.multicast.and_then(|e| e.epoch) {
+            cname.push_str(&format!("/e{epoch}"));
+        }
         let mut publisher = Publisher::new(channel.clone(), resume.video, cname);
         if resume.continued {
             publisher.resume(resume.tracks, Instant::now());
@@ -449,10 +471,21 @@ fn same_spec(a: &ChannelSpec, b: &ChannelSpec) -> bool {
         && a.codec == b.codec
         && a.owner == b.owner
         && a.tracks == b.tracks
-        && a.multicast
-            .map(|m| (m.dest, m.audio, m.metadata, m.interface, m.loopback, m.mode))
-            == b.multicast
-                .map(|m| (m.dest, m.audio, m.metadata, m.interface, m.loopback, m.mode))
+        && a.multicast.map(emit_key) == b.multicast.map(emit_key)
+}
+
+/// What of an [`EmitSpec`] a running channel cannot change (the fence is
+/// the server's, the same for every spec).
+fn emit_key(m: crate::spec::EmitSpec) -> impl PartialEq {
+    (
+        m.dest,
+        m.audio,
+        m.metadata,
+        m.interface,
+        m.loopback,
+        m.mode,
+        m.epoch,
+    )
 }
 
 /// A server started by [`start`].
