@@ -18,9 +18,13 @@ fi
 # (namespaces, the benchmark's LAN),
 # GStreamer's RTSP server with x264/x265 (a camera that is not ours),
 # curl (a Digest HTTP client for the material API),
-# chromium (a real browser, headless, for the status page).
+# chromium (a real browser, headless, for the status page),
+# protoc and its well-known types (etcd-client's build), etcd-server (a real
+# etcd cluster for the etcd failover controller's tests), faketime (a host
+# whose wall clock steps).
 packages=(
     ffmpeg iproute2 ethtool curl chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
+    protobuf-compiler libprotobuf-dev etcd-server faketime
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-plugins-ugly gstreamer1.0-tools
 )
@@ -44,9 +48,15 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --quiet --features etcd -- -D warnings
 
-echo "== cargo test (unit and integration)"
-cargo test --quiet
+echo "== cargo test (unit and integration, with the etcd controller)"
+cargo test --quiet --features etcd
+
+# Real time against a real etcd on loopback: the worlds mostly wait, so
+# many run at once.
+echo "== the failover scenario suite on a real etcd"
+cargo test --quiet --features etcd --test etcd_scenarios -- --test-threads 8
 
 echo "== benches (one pass each, as a smoke test)"
 for bench in packetize fanout send_path; do

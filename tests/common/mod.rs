@@ -478,6 +478,8 @@ pub fn wait_camera_state(ns: &Netns, id: u64, state: &str, timeout: Duration) ->
 }
 
 pub mod browser;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod http;
 pub mod lan;
 pub mod rtsp;
