@@ -5,6 +5,7 @@
 //!   mcrelay-bench suite --out bench-out     # everything BENCHMARKS.md shows
 //!   mcrelay-bench suite --quick             # a short smoke run
 //!   mcrelay-bench failover                  # takeover and failback, kill -9 and link cut
+//!   mcrelay-bench failover --controller etcd   # the same on etcd (--features etcd)
 
 mod failover;
 mod floor;
@@ -75,7 +76,9 @@ enum Command {
         /// Only these relays (mcrelay-multicast, mcrelay-record, mcrelay-tcp, ffmpeg,
         /// gstreamer, gstreamer-rtsp, floor-per-packet, floor-gso, floor-tcp),
         /// and the failover scenario (failover), which a full run ends with
-        /// and a quick one leaves out (it takes over a minute).
+        /// and a quick one leaves out (it takes over a minute; under every
+        /// controller the binary has: embedded, and etcd when built with
+        /// --features etcd).
         #[arg(long, value_delimiter = ',')]
         relays: Vec<String>,
         /// Runtime threads for mcrelay (it is pinned to one CPU).
@@ -87,10 +90,10 @@ enum Command {
         audio: bool,
     },
     /// Failover on a LAN of its own: recorder-1 broken by kill -9 and by a
-    /// cut link, side by side: the time until failover-1 emits on its
-    /// group, the frames a decoding viewer lost, and the gap when
-    /// recorder-1 takes its role back. Writes failover.md (and the
-    /// servers' logs under failover-logs/).
+    /// cut link, under each controller, side by side: the time until
+    /// failover-1 emits on its group, the frames a decoding viewer lost,
+    /// and the gap when recorder-1 takes its role back. Writes failover.md
+    /// (and the servers' logs under failover-logs/<controller>-<fault>/).
     Failover {
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
@@ -103,6 +106,12 @@ enum Command {
         /// Only these faults.
         #[arg(long, value_delimiter = ',', default_values = ["kill", "cut"])]
         faults: Vec<failover::Fault>,
+        /// Under these failover controllers, each on a LAN of its own (etcd:
+        /// a 3-member cluster on the LAN, lease_ttl 2 s). The default is
+        /// every controller this binary has: etcd only with --features etcd
+        /// (needs protoc: Debian protobuf-compiler).
+        #[arg(long, value_delimiter = ',', default_values = failover::DEFAULT_CONTROLLERS)]
+        controller: Vec<failover::Controller>,
     },
     /// The floor sender (run by the suite on the recorder host).
     #[command(hide = true)]
@@ -211,11 +220,14 @@ fn main() -> anyhow::Result<()> {
             period,
             failback_delay,
             faults,
+            controller,
         } => {
+            failover::check_controllers(&controller)?;
             let cfg = failover::Config {
                 period,
                 failback_delay,
                 faults,
+                controllers: controller,
             };
             std::fs::create_dir_all(&out)?;
             let started = Instant::now();
@@ -234,7 +246,7 @@ fn main() -> anyhow::Result<()> {
             );
             anyhow::ensure!(
                 results.iter().all(|(_, r)| r.is_ok()),
-                "a fault's run failed (its column says why)"
+                "a run failed (its column says why)"
             );
             Ok(())
         }
@@ -406,14 +418,22 @@ fn main() -> anyhow::Result<()> {
                 relays.iter().any(|k| k == "failover")
             };
             let failover_section = if run_failover {
+                // Every controller this binary has.
+                let controllers = failover::default_controllers();
                 eprintln!(
-                    "[{:.0} min] failover: kill -9 and link cut",
-                    started.elapsed().as_secs_f64() / 60.0
+                    "[{:.0} min] failover: kill -9 and link cut, under {}",
+                    started.elapsed().as_secs_f64() / 60.0,
+                    controllers
+                        .iter()
+                        .map(|c| c.label())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 );
                 let cfg = failover::Config {
                     period: Duration::from_secs(3),
                     failback_delay: Duration::from_secs(3),
                     faults: vec![failover::Fault::Kill, failover::Fault::Cut],
+                    controllers,
                 };
                 let results = failover::run(&failover_env()?, &cfg, &out.join("failover-logs"));
                 format!("\n{}", failover::section(&cfg, &results))

@@ -188,25 +188,38 @@ impl Lan {
 /// host, a protected recorder (recorder-1), a failover server (failover-1)
 /// and a workstation on an unmanaged switch (flooding: a healed recorder
 /// hears the standby on its group at once, without waiting for a querier
-/// to ask for its membership again).
+/// to ask for its membership again); for the etcd controller, one host per
+/// etcd member on the same switch, as `tests/failover_on_etcd.rs` has them.
 pub struct FailoverLan {
     switch: Switch,
     pub recorder: Host,
     pub failover: Host,
     pub camera: Host,
     pub workstation: Host,
+    /// The etcd members' hosts, named as [`FAILOVER_ETCD`]; empty for the
+    /// embedded controller. Read by the etcd cluster, which exists only
+    /// with the `etcd` feature.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub etcd: Vec<Host>,
 }
 
 pub const FAILOVER_RECORDER_ADDR: &str = "198.18.0.1";
 pub const FAILOVER_STANDBY_ADDR: &str = "198.18.0.2";
 pub const FAILOVER_CAMERA_ADDR: &str = "198.18.0.10";
 pub const FAILOVER_WORKSTATION_ADDR: &str = "198.18.1.1";
+/// The etcd members (name, address): each on a host of its own.
+pub const FAILOVER_ETCD: [(&str, &str); 3] = [
+    ("e1", "198.18.0.21"),
+    ("e2", "198.18.0.22"),
+    ("e3", "198.18.0.23"),
+];
 /// recorder-1's port on the switch.
 const RECORDER_PORT: &str = "p-rec1";
 
 impl FailoverLan {
-    /// `tag` keeps the namespaces of two LANs apart (`k`, `c`).
-    pub fn new(tag: &str) -> anyhow::Result<FailoverLan> {
+    /// `tag` keeps the namespaces of two LANs apart (`fok`, `foc`, ...);
+    /// `etcd`: with the hosts of [`FAILOVER_ETCD`].
+    pub fn new(tag: &str, etcd: bool) -> anyhow::Result<FailoverLan> {
         let switch = Switch::new(&format!("{tag}-sw"), Bridge::Flooding)?;
         let recorder = switch.attach(
             &format!("{tag}-rec1"),
@@ -216,12 +229,23 @@ impl FailoverLan {
         let failover = switch.attach(&format!("{tag}-fo1"), "p-fo1", FAILOVER_STANDBY_ADDR)?;
         let camera = switch.attach(&format!("{tag}-cam"), "p-cam", FAILOVER_CAMERA_ADDR)?;
         let workstation = switch.attach(&format!("{tag}-ws"), "p-ws", FAILOVER_WORKSTATION_ADDR)?;
+        let etcd = if etcd {
+            FAILOVER_ETCD
+                .iter()
+                .map(|(name, addr)| {
+                    switch.attach(&format!("{tag}-{name}"), &format!("p-{name}"), addr)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(FailoverLan {
             switch,
             recorder,
             failover,
             camera,
             workstation,
+            etcd,
         })
     }
 

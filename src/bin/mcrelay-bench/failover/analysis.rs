@@ -111,6 +111,69 @@ pub fn overlap(packets: &[Packet], owner: Ipv4Addr, standby: Ipv4Addr) -> (usize
     (theirs.len(), span)
 }
 
+/// Two packets of one source further apart than this belong to two
+/// stretches of its emission (tenures): a sending server's packets come
+/// every frame (40 ms at 25 fps), and a role moves only after a silence
+/// of seconds (a fault) or a hand-back. `tests/failover_on_etcd.rs` splits
+/// its tenures at the same gap.
+pub const TENURE_GAP: Duration = Duration::from_millis(500);
+
+/// One source's stretch of emission: its packets with no gap over
+/// [`TENURE_GAP`], from the first to the last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tenure {
+    from: Ipv4Addr,
+    first: Instant,
+    last: Instant,
+}
+
+/// The tenures in `packets` (in any order), by their first packet.
+fn tenures(packets: &[Packet]) -> Vec<Tenure> {
+    let mut sorted: Vec<&Packet> = packets.iter().collect();
+    sorted.sort_by_key(|p| p.at);
+    let mut open: Vec<Tenure> = Vec::new();
+    let mut done: Vec<Tenure> = Vec::new();
+    for p in sorted {
+        match open.iter_mut().find(|t| t.from == p.from) {
+            Some(t) if p.at.saturating_duration_since(t.last) <= TENURE_GAP => t.last = p.at,
+            Some(t) => {
+                done.push(*t);
+                *t = Tenure {
+                    from: p.from,
+                    first: p.at,
+                    last: p.at,
+                };
+            }
+            None => open.push(Tenure {
+                from: p.from,
+                first: p.at,
+                last: p.at,
+            }),
+        }
+    }
+    done.extend(open);
+    done.sort_by_key(|t| t.first);
+    done
+}
+
+/// Packets from a second emitter: those that arrived from one source
+/// while another one's tenure ([`TENURE_GAP`]) was under way, in either
+/// direction: a healed recorder's stray frames while the standby covers,
+/// the standby's frames after the owner took its role back, a stale
+/// packet, two servers sending at once. A clean switch, the one emitter
+/// silent before the next one's first packet, counts none. The count
+/// `tests/failover_on_etcd.rs` requires to be 0.
+pub fn second_emitter(packets: &[Packet]) -> usize {
+    let ts = tenures(packets);
+    packets
+        .iter()
+        .filter(|p| {
+            ts.iter()
+                .any(|t| t.from != p.from && t.first <= p.at && p.at <= t.last)
+        })
+        .count()
+}
+
 /// The longest time in [from, to) with nothing arriving: between two
 /// consecutive instants, or from an edge of the window to the nearest one.
 pub fn longest_silence(
@@ -300,6 +363,45 @@ mod tests {
         );
         assert!(s.continues());
         assert_eq!(overlap(&log, OWNER, STANDBY), (1, Duration::ZERO));
+        // The stray frame is a second emitter's packet; the hand-back
+        // (the owner silent until the standby's last packet) is clean.
+        assert_eq!(second_emitter(&log), 1);
+    }
+
+    #[test]
+    fn second_emitter_packets_are_those_inside_another_sources_stream() {
+        let t0 = Instant::now();
+        let cat = |parts: &[Vec<Packet>]| parts.concat();
+        let one = |from, ms| run(t0, from, ms, ms + 1, 0, 0);
+        assert_eq!(second_emitter(&[]), 0);
+        assert_eq!(second_emitter(&run(t0, OWNER, 0, 5000, 0, 0)), 0);
+        // A takeover after a silence and a hand-back within a frame time:
+        // clean, in any order.
+        let clean = cat(&[
+            run(t0, OWNER, 0, 5000, 0, 0),
+            run(t0, STANDBY, 8000, 12_000, 0, 0),
+            run(t0, OWNER, 12_010, 15_000, 0, 0),
+        ]);
+        assert_eq!(second_emitter(&clean), 0);
+        let mut reversed = clean.clone();
+        reversed.reverse();
+        assert_eq!(second_emitter(&reversed), 0);
+        // The standby goes on 200 ms after the owner took its role back:
+        // its packets at 12 000 .. 12 160 (5) after the owner's first, the
+        // owner's 12 000 .. 12 160 (5) before the standby's last.
+        let late = cat(&[
+            run(t0, STANDBY, 8000, 12_200, 0, 0),
+            run(t0, OWNER, 12_000, 15_000, 0, 0),
+        ]);
+        assert_eq!(second_emitter(&late), 10);
+        // One stale packet of the owner 2 s into the standby's cover.
+        let stale = cat(&[
+            run(t0, OWNER, 0, 5000, 0, 0),
+            run(t0, STANDBY, 8000, 12_000, 0, 0),
+            one(OWNER, 10_010),
+        ]);
+        assert_eq!(second_emitter(&stale), 1);
+        assert_eq!(tenures(&stale).len(), 3);
     }
 
     #[test]

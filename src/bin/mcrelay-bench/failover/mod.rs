@@ -1,7 +1,10 @@
 //! The failover scenario: the LAN of the failover tests (a camera,
 //! recorder-1 protected, failover-1 its standby, a workstation), broken
 //! once by `kill -9` of recorder-1 and once by cutting its link at the
-//! switch, each on a LAN of its own. For each: how long until failover-1
+//! switch, each on a LAN of its own, under each failover controller asked
+//! for: the embedded one (the servers watch each other), and etcd (leases
+//! on a 3-member etcd cluster on the same LAN; built with the `etcd`
+//! feature only, [`etcd`]). For each: how long until failover-1
 //! emits on recorder-1's group, what a decoding viewer lost, and, once
 //! recorder-1 is back (restarted, or its link healed) and takes its role
 //! back after `failback_delay` (`automatic_failback`, the missing material
@@ -13,7 +16,30 @@
 //! ffmpeg decoding recorder-1's SDP, each picture stamped as it comes out.
 
 mod analysis;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod report;
+
+/// Without the `etcd` feature there is no cluster to start:
+/// [`check_controllers`] refuses `--controller etcd` before any run.
+#[cfg(not(feature = "etcd"))]
+mod etcd {
+    pub struct Cluster;
+
+    impl Cluster {
+        pub fn start(_: &crate::topology::FailoverLan) -> anyhow::Result<Cluster> {
+            anyhow::bail!(super::NO_ETCD)
+        }
+
+        pub fn pids(&self) -> Vec<u32> {
+            Vec::new()
+        }
+    }
+
+    pub fn endpoints() -> Vec<String> {
+        Vec::new()
+    }
+}
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -31,6 +57,61 @@ use crate::topology::{
 use crate::viewers::{FrameClock, Packet, PacketLog, Picture};
 use analysis::{Frames, Switch};
 pub use report::section;
+
+/// The failover controller the site runs (`[site.failover] controller`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Controller {
+    /// The servers watch each other (health polls and the groups).
+    Embedded,
+    /// Leases and transactions on a 3-member etcd cluster on the LAN
+    /// (`lease_ttl` 2 s); needs the `etcd` feature.
+    Etcd,
+}
+
+impl Controller {
+    pub fn label(self) -> &'static str {
+        match self {
+            Controller::Embedded => "embedded",
+            Controller::Etcd => "etcd",
+        }
+    }
+
+    /// The second letter of a run's namespace tag (`fok`, `fek`, ...).
+    fn letter(self) -> char {
+        match self {
+            Controller::Embedded => 'o',
+            Controller::Etcd => 'e',
+        }
+    }
+}
+
+/// `--controller`'s default: every controller this binary has.
+pub const DEFAULT_CONTROLLERS: &[&str] = if cfg!(feature = "etcd") {
+    &["embedded", "etcd"]
+} else {
+    &["embedded"]
+};
+
+/// [`DEFAULT_CONTROLLERS`], parsed.
+pub fn default_controllers() -> Vec<Controller> {
+    if cfg!(feature = "etcd") {
+        vec![Controller::Embedded, Controller::Etcd]
+    } else {
+        vec![Controller::Embedded]
+    }
+}
+
+const NO_ETCD: &str = "the etcd controller is not in this mcrelay-bench: build with --features etcd; needs protoc: Debian protobuf-compiler (cargo build --release --features etcd --bins)";
+
+/// Refuses, before anything runs, a controller this binary was built
+/// without.
+pub fn check_controllers(controllers: &[Controller]) -> anyhow::Result<()> {
+    anyhow::ensure!(!controllers.is_empty(), "--controller: name at least one");
+    if !cfg!(feature = "etcd") && controllers.contains(&Controller::Etcd) {
+        anyhow::bail!("--controller etcd: {NO_ETCD}");
+    }
+    Ok(())
+}
 
 /// How recorder-1 is broken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,10 +131,17 @@ impl Fault {
         }
     }
 
-    fn tag(self) -> &'static str {
+    fn key(self) -> &'static str {
         match self {
-            Fault::Kill => "fok",
-            Fault::Cut => "foc",
+            Fault::Kill => "kill",
+            Fault::Cut => "cut",
+        }
+    }
+
+    fn letter(self) -> char {
+        match self {
+            Fault::Kill => 'k',
+            Fault::Cut => 'c',
         }
     }
 
@@ -66,6 +154,30 @@ impl Fault {
     }
 }
 
+/// One run: a fault under a controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub controller: Controller,
+    pub fault: Fault,
+}
+
+impl Case {
+    /// The namespaces' tag: `fok`, `foc` (embedded), `fek`, `fec` (etcd).
+    fn tag(self) -> String {
+        format!("f{}{}", self.controller.letter(), self.fault.letter())
+    }
+
+    /// Its directory under the logs: `embedded-kill`, `etcd-cut`, ...
+    fn dir(self) -> String {
+        format!("{}-{}", self.controller.label(), self.fault.key())
+    }
+
+    /// `kill -9 (etcd)`.
+    pub fn label(self) -> String {
+        format!("{} ({})", self.fault.label(), self.controller.label())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// recorder-1's `inaccessible_period`.
@@ -73,9 +185,24 @@ pub struct Config {
     /// The site's `failback_delay`.
     pub failback_delay: Duration,
     pub faults: Vec<Fault>,
+    /// Each fault runs under each of these, in this order.
+    pub controllers: Vec<Controller>,
 }
 
 impl Config {
+    /// The runs: every fault under the first controller, then under the
+    /// next.
+    pub fn cases(&self) -> Vec<Case> {
+        self.controllers
+            .iter()
+            .flat_map(|&controller| {
+                self.faults
+                    .iter()
+                    .map(move |&fault| Case { controller, fault })
+            })
+            .collect()
+    }
+
     /// The viewer's window around the fault: from [`BEFORE`] before it to
     /// this long after (the period, a poll, the takeover and a key frame
     /// fit with room to spare).
@@ -94,6 +221,9 @@ pub const AFTER_FAILBACK: Duration = Duration::from_secs(6);
 const DECODER_MARGIN: Duration = Duration::from_secs(1);
 /// The site's poll interval, as in the LAN tests.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// The etcd site's `lease_ttl`, as in `tests/failover_on_etcd.rs`: the
+/// shortest etcd's whole-second leases allow beside a 500 ms poll.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 50, 1);
 /// Channel 1's video: the server's base port + 2.
@@ -130,6 +260,9 @@ pub struct Outcome {
     pub failback: Phase,
     /// recorder-1's packets while failover-1 covered, and their span.
     pub overlap: (usize, Duration),
+    /// Packets of either server while the other's stream was under way
+    /// ([`analysis::second_emitter`]), over the whole run.
+    pub second_emitter: usize,
     /// recorder-1's `mcrelay_failover_copied_segments_total` and
     /// `_bytes_total` after the failback.
     pub copied: Option<(f64, f64)>,
@@ -146,40 +279,62 @@ pub struct Env {
     pub clip: PathBuf,
 }
 
-/// Runs each fault on a LAN of its own, one after the other; a fault that
-/// fails is reported as such and the next one still runs. Logs go to
-/// `logs/<fault>/`.
-pub fn run(env: &Env, cfg: &Config, logs: &Path) -> Vec<(Fault, anyhow::Result<Outcome>)> {
-    cfg.faults
-        .iter()
-        .map(|&fault| {
-            let dir = logs.join(fault.tag());
+/// Runs each case (fault and controller) on a LAN of its own, one after
+/// the other; a case that fails is reported as such and the next one still
+/// runs. Logs go to `logs/<controller>-<fault>/`.
+pub fn run(env: &Env, cfg: &Config, logs: &Path) -> Vec<(Case, anyhow::Result<Outcome>)> {
+    cfg.cases()
+        .into_iter()
+        .map(|case| {
+            let dir = logs.join(case.dir());
             eprintln!(
                 "failover, {}: inaccessible_period {:?}, failback_delay {:?}; logs in {}",
-                fault.label(),
+                case.label(),
                 cfg.period,
                 cfg.failback_delay,
                 dir.display()
             );
             let r = std::fs::create_dir_all(&dir)
                 .map_err(anyhow::Error::from)
-                .and_then(|()| run_fault(env, cfg, fault, &dir));
+                .and_then(|()| run_fault(env, cfg, case, &dir));
             match &r {
                 Ok(o) => eprintln!("    {}", report::summary(o)),
                 Err(e) => eprintln!("    failed: {e:#}"),
             }
-            (fault, r)
+            (case, r)
         })
         .collect()
 }
 
-fn site(period: Duration, failback_delay: Duration, disks: &Path) -> String {
+/// `[site.failover]` for `controller`: the embedded one, or etcd with the
+/// LAN's cluster and a 2 s lease; the rest of the site is the same.
+fn site_failover(controller: Controller, failback_delay: Duration) -> String {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let common = format!(
+        "poll_interval = \"{}\"\nfailback_delay = \"{}\"\n",
+        ms(POLL_INTERVAL),
+        ms(failback_delay)
+    );
+    match controller {
+        Controller::Embedded => format!("[site.failover]\n{common}"),
+        Controller::Etcd => format!(
+            "[site.failover]\ncontroller = \"etcd\"\n{common}endpoints = {:?}\nlease_ttl = \"{}s\"\n",
+            etcd::endpoints(),
+            LEASE_TTL.as_secs()
+        ),
+    }
+}
+
+fn site(
+    controller: Controller,
+    period: Duration,
+    failback_delay: Duration,
+    disks: &Path,
+) -> String {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let disk = |s: &str| format!("{:?}", disks.join(s).display().to_string());
     format!(
-        r#"[site.failover]
-poll_interval = "{poll}"
-failback_delay = "{delay}"
+        r#"{failover}
 
 [[server]]
 name = "recorder-1"
@@ -227,8 +382,7 @@ segment = "2s"
 reconnect_min = "100ms"
 reconnect_max = "300ms"
 "#,
-        poll = ms(POLL_INTERVAL),
-        delay = ms(failback_delay),
+        failover = site_failover(controller, failback_delay),
         period = ms(period),
         // The same disk names on both: a standby takes over only a server
         // with its own disk layout.
@@ -343,11 +497,30 @@ fn write_logs(
     Ok(())
 }
 
-fn run_fault(env: &Env, cfg: &Config, fault: Fault, dir: &Path) -> anyhow::Result<Outcome> {
+/// `mcrelay check --site`, in `ns` (it reads files only): an mcrelay
+/// built without the etcd controller says so here, before a run.
+fn check_site(env: &Env, ns: &Netns, site: &Path) -> anyhow::Result<()> {
+    let out = ns
+        .command(&env.mcrelay)
+        .args(["check", "--site"])
+        .arg(site)
+        .output()
+        .context("run mcrelay check")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcrelay check --site {}: {}",
+        site.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn run_fault(env: &Env, cfg: &Config, case: Case, dir: &Path) -> anyhow::Result<Outcome> {
+    let Case { controller, fault } = case;
     let started = Instant::now();
     // Declared first, dropped last: every process below is killed (by its
     // PID) before the namespaces go, on every path out of here.
-    let lan = FailoverLan::new(fault.tag())?;
+    let lan = FailoverLan::new(&case.tag(), controller == Controller::Etcd)?;
     let disks = tempfile::tempdir()?;
     for d in ["rec1/disk1", "fo1/disk1"] {
         std::fs::create_dir_all(disks.path().join(d))?;
@@ -355,8 +528,19 @@ fn run_fault(env: &Env, cfg: &Config, fault: Fault, dir: &Path) -> anyhow::Resul
     let site_path = dir.join("site.toml");
     std::fs::write(
         &site_path,
-        site(cfg.period, cfg.failback_delay, disks.path()),
+        site(controller, cfg.period, cfg.failback_delay, disks.path()),
     )?;
+    check_site(env, &lan.workstation.ns, &site_path)?;
+    // The cluster before the servers, which connect at start. Its members
+    // die with this thread at the latest.
+    let _etcd = match controller {
+        Controller::Embedded => None,
+        Controller::Etcd => {
+            let c = etcd::Cluster::start(&lan)?;
+            eprintln!("    etcd: 3 members healthy (PIDs {:?})", c.pids());
+            Some(c)
+        }
+    };
     let mut cam = lan.camera.ns.command(&env.mcrelay);
     cam.args(["camera", "--clip"]).arg(&env.clip).args([
         "--listen",
@@ -503,9 +687,55 @@ fn run_fault(env: &Env, cfg: &Config, fault: Fault, dir: &Path) -> anyhow::Resul
             longest_gap: analysis::longest_silence(arrivals(), back_window.0, back_window.1),
         },
         overlap: analysis::overlap(&packets, OWNER, STANDBY),
+        second_emitter: analysis::second_emitter(&packets),
         copied: rec1_metric("mcrelay_failover_copied_segments_total")
             .zip(rec1_metric("mcrelay_failover_copied_bytes_total")),
         decoder_errors: (errors_before, errors.len().saturating_sub(errors_before)),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_controllers_are_those_built_in() {
+        let parsed: Vec<Controller> = DEFAULT_CONTROLLERS
+            .iter()
+            .map(|c| <Controller as clap::ValueEnum>::from_str(c, false).unwrap())
+            .collect();
+        assert_eq!(parsed, default_controllers());
+        assert!(check_controllers(&default_controllers()).is_ok());
+        assert!(check_controllers(&[]).is_err());
+        let etcd = check_controllers(&[Controller::Etcd]);
+        assert_eq!(etcd.is_ok(), cfg!(feature = "etcd"));
+        if let Err(e) = etcd {
+            assert!(
+                e.to_string()
+                    .contains("build with --features etcd; needs protoc: Debian protobuf-compiler"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_etcd_site_differs_from_the_embedded_one_only_in_its_controller() {
+        let disks = Path::new("/tmp/disks");
+        let (p, d) = (Duration::from_secs(3), Duration::from_secs(3));
+        let embedded = site(Controller::Embedded, p, d, disks);
+        let etcd = site(Controller::Etcd, p, d, disks);
+        assert!(
+            embedded.starts_with(
+                "[site.failover]\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\n"
+            ),
+            "{embedded}"
+        );
+        assert!(!embedded.contains("etcd"), "{embedded}");
+        if cfg!(feature = "etcd") {
+            assert!(etcd.starts_with("[site.failover]\ncontroller = \"etcd\"\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\nendpoints = [\"http://198.18.0.21:2379\", \"http://198.18.0.22:2379\", \"http://198.18.0.23:2379\"]\nlease_ttl = \"2s\"\n"), "{etcd}");
+        }
+        let servers = |s: &str| s[s.find("[[server]]").unwrap()..].to_string();
+        assert_eq!(servers(&embedded), servers(&etcd));
+    }
 }
