@@ -479,9 +479,54 @@ fn failed(op: OpKind, error: String) -> Outcome {
 /// child process and ended with it.
 pub mod testing {
     use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
+
+    /// The ports a member of a test cluster listens on, each on its own
+    /// host's address: clients, and the other members.
+    pub const CLIENT_PORT: u16 = 2379;
+    pub const PEER_PORT: u16 = 2380;
+
+    /// A member's client URL on its host (`http://ip:2379`), as a site's
+    /// `endpoints` lists it.
+    pub fn client_url(ip: Ipv4Addr) -> String {
+        format!("http://{}", SocketAddr::from((ip, CLIENT_PORT)))
+    }
+
+    /// `--initial-cluster` of members (name, host address) each on its own
+    /// host: `name=http://ip:2380,...`.
+    pub fn initial_cluster(members: &[(&str, Ipv4Addr)]) -> String {
+        members
+            .iter()
+            .map(|(name, ip)| format!("{name}=http://{}", SocketAddr::from((*ip, PEER_PORT))))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// etcd's raft timing: how often the leader beats, how long a follower
+    /// waits without a beat before it calls an election. etcd's tuning
+    /// guide: the heartbeat about the round trip between members, the
+    /// election timeout ten times it.
+    #[derive(Debug, Clone, Copy)]
+    pub struct RaftTiming {
+        pub heartbeat: Duration,
+        pub election: Duration,
+    }
+
+    impl RaftTiming {
+        /// etcd's defaults, for a LAN (round trips under a millisecond).
+        pub const LAN: RaftTiming = RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election: Duration::from_millis(1000),
+        };
+        /// Members up to 250 ms apart (a lossy, slow link: a round trip of
+        /// 2 × (75 ± 50) ms, and retransmissions).
+        pub const SLOW_LINK: RaftTiming = RaftTiming {
+            heartbeat: Duration::from_millis(250),
+            election: Duration::from_millis(2500),
+        };
+    }
 
     pub struct EtcdServer {
         child: Child,
@@ -501,6 +546,7 @@ pub mod testing {
         /// `name=http://ip:port,...` of every member.
         pub initial_cluster: &'a str,
         pub data_dir: &'a std::path::Path,
+        pub timing: RaftTiming,
     }
 
     fn free_port() -> std::io::Result<u16> {
@@ -523,6 +569,7 @@ pub mod testing {
                 peer,
                 initial_cluster: &cluster,
                 data_dir: dir.path(),
+                timing: RaftTiming::LAN,
             })?;
             s.wait_healthy(Duration::from_secs(20))?;
             s._dir = Some(dir);
@@ -551,7 +598,10 @@ pub mod testing {
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", m.initial_cluster])
                 .args(["--initial-cluster-state", "new"])
-                .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+                .arg("--heartbeat-interval")
+                .arg(m.timing.heartbeat.as_millis().to_string())
+                .arg("--election-timeout")
+                .arg(m.timing.election.as_millis().to_string())
                 .args(["--log-level", "error", "--logger", "zap"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

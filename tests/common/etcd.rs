@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcrelay::failover::etcd_store::testing::{EtcdServer, Member, health};
+use mcrelay::failover::etcd_store::testing::{
+    CLIENT_PORT, EtcdServer, Member, PEER_PORT, RaftTiming, client_url, health, initial_cluster,
+};
 
 use super::lan::Lan;
 use super::{Netns, run_ip};
-
-pub const CLIENT_PORT: u16 = 2379;
-pub const PEER_PORT: u16 = 2380;
 
 /// One member: its name, address, the namespace it runs in and the
 /// process (None once killed).
@@ -51,22 +50,27 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a member on each of `hosts` (name, address) of `lan`, and
-    /// waits until every one says it is healthy (it is once a quorum runs).
+    /// Starts a member on each of `hosts` (name, address) of `lan`, on
+    /// etcd's LAN timing, and waits until every one says it is healthy (it
+    /// is once a quorum runs).
     pub fn start(lan: &Lan, hosts: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(lan, hosts, RaftTiming::LAN)
+    }
+
+    /// [`Cluster::start`] on the raft timing `timing`.
+    pub fn start_with(lan: &Lan, hosts: &[(&str, &str)], timing: RaftTiming) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("mcrelay-etcd-")
             .tempdir()
             .unwrap();
-        let initial = hosts
+        let hosts: Vec<(&str, Ipv4Addr)> = hosts
             .iter()
-            .map(|(n, ip)| format!("{n}=http://{ip}:{PEER_PORT}"))
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(|(n, ip)| (*n, ip.parse().unwrap()))
+            .collect();
+        let initial = initial_cluster(&hosts);
         let mut members = Vec::new();
         for (name, ip) in hosts {
             let ns = lan.host(name);
-            let ip: Ipv4Addr = ip.parse().unwrap();
             let data = dir.path().join(name);
             let wrapper = ["ip", "netns", "exec", ns.name.as_str()];
             let server = EtcdServer::start(&Member {
@@ -76,6 +80,7 @@ impl Cluster {
                 peer: (ip, PEER_PORT).into(),
                 initial_cluster: &initial,
                 data_dir: &data,
+                timing,
             })
             .unwrap_or_else(|e| panic!("start etcd {name} (Debian package etcd-server): {e}"));
             members.push(EtcdMember {
@@ -100,10 +105,7 @@ impl Cluster {
 
     /// The client URLs, as a site's `endpoints`.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://{}", m.client()))
-            .collect()
+        self.members.iter().map(|m| client_url(m.ip)).collect()
     }
 
     pub fn index(&self, name: &str) -> usize {

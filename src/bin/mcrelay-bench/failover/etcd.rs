@@ -8,21 +8,29 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mcrelay::failover::etcd_store::testing::{EtcdServer, Member};
+use mcrelay::failover::etcd_store::testing::{
+    CLIENT_PORT, EtcdServer, Member, PEER_PORT, RaftTiming, client_url, initial_cluster,
+};
 
 use crate::topology::{FAILOVER_ETCD, FailoverLan};
 
-pub const CLIENT_PORT: u16 = 2379;
-const PEER_PORT: u16 = 2380;
 /// How long a member may take to say it is healthy (a quorum elected a
 /// leader): the tests' bound; it takes a second or two.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 
 /// The site's `endpoints`: every member's client URL.
 pub fn endpoints() -> Vec<String> {
+    members().iter().map(|(_, ip)| client_url(*ip)).collect()
+}
+
+/// The members: (name, host address) of [`FAILOVER_ETCD`].
+fn members() -> Vec<(&'static str, Ipv4Addr)> {
     FAILOVER_ETCD
         .iter()
-        .map(|(_, addr)| format!("http://{addr}:{CLIENT_PORT}"))
+        .map(|(name, addr)| {
+            let ip = addr.parse().expect("FAILOVER_ETCD holds IPv4 addresses");
+            (*name, ip)
+        })
         .collect()
 }
 
@@ -46,14 +54,11 @@ impl Cluster {
         let data = tempfile::Builder::new()
             .prefix("mcrelay-bench-etcd-")
             .tempdir()?;
-        let initial = FAILOVER_ETCD
-            .iter()
-            .map(|(name, addr)| format!("{name}=http://{addr}:{PEER_PORT}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = members();
+        let initial = initial_cluster(&members);
         let mut servers = Vec::new();
-        for ((name, addr), host) in FAILOVER_ETCD.iter().zip(&lan.etcd) {
-            let ip: Ipv4Addr = addr.parse()?;
+        for ((name, ip), host) in members.iter().zip(&lan.etcd) {
+            let ip = *ip;
             let wrapper = ["ip", "netns", "exec", host.ns.name.as_str()];
             let server = EtcdServer::start(&Member {
                 name,
@@ -62,6 +67,7 @@ impl Cluster {
                 peer: SocketAddr::from((ip, PEER_PORT)),
                 initial_cluster: &initial,
                 data_dir: &data.path().join(name),
+                timing: RaftTiming::LAN,
             })
             .with_context(|| format!("start etcd {name} (Debian package etcd-server)"))?;
             servers.push(server);
