@@ -1427,35 +1427,45 @@ fn a_wall_clock_step_on_either_server_moves_no_role() {
     let s = Site::start_with("et", SITE, true, RaftTiming::LAN);
     let dir = s.dir.path().to_path_buf();
     let t0 = Instant::now();
+    let frames_before = s.decoder.frames_so_far();
     // An NTP step: recorder-1's wall clock an hour back, then failover-1's
     // an hour ahead. Leases, fences and the inaccessible period count
-    // monotonic time.
+    // monotonic time; sender reports count it too, so the viewer decodes
+    // on.
     std::fs::write(clock_file(&dir, "recorder-1"), "-3600\n").unwrap();
     std::thread::sleep(Duration::from_secs(5));
     std::fs::write(clock_file(&dir, "failover-1"), "+3600\n").unwrap();
     std::thread::sleep(Duration::from_secs(7));
     let end = Instant::now();
-    // The steps took. recorder-1's sender reports carry its wall clock
-    // (read at each report); failover-1, which sends none, says it in its
-    // HTTP Date header (which hyper caches until the clock passes the
-    // next second: good for a step ahead, frozen for an hour by a step
-    // back).
-    let rec1_wall = s.ws().run(|| {
+    let frames_during = s.decoder.frames_so_far() - frames_before;
+    // recorder-1's sender reports after the step: the report's NTP time
+    // against the host's clock at its arrival, in seconds.
+    let rec1_reports = s.ws().run(|| {
         let sock = common::join_on(GROUP, 7203, WS);
         let end = Instant::now() + Duration::from_secs(3);
         let mut buf = [0u8; 1500];
+        let mut offsets = Vec::new();
         while Instant::now() < end {
             if let Ok((n, std::net::SocketAddr::V4(from))) = sock.recv_from(&mut buf)
                 && *from.ip() == REC1
                 && n >= 16
                 && buf[1] == 200
             {
-                let ntp = u32::from_be_bytes(buf[8..12].try_into().unwrap());
-                return Some(i64::from(ntp) - 2_208_988_800);
+                let host = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64();
+                let ntp = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+                let unix = (ntp >> 32) as f64 - 2_208_988_800.0
+                    + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0;
+                offsets.push(unix - host);
             }
         }
-        None
+        offsets
     });
+    // failover-1, which sends no reports, says its clock in its HTTP Date
+    // header (which hyper caches until the clock passes the next second:
+    // good for a step ahead).
     let fo1_date = s.ws().run(|| {
         let mut c = std::net::TcpStream::connect("198.18.0.2:8080").ok()?;
         use std::io::{Read, Write};
@@ -1467,22 +1477,47 @@ fn a_wall_clock_step_on_either_server_moves_no_role() {
             .find_map(|l| l.strip_prefix("date: ").or(l.strip_prefix("Date: ")))
             .and_then(httpdate_secs)
     });
+    let rec1_log = common::plain_log(&dir.join("mcrelay-recorder-1.log"));
+    let step_logged = rec1_log
+        .lines()
+        .find(|l| l.contains("the wall clock stepped -3"))
+        .map(str::to_string);
     let out = s.finish();
+    // Frames recorder-1 sent while the clocks stepped (one RTP time each).
+    let sent_during = out
+        .from(REC1)
+        .filter(|p| p.at > t0 && p.at < end)
+        .map(|p| p.ts)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let (r, f) = (
-        rec1_wall.map(|t| t - now_unix),
-        fo1_date.map(|t| t - now_unix),
-    );
+    let f = fo1_date.map(|t| t - now_unix);
+    let worst = rec1_reports
+        .iter()
+        .copied()
+        .fold(0.0f64, |w, o| if o.abs() > w.abs() { o } else { w });
     println!(
-        "wall clocks stepped: recorder-1's sender reports {r:?} s from the host's clock, failover-1's Date {f:?} s"
+        "wall clocks stepped: recorder-1 logged {step_logged:?}; its {} sender reports after the step at most {worst:+.3} s \
+         from the host's clock; failover-1's Date {f:?} s; ffmpeg decoded {frames_during} frames of the {sent_during} sent across the steps",
+        rec1_reports.len()
     );
     assert!(
-        r.is_some_and(|r| (-3700..=-3500).contains(&r))
-            && f.is_some_and(|f| (3500..=3700).contains(&f)),
-        "the clocks did not step: recorder-1 {r:?} s, failover-1 {f:?} s"
+        step_logged.is_some() && f.is_some_and(|f| (3500..=3700).contains(&f)),
+        "the clocks did not step: recorder-1 logged {step_logged:?}, failover-1 {f:?} s\n{}",
+        out.logs
+    );
+    assert!(
+        !rec1_reports.is_empty() && worst.abs() < 1.0,
+        "recorder-1's sender reports followed its stepped clock: {rec1_reports:?}\n{}",
+        out.logs
+    );
+    assert!(
+        sent_during >= 200 && frames_during * 4 >= sent_during * 3,
+        "ffmpeg decoded {frames_during} of the {sent_during} frames sent across the steps\n{}",
+        out.logs
     );
     assert_rec1_kept_emitting("wall clock steps", &out, t0, end, Duration::from_secs(1));
 }

@@ -9,11 +9,13 @@
 //! while frames flow; a BYE for a track that is replaced (a stopped
 //! channel's stream goes on elsewhere or later, and says no goodbye).
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::emit::MulticastSender;
 use crate::metrics::ChannelMetrics;
 use crate::rtp::Frame;
+use crate::rtp::report_clock::{ReportClock, SLEW, Step};
 use crate::rtp::rtcp::{DEFAULT_INTERVAL, RtcpSender};
 use crate::spec::EmitSpec;
 
@@ -126,12 +128,12 @@ impl Emitter {
         if stats.packets > 0 {
             self.rtcp.on_sent(frame, now);
         }
-        // The report pairs real time and wall-clock time read together: the
-        // frame's arrival (`now`) is earlier than the wall clock read after
-        // it by however long the host took, and a busy host would make each
-        // report's mapping differ by that.
-        let (report_at, report_wall) = (Instant::now(), SystemTime::now());
-        if let Some(report) = self.rtcp.poll_report(report_at.max(now), report_wall)
+        // The clocks are read only when a report is due; the report states
+        // the RTP time and the report time of the frame's arrival.
+        if self.rtcp.poll_timeout().is_none_or(|due| now < due) {
+            return;
+        }
+        if let Some(report) = self.rtcp.poll_report(now, report_time(now))
             && let Some(s) = self.sender.as_ref()
         {
             match s.try_send_rtcp(&report) {
@@ -144,11 +146,37 @@ impl Emitter {
     }
 
     /// RFC 3550 6.6: say goodbye so receivers drop the source at once.
-    pub fn bye(&mut self, now: Instant, wall: SystemTime) {
+    pub fn bye(&mut self, now: Instant) {
         if let Some(s) = &self.sender
             && self.spec.fence.allows()
         {
-            let _ = s.try_send_rtcp(&self.rtcp.bye(now, wall));
+            let _ = s.try_send_rtcp(&self.rtcp.bye(now, report_time(now)));
         }
     }
+}
+
+/// The process's report clock: one for every track, so that the tracks of
+/// a channel stay in sync.
+static REPORT_CLOCK: Mutex<ReportClock> = Mutex::new(ReportClock::new());
+
+/// The time RTCP sender reports state for the instant `at`: the wall clock
+/// carried on by the monotonic clock ([`ReportClock`]), so that a step of
+/// the host's clock does not move every frame the viewers place by the
+/// reports. Both clocks are read together, under the lock.
+pub fn report_time(at: Instant) -> SystemTime {
+    let mut clock = REPORT_CLOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    match clock.observe(now, wall) {
+        Some(Step::Stepped { offset_secs }) => tracing::warn!(
+            offset_secs,
+            "the wall clock stepped {offset_secs:+.3} s from the time RTCP sender reports state; \
+             the reports follow it at {} ppm only, so that viewers keep decoding",
+            SLEW * 1e6
+        ),
+        Some(Step::Back) => {
+            tracing::info!("the wall clock and the time RTCP sender reports state met again")
+        }
+        None => {}
+    }
+    clock.at(at).unwrap_or(wall)
 }

@@ -486,7 +486,7 @@ impl Sink for Publisher {
         }
         let now = Instant::now();
         for e in old.iter_mut().flatten() {
-            e.bye(now, SystemTime::now());
+            e.bye(now);
         }
         let infos: Vec<TrackInfo> = self
             .core

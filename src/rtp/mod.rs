@@ -2,6 +2,7 @@
 //! packetizers, and RTCP sender reports. Sans-IO.
 
 pub mod packetizer;
+pub mod report_clock;
 pub mod rtcp;
 pub mod track;
 
