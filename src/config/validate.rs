@@ -551,7 +551,7 @@ fn check_etcd(out: &mut Issues, site: &SiteFile) {
         out.error(
             k("endpoints"),
             "the etcd controller needs the cluster's client URLs",
-            "set endpoints = [\"http://10.0.0.5:2379\", ...] (every member of the cluster)",
+            "set endpoints = [\"http://etcd-1:2379\", ...] (every member of the cluster)",
         );
     }
     let mut https = false;
