@@ -180,6 +180,16 @@ fn relay_audio(audio: &str, rtpmap: &str) {
             "{way}: audio has gaps: {:.2} s decoded over {span:.2} s",
             sound.seconds
         );
+        // Over TCP the client starts at the channel's cached key frame, up
+        // to a GOP in the past, and its sound starts at that picture's
+        // instant: within one picture (40 ms), not silent until live.
+        if *way == "RTSP over TCP" {
+            let gap = sound.first.unwrap() - video.first.unwrap();
+            assert!(
+                gap.abs() <= 0.04,
+                "{way}: the sound starts {gap:.3} s after the first picture"
+            );
+        }
         // The sound plays at real time, not faster (wrong clock rate).
         assert!(
             took >= Duration::from_secs(9),

@@ -120,6 +120,9 @@ pub struct ChannelCore {
     resumed_at: Option<Instant>,
     tally: Tally,
     last_point: Option<Instant>,
+    /// The tracks' timestamps moved since [`ChannelCore::take_rebased`]
+    /// last said (a resumed channel's first picture).
+    rebased: bool,
 }
 
 impl ChannelCore {
@@ -138,6 +141,7 @@ impl ChannelCore {
             resumed_at: None,
             tally: Tally::default(),
             last_point: None,
+            rebased: false,
         }
     }
 
@@ -169,6 +173,31 @@ impl ChannelCore {
         for (_, ids, rate) in &mut self.resumed {
             ids.rtp_base = ids.rtp_base.wrapping_add(ticks(*rate));
         }
+        self.rebased = !self.tracks.is_empty();
+    }
+
+    /// Whether the tracks' timestamps moved (so what sinks know of their
+    /// numbering is stale) since this was last asked.
+    pub fn take_rebased(&mut self) -> bool {
+        std::mem::take(&mut self.rebased)
+    }
+
+    /// In a session, before its first picture: a track's frame has
+    /// nothing to be placed by yet.
+    pub fn awaits_first_picture(&self) -> bool {
+        self.in_session && self.timeline.offset().is_none()
+    }
+
+    /// The media time a frame of track `index` at `elapsed` ticks of the
+    /// session's time line stands at ([`ChannelCore::push_track`]'s); `None`
+    /// before the session's first picture or for an unknown track.
+    pub fn track_time(&self, index: usize, elapsed: i64) -> Option<MediaTime> {
+        let offset = self.timeline.offset()?;
+        let clock = i128::from(self.tracks.get(index)?.desc.clock_rate.max(1));
+        let time = i128::from(elapsed) * i128::from(CLOCK_RATE) / clock + i128::from(offset);
+        Some(MediaTime(
+            time.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
+        ))
     }
 
     /// Where the channel's streams stand, at most every `every`: `None`
@@ -321,16 +350,15 @@ impl ChannelCore {
         }
         let offset = self.timeline.offset()?;
         let (video_time, video_at) = self.clock?;
-        let track = self.tracks.get_mut(index)?;
-        let clock = i128::from(track.desc.clock_rate.max(1));
-        let rate = i128::from(CLOCK_RATE);
         // Output media time (90 kHz) and the track's RTP timestamp: both
         // are its source time moved by the session's offset, so a track
         // keeps the camera's own sync with the video.
-        let time = i128::from(elapsed) * rate / clock + i128::from(offset);
+        let time = self.track_time(index, elapsed)?;
+        let track = self.tracks.get_mut(index)?;
+        let clock = i128::from(track.desc.clock_rate.max(1));
+        let rate = i128::from(CLOCK_RATE);
         let ticks = i128::from(elapsed) + (i128::from(offset) * clock).div_euclid(rate);
         let rtp_timestamp = (ticks + i128::from(track.ids.rtp_base)).rem_euclid(1 << 32) as u32;
-        let time = MediaTime(time.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
         // The instant this media time stands for, by the video's clock: what
         // RTCP maps to wall-clock time, the same way for every track.
         let ahead = time.0.saturating_sub(video_time.0);

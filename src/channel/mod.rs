@@ -120,8 +120,19 @@ mod rfc3339_opt {
 pub const GOP_MAX_FRAMES: usize = 300;
 pub const GOP_MAX_BYTES: usize = 16 * 1024 * 1024;
 
+/// Bounds on the sound and metadata kept beside the key-frame cache, so
+/// that a client that starts at the cached key frame hears it from there:
+/// 2048 frames are 43 s of AAC at 48 kHz (47 a second), more than the
+/// 12 s of pictures the cache keeps at 25 fps and the 30 s at 10 fps; 4 MB
+/// are that much sound at any audio bitrate a camera sends, or 16 of the
+/// largest metadata documents ([`MAX_TRACK_FRAME`]). Beyond either, the
+/// oldest go, and new clients wait for the next key frame live instead.
+pub const TRACK_CACHE_MAX_FRAMES: usize = 2048;
+pub const TRACK_CACHE_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 /// The frames since the last key frame, so that a new TCP client starts
-/// with a picture at once.
+/// with a picture at once; and beside them the tracks' frames since its
+/// instant, so that it starts with its sound too.
 #[derive(Default)]
 struct GopCache {
     frames: Vec<Arc<Frame>>,
@@ -130,6 +141,14 @@ struct GopCache {
     broken: bool,
     /// The last picture's media time and RTP timestamp.
     last: Option<(MediaTime, u32)>,
+    /// Frames of the tracks besides video, in the order they were
+    /// published: of each track the one that covers the key frame's
+    /// instant (the last that starts at or before it) and all after.
+    tracks: std::collections::VecDeque<Arc<Frame>>,
+    track_bytes: usize,
+    /// The bounds made the tracks' cache lose frames since the cached key
+    /// frame: a client that starts there would miss sound.
+    tracks_lost: bool,
 }
 
 impl GopCache {
@@ -139,6 +158,7 @@ impl GopCache {
             self.frames.clear();
             self.bytes = 0;
             self.broken = false;
+            self.trim_tracks(frame.time);
         } else if self.frames.is_empty() {
             self.broken = true;
         }
@@ -155,11 +175,71 @@ impl GopCache {
         self.frames.push(frame.clone());
     }
 
+    /// A new key frame at `key`: the tracks' frames before its instant go,
+    /// but for the one of each track that covers it.
+    fn trim_tracks(&mut self, key: MediaTime) {
+        let mut covering: Vec<Option<usize>> = Vec::new();
+        for (i, f) in self.tracks.iter().enumerate() {
+            if f.time <= key {
+                let t = usize::from(f.track);
+                if covering.len() <= t {
+                    covering.resize(t + 1, None);
+                }
+                if covering[t].is_none_or(|c| self.tracks[c].time <= f.time) {
+                    covering[t] = Some(i);
+                }
+            }
+        }
+        let mut i = 0;
+        let mut bytes = 0;
+        self.tracks.retain(|f| {
+            let keep = f.time > key || covering.get(usize::from(f.track)) == Some(&Some(i));
+            i += 1;
+            if keep {
+                bytes += f.byte_len();
+            }
+            keep
+        });
+        self.track_bytes = bytes;
+        self.tracks_lost = false;
+    }
+
+    fn push_track(&mut self, frame: &Arc<Frame>) {
+        self.track_bytes += frame.byte_len();
+        self.tracks.push_back(frame.clone());
+        while self.tracks.len() > TRACK_CACHE_MAX_FRAMES || self.track_bytes > TRACK_CACHE_MAX_BYTES
+        {
+            let Some(old) = self.tracks.pop_front() else {
+                break;
+            };
+            self.track_bytes -= old.byte_len();
+            // Only frames from the key frame's instant on are kept: one
+            // lost now is one a client starting there would miss.
+            self.tracks_lost |= !self.frames.is_empty();
+        }
+    }
+
     fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
         self.broken = true;
+        self.tracks.clear();
+        self.track_bytes = 0;
     }
+}
+
+/// Where a new TCP client starts ([`Channel::subscribe_with_tracks`]).
+pub struct Start {
+    /// The frames of the current GOP, from its key frame (empty: the client
+    /// waits for the next key frame).
+    pub gop: Vec<Arc<Frame>>,
+    /// The tracks' cached frames, in publishing order: of each, the one
+    /// that covers the key frame's instant and all after.
+    pub tracks: Vec<Arc<Frame>>,
+    /// Every picture after `gop`.
+    pub rx: broadcast::Receiver<Arc<Frame>>,
+    /// Every track frame after `tracks`.
+    pub tracks_rx: broadcast::Receiver<Arc<Frame>>,
 }
 
 /// A running channel, shared read-only with sinks and the control API.
@@ -244,6 +324,30 @@ impl Channel {
         (gop.frames.clone(), self.frames.subscribe())
     }
 
+    /// A new sink of pictures and of the tracks besides them, that starts at
+    /// the cached key frame with the tracks' frames from its instant on
+    /// ([`Start`]). No frame is in both a cache and its receiver, none is
+    /// missing between them. When the tracks' cache no longer reaches back
+    /// to the key frame, the client waits for the next one.
+    pub fn subscribe_with_tracks(&self) -> Start {
+        let gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+        let whole = !gop.tracks_lost;
+        Start {
+            gop: if whole {
+                gop.frames.clone()
+            } else {
+                Vec::new()
+            },
+            tracks: if whole && !gop.frames.is_empty() {
+                gop.tracks.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            rx: self.frames.subscribe(),
+            tracks_rx: self.track_frames.subscribe(),
+        }
+    }
+
     /// The last picture's media time and RTP timestamp, if one was sent.
     pub fn last_picture(&self) -> Option<(MediaTime, u32)> {
         self.gop.lock().unwrap_or_else(|e| e.into_inner()).last
@@ -255,7 +359,10 @@ impl Channel {
     }
 
     fn publish_track(&self, frame: Frame) {
-        let _ = self.track_frames.send(Arc::new(frame));
+        let frame = Arc::new(frame);
+        let mut gop = self.gop.lock().unwrap_or_else(|e| e.into_inner());
+        gop.push_track(&frame);
+        let _ = self.track_frames.send(frame);
     }
 
     /// Publishes a frame to every sink.
@@ -303,7 +410,16 @@ pub struct Publisher {
     last_track_warn: Option<Instant>,
     /// When the last picture went to the multicast emitter.
     last_sent: Option<SystemTime>,
+    /// The tracks' frames that came in this session before its first
+    /// picture, which nothing places in time yet: at it, the one of each
+    /// track that covers its instant and those after go on, so its sound
+    /// starts with it. At most [`PENDING_TRACK_FRAMES`] (the oldest go).
+    pending_tracks: std::collections::VecDeque<(usize, Bytes, i64, Instant)>,
 }
+
+/// Track frames held for a session's first picture: 2.7 s of AAC at 48 kHz,
+/// longer than cameras take from their first sound to their first picture.
+const PENDING_TRACK_FRAMES: usize = TRACK_RING_FRAMES;
 
 impl Publisher {
     /// `cname` names the RTCP source when the channel is sent by multicast.
@@ -325,6 +441,7 @@ impl Publisher {
             logged_not_carried: Vec::new(),
             last_track_warn: None,
             last_sent: None,
+            pending_tracks: Default::default(),
         }
     }
 
@@ -371,6 +488,45 @@ impl Publisher {
         self.recorder = Some(recorder);
     }
 
+    /// The tracks as sinks and the SDP see them.
+    fn track_infos(&self) -> Vec<TrackInfo> {
+        self.core
+            .tracks()
+            .iter()
+            .map(|t| TrackInfo {
+                desc: t.desc.clone(),
+                ssrc: t.ids.ssrc,
+                payload_type: t.payload_type,
+                rtp_base: t.ids.rtp_base,
+            })
+            .collect()
+    }
+
+    /// The session's first picture went: the tracks' frames held for it
+    /// go on, from the one of each track that covers its instant.
+    fn release_pending_tracks(&mut self, picture: MediaTime) {
+        let pending = std::mem::take(&mut self.pending_tracks);
+        let times: Vec<Option<MediaTime>> = pending
+            .iter()
+            .map(|(i, _, elapsed, _)| self.core.track_time(*i, *elapsed))
+            .collect();
+        // Of each track, the last frame that starts at or before the picture.
+        let mut covering: Vec<(usize, usize)> = Vec::new();
+        for (k, ((i, ..), t)) in pending.iter().zip(&times).enumerate() {
+            if t.is_some_and(|t| t <= picture) {
+                match covering.iter_mut().find(|(track, _)| track == i) {
+                    Some(c) => c.1 = k,
+                    None => covering.push((*i, k)),
+                }
+            }
+        }
+        for (k, ((i, data, elapsed, arrival), t)) in pending.into_iter().zip(times).enumerate() {
+            if t.is_some_and(|t| t > picture) || covering.contains(&(i, k)) {
+                self.track_frame(i, data, elapsed, arrival);
+            }
+        }
+    }
+
     fn publish_info(&self) {
         let (Some(codec), Some(params)) = (self.core.codec(), self.core.params()) else {
             return;
@@ -388,6 +544,7 @@ impl Publisher {
 impl Sink for Publisher {
     fn session_started(&mut self, codec: Codec) {
         self.core.start_session(codec);
+        self.pending_tracks.clear();
         // The new session's pictures do not follow the old GOP.
         self.channel.clear_gop();
         self.streaming = false;
@@ -439,7 +596,20 @@ impl Sink for Publisher {
             };
             r.push(&au, &params, frame.time, wall);
         }
+        let picture = frame.time;
         self.channel.publish(frame);
+        if self.core.take_rebased() {
+            // A resumed channel moved its tracks' timestamps on at this
+            // picture: RTP-Info must name the new ones.
+            let infos = self.track_infos();
+            self.channel.info.send_modify(|i| {
+                i.tracks = infos;
+                i.version += 1;
+            });
+        }
+        if !self.pending_tracks.is_empty() {
+            self.release_pending_tracks(picture);
+        }
         self.keep_point(arrival);
     }
 
@@ -452,6 +622,8 @@ impl Sink for Publisher {
             self.logged_not_carried = not_carried.clone();
         }
         let changed = self.core.set_tracks(tracks);
+        // Held frames were numbered by the tracks before.
+        self.pending_tracks.clear();
         if let Some(r) = &mut self.recorder {
             let descs: Vec<TrackDesc> = self.core.tracks().iter().map(|t| t.desc.clone()).collect();
             r.set_tracks(&descs);
@@ -488,17 +660,7 @@ impl Sink for Publisher {
         for e in old.iter_mut().flatten() {
             e.bye(now);
         }
-        let infos: Vec<TrackInfo> = self
-            .core
-            .tracks()
-            .iter()
-            .map(|t| TrackInfo {
-                desc: t.desc.clone(),
-                ssrc: t.ids.ssrc,
-                payload_type: t.payload_type,
-                rtp_base: t.ids.rtp_base,
-            })
-            .collect();
+        let infos = self.track_infos();
         self.channel.info.send_if_modified(|i| {
             if !changed && i.not_carried == not_carried {
                 return false;
@@ -516,6 +678,14 @@ impl Sink for Publisher {
             // A metadata document without end (the depacketizer joins until
             // a marker): dropped, counted, never held.
             m.track_errors.inc();
+            return;
+        }
+        if self.core.awaits_first_picture() && index < self.core.tracks().len() {
+            if self.pending_tracks.len() >= PENDING_TRACK_FRAMES {
+                self.pending_tracks.pop_front();
+            }
+            self.pending_tracks
+                .push_back((index, data, elapsed, arrival));
             return;
         }
         match self.core.push_track(index, &data, elapsed) {
@@ -550,6 +720,7 @@ impl Sink for Publisher {
 
     fn session_ended(&mut self, error: &IngestError) {
         self.core.end_session();
+        self.pending_tracks.clear();
         if let Some(r) = &mut self.recorder {
             r.end();
         }

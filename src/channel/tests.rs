@@ -136,3 +136,73 @@ async fn the_shared_interleaved_buffer_is_what_per_packet_framing_writes() {
     }
     assert_eq!(zero, two);
 }
+
+fn pcmu() -> crate::media::TrackDesc {
+    crate::media::TrackDesc::pcmu()
+}
+
+/// A publisher of `ch` with SSRC 1, numbered from 0.
+fn publisher(ch: &Arc<Channel>) -> Publisher {
+    let ids = StreamIds {
+        ssrc: 1,
+        initial_seq: 0,
+        rtp_base: 0,
+    };
+    Publisher::new(ch.clone(), ids, String::new())
+}
+
+#[test]
+fn sound_that_came_before_a_sessions_first_picture_starts_with_it() {
+    let ch = channel();
+    let mut p = publisher(&ch);
+    p.session_started(Codec::H264);
+    p.tracks(vec![pcmu()], Vec::new());
+    let mut sound = ch.subscribe_tracks();
+    let t = Instant::now();
+    // 128 ms frames at 0, 0.128 and 0.256 s of the camera's time line; its
+    // first picture at 0.2 s.
+    for k in 0..3 {
+        p.track_frame(0, Bytes::from(vec![0xd5; 1024]), k * 1024, t);
+    }
+    assert!(sound.try_recv().is_err(), "nothing to place them by yet");
+    p.access_unit(au(true), MediaTime(18_000), t);
+    // The frame that covers the picture (from 0.128 s) and the one after
+    // it go on; the first, over before the picture, does not.
+    let times: Vec<i64> = std::iter::from_fn(|| sound.try_recv().ok())
+        .map(|f| f.time.0)
+        .collect();
+    assert_eq!(times, vec![11_520 - 18_000, 23_040 - 18_000]);
+    let start = ch.subscribe_with_tracks();
+    assert_eq!(start.tracks.len(), 2, "cached for TCP clients too");
+    // A later frame goes at once.
+    p.track_frame(0, Bytes::from(vec![0xd5; 1024]), 3 * 1024, t);
+    assert_eq!(sound.try_recv().unwrap().time.0, 34_560 - 18_000);
+}
+
+#[test]
+fn a_resumed_channel_tells_its_tracks_new_numbering_at_its_first_picture() {
+    let ch = channel();
+    let mut p = publisher(&ch);
+    let t0 = Instant::now();
+    let audio = StreamIds {
+        ssrc: 2,
+        initial_seq: 5,
+        rtp_base: 1000,
+    };
+    p.resume(vec![(crate::media::TrackKind::Audio, audio, 8000)], t0);
+    p.session_started(Codec::H264);
+    p.tracks(vec![pcmu()], Vec::new());
+    assert_eq!(ch.info.borrow().tracks[0].rtp_base, 1000);
+    // The first picture half a second after the numbering was computed:
+    // every timestamp moves on by as much, and sinks (RTP-Info) learn it.
+    p.access_unit(
+        au(true),
+        MediaTime(0),
+        t0 + std::time::Duration::from_millis(500),
+    );
+    let info = ch.info.borrow().tracks[0].clone();
+    assert_eq!(info.rtp_base, 1000 + 4000);
+    p.track_frame(0, Bytes::from(vec![0xd5; 160]), 0, t0);
+    let f = ch.subscribe_with_tracks().tracks[0].clone();
+    assert_eq!(f.rtp_timestamp, info.rtp_at(f.time));
+}

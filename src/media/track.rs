@@ -92,6 +92,29 @@ impl TrackDesc {
         }
     }
 
+    /// Whether each byte of a frame is one tick of the track's clock and a
+    /// frame can be cut at any byte (G.711 mono: one sample a byte, no
+    /// state between samples), so that a part of a frame is sound of its own.
+    pub fn byte_per_tick(&self) -> bool {
+        let mono = self.channels.is_none_or(|c| c == 1);
+        let enc = self.encoding.to_ascii_uppercase();
+        mono && self.clock_rate == 8000
+            && matches!(self.payload, Payload::Frame)
+            && (enc == "PCMU" || enc == "PCMA")
+    }
+
+    /// G.711 mu-law, mono, as cameras send it (tests).
+    #[cfg(test)]
+    pub fn pcmu() -> TrackDesc {
+        TrackDesc {
+            kind: TrackKind::Audio,
+            encoding: "PCMU".into(),
+            clock_rate: 8000,
+            channels: None,
+            payload: Payload::Frame,
+        }
+    }
+
     /// `a=rtpmap` after the payload type: `PCMU/8000`, `MPEG4-GENERIC/48000/2`.
     pub fn rtpmap(&self) -> String {
         let mut s = format!("{}/{}", self.encoding, self.clock_rate);

@@ -14,8 +14,8 @@
 use bytes::Bytes;
 use rtp_rs::{RtpPacketBuilder, Seq};
 
-use super::{RTP_HEADER_LEN, RtpPacket};
-use crate::media::Payload;
+use super::{Frame, RTP_HEADER_LEN, RtpPacket};
+use crate::media::{MediaTime, Payload};
 
 /// The largest AU an AAC-hbr header can size: 13 bits.
 pub const AAC_MAX_AU: usize = (1 << 13) - 1;
@@ -128,6 +128,40 @@ impl TrackPacketizer {
         self.seq = self.seq.wrapping_add(1);
         Bytes::from(h)
     }
+}
+
+/// The rest of a one-packet frame of a byte-per-tick encoding
+/// ([`crate::media::TrackDesc::byte_per_tick`], G.711) from `ticks` in: the
+/// same packet (sequence number, marker, SSRC) with its first `ticks` bytes
+/// cut and its timestamp moved on by as many, at media time `time`. `None`
+/// when nothing is left, or the frame is not one packet with a plain header.
+pub fn trim_front(frame: &Frame, ticks: usize, time: MediaTime) -> Option<Frame> {
+    let [p] = &frame.packets[..] else {
+        return None;
+    };
+    if p.head().len() != RTP_HEADER_LEN || ticks >= p.body().len() {
+        return None;
+    }
+    let mut head = p.head().to_vec();
+    let ts = p.timestamp().wrapping_add(ticks as u32);
+    head[4..8].copy_from_slice(&ts.to_be_bytes());
+    // The instant it stands for moves on with its media time.
+    let ahead = u64::try_from(time.0.saturating_sub(frame.time.0)).unwrap_or(0);
+    let arrival = frame
+        .arrival
+        .checked_add(std::time::Duration::from_nanos(
+            ahead.saturating_mul(1_000_000_000) / u64::from(crate::media::time::CLOCK_RATE),
+        ))
+        .unwrap_or(frame.arrival);
+    Some(Frame {
+        packets: vec![RtpPacket::new(Bytes::from(head), p.body().slice(ticks..))],
+        key: frame.key,
+        time,
+        rtp_timestamp: ts,
+        arrival,
+        track: frame.track,
+        interleaved: Default::default(),
+    })
 }
 
 #[cfg(test)]

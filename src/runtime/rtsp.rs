@@ -11,7 +11,7 @@
 //! and is dropped when its socket accepts nothing for the stall time. Nothing
 //! it does reaches the camera task, the multicast sender or another client.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,13 +26,15 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::channel::{Channel, Directory, GOP_MAX_FRAMES, RING_FRAMES};
+use crate::channel::{
+    Channel, Directory, GOP_MAX_FRAMES, RING_FRAMES, TRACK_CACHE_MAX_FRAMES, TRACK_RING_FRAMES,
+};
 use crate::config::{CatchUpPolicy, RtspConfig};
 use crate::control::sdp::{self, ChannelDescription, Delivery};
 use crate::metrics::{ChannelMetrics, Metrics};
 use crate::rtp::Frame;
 use crate::serve::auth::Authenticator;
-use crate::serve::catch_up::CatchUp;
+use crate::serve::catch_up::{CatchUp, Interleave};
 use crate::serve::request::{Incoming, RequestError, RequestReader};
 use crate::serve::session::{
     Action, Catalog, ChannelEntry, Connection, Refusal, SessionTransport, refusal_response,
@@ -54,6 +56,9 @@ const CATCH_UP_MAX_FRAMES: usize = GOP_MAX_FRAMES + RING_FRAMES;
 /// A client this far behind its catch-up schedule is held back by its own
 /// link, not by the pacing: it is then fed like any other.
 const CATCH_UP_BEHIND: Duration = Duration::from_secs(1);
+/// The tracks' frames a client holds while its pictures catch up: the
+/// channel's cache of them plus a ring. Beyond it, the oldest go.
+const CATCH_UP_MAX_TRACK_FRAMES: usize = TRACK_CACHE_MAX_FRAMES + TRACK_RING_FRAMES;
 
 /// Everything a connection needs, shared by all of them.
 pub struct RtspShared {
@@ -397,18 +402,18 @@ pub async fn serve(listener: TcpListener, shared: Arc<RtspShared>, cancel: Cance
 struct Player {
     channel: Arc<Channel>,
     rx: broadcast::Receiver<Arc<Frame>>,
-    /// The tracks besides video, when the client set any up; each goes
-    /// live on the interleaved channel the client set it up on.
+    /// The tracks besides video, when the client set any up; each goes on
+    /// the interleaved channel the client set it up on.
     tracks_rx: Option<broadcast::Receiver<Arc<Frame>>>,
     /// Per track besides video (by index): the client's interleaved
     /// channel and the SSRC the track had at PLAY. A camera that comes
     /// back with other tracks renumbers them: a frame goes out only if its
     /// SSRC is the one the client set up.
     track_channels: Vec<Option<(u8, u32)>>,
-    /// No track frame goes out before the first picture: without RTP-Info
-    /// a client starts each track's time line at its first packet.
-    video_started: bool,
-    backlog: VecDeque<Arc<Frame>>,
+    /// The frames waiting to go, pictures and tracks in media-time order:
+    /// at first the cached GOP with its sound, then what the rings gave
+    /// while earlier frames waited.
+    backlog: Interleave,
     rtp_channel: u8,
     waiting_key: bool,
     /// Set while the client works through the cached GOP towards live.
@@ -425,101 +430,126 @@ enum Next {
     Gone,
 }
 
+/// What a receive from the pictures' ring gave.
+enum Received {
+    Frame,
+    Nothing,
+    Gone,
+}
+
 impl Player {
-    /// The next frames to send: the backlog first, then the ring; paced
+    /// The next frames to send: the backlog first, then the rings; paced
     /// while the client catches up. A client that fell a whole ring behind
     /// resumes at the next key frame.
     async fn next(&mut self) -> Next {
-        // Sound and metadata go live, whatever the pictures do (catching up
-        // included), once the first picture has gone.
-        if let Some(rx) = &mut self.tracks_rx {
-            let mut batch = Vec::new();
-            while batch.len() < MAX_BATCH_FRAMES {
-                match rx.try_recv() {
-                    Ok(f) if self.video_started && wanted(&self.track_channels, &f) => {
-                        batch.push(f)
-                    }
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                return Next::Frames(batch);
-            }
-        }
         if self.catch_up.is_some()
             && let Some(batch) = self.next_paced().await
         {
-            self.video_started = true;
             return Next::Frames(batch);
         }
-        let m = &self.channel.metrics;
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        if self.backlog.is_empty() {
-            loop {
-                let r = tokio::select! {
-                    r = self.rx.recv() => r,
-                    f = next_track(&mut self.tracks_rx, &self.track_channels), if self.video_started => {
-                        return Next::Frames(vec![f]);
+        loop {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                // Whatever the rings hold joins the backlog first: the
+                // next frame in media time may be in either.
+                if self.backlog.video_len() == 0 {
+                    self.try_video();
+                }
+                self.try_tracks();
+                let Some(f) = self.backlog.pop() else { break };
+                bytes += f.byte_len();
+                batch.push(f);
+            }
+            self.queue
+                .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
+            if !batch.is_empty() {
+                return Next::Frames(batch);
+            }
+            // Nothing may go: wait for a picture or a track's frame.
+            tokio::select! {
+                r = self.rx.recv() => {
+                    if let Received::Gone = self.received(r) {
+                        return Next::Gone;
                     }
-                };
-                match r {
-                    Ok(f) if self.waiting_key && !f.key => continue,
-                    Ok(f) => {
-                        self.waiting_key = false;
-                        bytes += f.byte_len();
-                        batch.push(f);
-                        break;
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        m.key_frame_skips.inc();
-                        tracing::debug!(
-                            frames = n,
-                            "TCP client fell behind; skipping to the next key frame"
-                        );
-                        self.waiting_key = true;
-                    }
-                    Err(RecvError::Closed) => return Next::Gone,
+                }
+                f = next_track(&mut self.tracks_rx, &self.track_channels) => {
+                    self.backlog.push_track(f);
                 }
             }
         }
-        while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
-            let f = match self.backlog.pop_front() {
-                Some(f) => f,
-                None => match self.rx.try_recv() {
-                    Ok(f) if self.waiting_key && !f.key => continue,
-                    Ok(f) => {
-                        self.waiting_key = false;
-                        f
-                    }
-                    Err(TryRecvError::Lagged(_)) => {
-                        m.key_frame_skips.inc();
-                        self.waiting_key = true;
-                        continue;
-                    }
-                    Err(_) => break,
-                },
-            };
-            bytes += f.byte_len();
-            batch.push(f);
+    }
+
+    /// Takes a picture from the ring into the backlog, if one is there.
+    fn try_video(&mut self) {
+        let r = match self.rx.try_recv() {
+            Ok(f) => Ok(f),
+            Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            Err(TryRecvError::Empty) => return,
+        };
+        // Closed: the caller's wait sees it once the backlog is out.
+        let _ = self.received(r);
+    }
+
+    /// A picture from the ring: into the backlog (unless the client waits
+    /// for a key frame and this is none). A client that fell a ring behind
+    /// starts over at the next key frame, sound and all.
+    fn received(&mut self, r: Result<Arc<Frame>, RecvError>) -> Received {
+        match r {
+            Ok(f) if self.waiting_key && !f.key => Received::Nothing,
+            Ok(f) => {
+                self.waiting_key = false;
+                self.backlog.push_video(f);
+                Received::Frame
+            }
+            Err(RecvError::Lagged(n)) => {
+                self.channel.metrics.key_frame_skips.inc();
+                tracing::debug!(
+                    frames = n,
+                    "TCP client fell behind; skipping to the next key frame"
+                );
+                self.skip_to_key_frame();
+                Received::Nothing
+            }
+            Err(RecvError::Closed) => Received::Gone,
         }
-        self.queue
-            .store(self.rx.len() + self.backlog.len(), Ordering::Relaxed);
-        self.video_started |= !batch.is_empty();
-        Next::Frames(batch)
+    }
+
+    fn skip_to_key_frame(&mut self) {
+        self.backlog.restart();
+        self.waiting_key = true;
+        self.catch_up = None;
+    }
+
+    /// Takes every frame of the client's tracks the ring holds into the
+    /// backlog (which keeps the newest [`CATCH_UP_MAX_TRACK_FRAMES`]). A
+    /// client that fell behind on them just goes on with the next: every
+    /// audio frame stands alone.
+    fn try_tracks(&mut self) {
+        let Some(rx) = &mut self.tracks_rx else {
+            return;
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(f) if wanted(&self.track_channels, &f) => self.backlog.push_track(f),
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
     }
 
     /// The next frames while the client catches up, each when it is due
-    /// ([`CatchUp`]); `None` once it is live, lapped or held back by its own
+    /// ([`CatchUp`]; a track's frame by the same schedule as the pictures
+    /// around it); `None` once it is live, lapped or held back by its own
     /// link, and frames go as they come. Cancel-safe: the frames taken from
-    /// the ring wait in the backlog.
+    /// the rings wait in the backlog.
     async fn next_paced(&mut self) -> Option<Vec<Arc<Frame>>> {
         // Twice at most: sleep until the front frame is due, then take it.
         loop {
-            while self.backlog.len() < CATCH_UP_MAX_FRAMES {
+            while self.backlog.video_len() < CATCH_UP_MAX_FRAMES {
                 match self.rx.try_recv() {
-                    Ok(f) => self.backlog.push_back(f),
+                    Ok(f) => self.backlog.push_video(f),
                     Err(TryRecvError::Lagged(n)) => {
                         // The frames after the backlog are lost: the client
                         // resumes at the next key frame, live.
@@ -528,15 +558,14 @@ impl Player {
                             frames = n,
                             "TCP client fell behind while catching up; skipping to the next key frame"
                         );
-                        self.backlog.clear();
-                        self.waiting_key = true;
-                        self.catch_up = None;
+                        self.skip_to_key_frame();
                         return None;
                     }
                     // Closed: the backlog still goes out; the caller sees the end.
                     Err(_) => break,
                 }
             }
+            self.try_tracks();
             let cu = self.catch_up.as_mut()?;
             let now = Instant::now();
             let live = match self.backlog.front() {
@@ -564,8 +593,12 @@ impl Player {
                     Some(f) if cu.due(f.time) <= now && !cu.is_live(f.time, f.arrival) => {}
                     _ => break,
                 }
-                let f = self.backlog.pop_front().expect("front checked");
-                cu.sent(f.time);
+                let f = self.backlog.pop().expect("front checked");
+                // The schedule steps at pictures only: a track's frame goes
+                // when the pictures' schedule reaches its time.
+                if f.track == 0 {
+                    cu.sent(f.time);
+                }
                 bytes += f.byte_len();
                 batch.push(f);
             }
@@ -912,9 +945,11 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                 };
                 match transport {
                     SessionTransport::Tcp { rtp, .. } => {
-                        let (gop, rx) = ch.subscribe_from_key_frame();
-                        // Tracks besides video go live from now; their
-                        // RTP-Info maps the first picture's time into their
+                        let sub = ch.subscribe_with_tracks();
+                        let gop = sub.gop;
+                        let rx = sub.rx;
+                        // Tracks besides video start at the first picture's
+                        // instant; their RTP-Info maps its time into their
                         // clocks, which is how a TCP client (no RTCP) syncs.
                         let info = ch.info.borrow().clone();
                         let mut track_channels = vec![None; info.tracks.len()];
@@ -925,10 +960,26 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                                 *slot = Some((*rtp, ti.ssrc));
                             }
                         }
-                        let tracks_rx = track_channels
+                        let with_tracks = track_channels.iter().any(Option::is_some);
+                        let tracks_rx = with_tracks.then_some(sub.tracks_rx);
+                        // Sound that can be cut (G.711) starts exactly at
+                        // the first picture; other tracks at their first
+                        // frame from it on.
+                        let cut = info
+                            .tracks
                             .iter()
-                            .any(Option::is_some)
-                            .then(|| ch.subscribe_tracks());
+                            .map(|t| t.desc.byte_per_tick().then_some(t.desc.clock_rate))
+                            .collect();
+                        let mut backlog = Interleave::new(CATCH_UP_MAX_TRACK_FRAMES, cut);
+                        if !gop.is_empty() {
+                            for f in sub
+                                .tracks
+                                .into_iter()
+                                .filter(|f| wanted(&track_channels, f))
+                            {
+                                backlog.push_track(f);
+                            }
+                        }
                         // The first cached picture; without one (the client
                         // waits for the next key frame), the last picture
                         // sent: every track's rtptime names the same instant.
@@ -976,7 +1027,7 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                                 start = Some((
                                     ch,
                                     rtp,
-                                    gop,
+                                    (gop, backlog),
                                     rx,
                                     (tracks_rx, track_channels),
                                     queue,
@@ -1015,7 +1066,17 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
         if write_response(wr, &out.response, stall).await.is_err() {
             return false;
         }
-        if let Some((ch, rtp, gop, rx, (tracks_rx, track_channels), queue, bytes, guard)) = start {
+        if let Some((
+            ch,
+            rtp,
+            (gop, mut backlog),
+            rx,
+            (tracks_rx, track_channels),
+            queue,
+            bytes,
+            guard,
+        )) = start
+        {
             let paced = match shared.cfg.catch_up {
                 CatchUpPolicy::Paced => true,
                 CatchUpPolicy::Burst => false,
@@ -1029,19 +1090,23 @@ async fn drain_requests<W: AsyncWrite + Unpin>(
                 "TCP client playing"
             );
             let now = Instant::now();
+            let waiting_key = gop.is_empty();
+            let catch_up = gop
+                .first()
+                .filter(|_| paced)
+                .map(|key| CatchUp::new(key.time, now));
+            for f in gop {
+                backlog.push_video(f);
+            }
             *player = Some(Player {
-                waiting_key: gop.is_empty(),
-                catch_up: gop
-                    .first()
-                    .filter(|_| paced)
-                    .map(|key| CatchUp::new(key.time, now)),
+                waiting_key,
+                catch_up,
                 started: now,
-                backlog: gop.into(),
+                backlog,
                 channel: ch,
                 rx,
                 tracks_rx,
                 track_channels,
-                video_started: false,
                 rtp_channel: rtp,
                 queue,
                 bytes,
