@@ -197,13 +197,14 @@ impl Site {
         std::thread::sleep(Duration::from_secs(5));
         let before = decoder.frames_so_far();
         if before < 60 {
-            for f in [
-                "mcrelay-recorder-1.log",
-                "mcrelay-failover-1.log",
-                "ffmpeg-takeover.err",
-            ] {
+            for f in ["mcrelay-recorder-1.log", "mcrelay-failover-1.log"] {
                 eprintln!("== {f}\n{}", common::plain_log(&dir.path().join(f)));
             }
+            let ffmpeg = common::plain_log(&dir.path().join("ffmpeg-takeover.log"));
+            eprintln!(
+                "== ffmpeg\n{:?}",
+                common::FfmpegLog::parse(&ffmpeg).messages()
+            );
         }
         assert!(
             before >= 60,

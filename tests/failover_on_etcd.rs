@@ -464,7 +464,11 @@ fn get(ns: &Netns, addr: &'static str, path: &'static str) -> Option<(u16, Strin
 /// assert message.
 fn logs(dir: &std::path::Path) -> String {
     let tail = |name: &str, n: usize| {
-        let text = common::plain_log(&dir.join(name));
+        let mut text = common::plain_log(&dir.join(name));
+        if name.starts_with("ffmpeg") {
+            // Its messages, not its frames.
+            text = common::FfmpegLog::parse(&text).messages().join("\n");
+        }
         let lines: Vec<&str> = text.lines().collect();
         format!(
             "== {name} (last {} of {} lines)\n{}",
@@ -476,7 +480,7 @@ fn logs(dir: &std::path::Path) -> String {
     [
         tail("mcrelay-recorder-1.log", 150),
         tail("mcrelay-failover-1.log", 150),
-        tail("ffmpeg-etcd.err", 20),
+        tail("ffmpeg-etcd.log", 20),
     ]
     .join("\n")
 }

@@ -147,7 +147,7 @@ fn demo_channels_decode_mid_stream() {
         })
         .collect();
     for (ch, d) in decoders {
-        let (frames, errors) = d.finish(Duration::from_secs(40));
+        let (frames, errors) = d.finish_joined_mid_gop(Duration::from_secs(40));
         assert!(
             frames >= 240,
             "demo channel {ch}: {frames} frames; stderr: {errors:?}"

@@ -344,15 +344,71 @@ pub fn get_json(ns: &Netns, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// An ffmpeg decode started in the background.
+/// An ffmpeg decode started in the background. It writes a line per
+/// decoded frame (`framecrc`, flushed at each) and its messages to one
+/// file, in the order they happen: what it said before its first picture
+/// can be told from what it said after.
 pub struct Decoder {
     proc: Proc,
     out: PathBuf,
-    err: PathBuf,
+}
+
+/// What ffmpeg wrote to a file of its framecrc lines and its messages
+/// together ([`Decoder`]).
+pub struct FfmpegLog {
+    /// Frames of output stream 0 (the pictures, which ffmpeg maps first).
+    pub frames: u64,
+    /// Messages before its first picture: a viewer that joins a multicast
+    /// group in the middle of a GOP gets them for the pictures before its
+    /// first key frame, which it drops (ffmpeg 5.1 says "Missing reference
+    /// picture" and "decode_slice_header error" when the first picture it
+    /// gets is the one right after a key frame: no gap in frame numbers
+    /// tells it a reference is missing). Nobody sends the group for one
+    /// viewer, so no sender can avoid them.
+    pub before_first_picture: Vec<String>,
+    /// Messages from its first picture on.
+    pub after_first_picture: Vec<String>,
+}
+
+impl FfmpegLog {
+    pub fn parse(text: &str) -> FfmpegLog {
+        let mut log = FfmpegLog {
+            frames: 0,
+            before_first_picture: Vec::new(),
+            after_first_picture: Vec::new(),
+        };
+        for l in text.lines() {
+            let l = l.trim_end();
+            if l.trim().is_empty() || l.starts_with('#') {
+                continue;
+            }
+            // "0,          9,          9,        1,   345600, 0x8c8b1bc8"
+            let fields: Vec<&str> = l.split(',').map(str::trim).collect();
+            if fields.len() >= 5 && fields[..5].iter().all(|f| f.parse::<i64>().is_ok()) {
+                log.frames += u64::from(fields[0] == "0");
+                continue;
+            }
+            if log.frames == 0 {
+                log.before_first_picture.push(l.to_string());
+            } else {
+                log.after_first_picture.push(l.to_string());
+            }
+        }
+        log
+    }
+
+    /// Every message, before and after the first picture.
+    pub fn messages(&self) -> Vec<String> {
+        [
+            &self.before_first_picture[..],
+            &self.after_first_picture[..],
+        ]
+        .concat()
+    }
 }
 
 impl Decoder {
-    /// `ffmpeg -v error -progress ... [pre_input] -i INPUT -t SECONDS -f null -` in `ns`.
+    /// `ffmpeg -v error [pre_input] -i INPUT -t SECONDS -f framecrc -` in `ns`.
     pub fn start(
         ns: &Netns,
         dir: &Path,
@@ -374,58 +430,64 @@ impl Decoder {
         after_input: &[&str],
         seconds: u32,
     ) -> Decoder {
-        let out = dir.join(format!("ffmpeg-{tag}.out"));
-        let err = dir.join(format!("ffmpeg-{tag}.err"));
+        let out = dir.join(format!("ffmpeg-{tag}.log"));
+        let file = std::fs::File::create(&out).unwrap();
         let mut cmd = ns.command("ffmpeg");
-        cmd.args([
-            "-hide_banner",
-            "-nostdin",
-            "-v",
-            "error",
-            "-progress",
-            "pipe:1",
-            "-nostats",
-        ])
-        .args(pre_input)
-        .args(["-i", input])
-        .args(after_input)
-        .args(["-t", &seconds.to_string(), "-f", "null", "-"])
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap());
+        cmd.args(["-hide_banner", "-nostdin", "-v", "error"])
+            .args(pre_input)
+            .args(["-i", input])
+            // Each decoded picture once, as the null muxer had it.
+            .args(["-fps_mode", "passthrough"])
+            .args(after_input)
+            .args(["-t", &seconds.to_string()])
+            .args(["-f", "framecrc", "-flush_packets", "1", "-"])
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
         Decoder {
             proc: Proc::spawn(cmd, "ffmpeg"),
             out,
-            err,
         }
     }
 
-    /// Frames decoded by now, as ffmpeg's last progress report (every
-    /// half second) said.
-    pub fn frames_so_far(&self) -> u64 {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix("frame="))
-            .filter_map(|v| v.trim().parse().ok())
-            .next_back()
-            .unwrap_or(0)
+    fn log(&self) -> FfmpegLog {
+        FfmpegLog::parse(&std::fs::read_to_string(&self.out).unwrap_or_default())
     }
 
-    /// Waits (at most `timeout`) and returns frames decoded and error lines.
-    pub fn finish(mut self, timeout: Duration) -> (u64, Vec<String>) {
+    /// Frames decoded by now.
+    pub fn frames_so_far(&self) -> u64 {
+        self.log().frames
+    }
+
+    /// Waits (at most `timeout`) and returns frames decoded and every
+    /// message, before its first picture too: for a viewer that starts at
+    /// a key frame (RTSP over TCP, or joined before the stream started).
+    pub fn finish(self, timeout: Duration) -> (u64, Vec<String>) {
+        let log = self.finish_log(timeout);
+        (log.frames, log.messages())
+    }
+
+    /// Waits (at most `timeout`) and returns frames decoded and the
+    /// messages from the first picture on, for a viewer that joined a
+    /// multicast group in the middle of a GOP (what it said before is
+    /// printed: see [`FfmpegLog::before_first_picture`]).
+    pub fn finish_joined_mid_gop(self, timeout: Duration) -> (u64, Vec<String>) {
+        let log = self.finish_log(timeout);
+        if !log.before_first_picture.is_empty() {
+            eprintln!(
+                "ffmpeg joined mid-GOP and said before its first picture: {:?}",
+                log.before_first_picture
+            );
+        }
+        (log.frames, log.after_first_picture)
+    }
+
+    fn finish_log(mut self, timeout: Duration) -> FfmpegLog {
         let deadline = Instant::now() + timeout;
         while self.proc.is_running() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.proc.kill();
-        let frames = self.frames_so_far();
-        let errors = std::fs::read_to_string(&self.err)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect();
-        (frames, errors)
+        self.log()
     }
 }
 
