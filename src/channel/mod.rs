@@ -178,22 +178,11 @@ impl GopCache {
     /// A new key frame at `key`: the tracks' frames before its instant go,
     /// but for the one of each track that covers it.
     fn trim_tracks(&mut self, key: MediaTime) {
-        let mut covering: Vec<Option<usize>> = Vec::new();
-        for (i, f) in self.tracks.iter().enumerate() {
-            if f.time <= key {
-                let t = usize::from(f.track);
-                if covering.len() <= t {
-                    covering.resize(t + 1, None);
-                }
-                if covering[t].is_none_or(|c| self.tracks[c].time <= f.time) {
-                    covering[t] = Some(i);
-                }
-            }
-        }
+        let covering = covering(self.tracks.iter().map(|f| (f.track, f.time)), key);
         let mut i = 0;
         let mut bytes = 0;
         self.tracks.retain(|f| {
-            let keep = f.time > key || covering.get(usize::from(f.track)) == Some(&Some(i));
+            let keep = f.time > key || covering.contains(&i);
             i += 1;
             if keep {
                 bytes += f.byte_len();
@@ -226,6 +215,27 @@ impl GopCache {
         self.tracks.clear();
         self.track_bytes = 0;
     }
+}
+
+/// Of frames given as (track, media time) in order, the positions of the
+/// one of each track that covers the instant `at`: the last that starts at
+/// or before it (of two at one time, the later given).
+fn covering<T: PartialEq>(
+    frames: impl Iterator<Item = (T, MediaTime)>,
+    at: MediaTime,
+) -> Vec<usize> {
+    let mut found: Vec<(T, MediaTime, usize)> = Vec::new();
+    for (i, (track, time)) in frames.enumerate() {
+        if time > at {
+            continue;
+        }
+        match found.iter_mut().find(|(t, ..)| *t == track) {
+            Some(c) if c.1 <= time => (c.1, c.2) = (time, i),
+            Some(_) => {}
+            None => found.push((track, time, i)),
+        }
+    }
+    found.into_iter().map(|(.., i)| i).collect()
 }
 
 /// Where a new TCP client starts ([`Channel::subscribe_with_tracks`]).
@@ -510,18 +520,17 @@ impl Publisher {
             .iter()
             .map(|(i, _, elapsed, _)| self.core.track_time(*i, *elapsed))
             .collect();
-        // Of each track, the last frame that starts at or before the picture.
-        let mut covering: Vec<(usize, usize)> = Vec::new();
-        for (k, ((i, ..), t)) in pending.iter().zip(&times).enumerate() {
-            if t.is_some_and(|t| t <= picture) {
-                match covering.iter_mut().find(|(track, _)| track == i) {
-                    Some(c) => c.1 = k,
-                    None => covering.push((*i, k)),
-                }
-            }
-        }
+        // Of each track, the frame that covers the picture's instant.
+        let covering = covering(
+            pending
+                .iter()
+                .zip(&times)
+                // A frame nothing places (an unknown track) covers nothing.
+                .map(|((i, ..), t)| (*i, t.unwrap_or(MediaTime(i64::MAX)))),
+            picture,
+        );
         for (k, ((i, data, elapsed, arrival), t)) in pending.into_iter().zip(times).enumerate() {
-            if t.is_some_and(|t| t > picture) || covering.contains(&(i, k)) {
+            if t.is_some_and(|t| t > picture) || covering.contains(&k) {
                 self.track_frame(i, data, elapsed, arrival);
             }
         }
