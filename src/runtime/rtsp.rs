@@ -430,13 +430,6 @@ enum Next {
     Gone,
 }
 
-/// What a receive from the pictures' ring gave.
-enum Received {
-    Frame,
-    Nothing,
-    Gone,
-}
-
 impl Player {
     /// The next frames to send: the backlog first, then the rings; paced
     /// while the client catches up. A client that fell a whole ring behind
@@ -469,7 +462,7 @@ impl Player {
             // Nothing may go: wait for a picture or a track's frame.
             tokio::select! {
                 r = self.rx.recv() => {
-                    if let Received::Gone = self.received(r) {
+                    if self.received(r) {
                         return Next::Gone;
                     }
                 }
@@ -494,26 +487,27 @@ impl Player {
 
     /// A picture from the ring: into the backlog (unless the client waits
     /// for a key frame and this is none). A client that fell a ring behind
-    /// starts over at the next key frame, sound and all.
-    fn received(&mut self, r: Result<Arc<Frame>, RecvError>) -> Received {
+    /// starts over at the next key frame, sound and all. Returns whether
+    /// the channel is gone.
+    fn received(&mut self, r: Result<Arc<Frame>, RecvError>) -> bool {
         match r {
-            Ok(f) if self.waiting_key && !f.key => Received::Nothing,
+            Ok(f) if self.waiting_key && !f.key => {}
             Ok(f) => {
                 self.waiting_key = false;
                 self.backlog.push_video(f);
-                Received::Frame
             }
             Err(RecvError::Lagged(n)) => {
                 self.channel.metrics.key_frame_skips.inc();
                 tracing::debug!(
                     frames = n,
+                    catching_up = self.catch_up.is_some(),
                     "TCP client fell behind; skipping to the next key frame"
                 );
                 self.skip_to_key_frame();
-                Received::Nothing
             }
-            Err(RecvError::Closed) => Received::Gone,
+            Err(RecvError::Closed) => return true,
         }
+        false
     }
 
     fn skip_to_key_frame(&mut self) {
@@ -553,12 +547,7 @@ impl Player {
                     Err(TryRecvError::Lagged(n)) => {
                         // The frames after the backlog are lost: the client
                         // resumes at the next key frame, live.
-                        self.channel.metrics.key_frame_skips.inc();
-                        tracing::debug!(
-                            frames = n,
-                            "TCP client fell behind while catching up; skipping to the next key frame"
-                        );
-                        self.skip_to_key_frame();
+                        self.received(Err(RecvError::Lagged(n)));
                         return None;
                     }
                     // Closed: the backlog still goes out; the caller sees the end.
@@ -593,7 +582,10 @@ impl Player {
                     Some(f) if cu.due(f.time) <= now && !cu.is_live(f.time, f.arrival) => {}
                     _ => break,
                 }
-                let f = self.backlog.pop().expect("front checked");
+                let f = self
+                    .backlog
+                    .pop()
+                    .expect("pop takes the front just matched");
                 // The schedule steps at pictures only: a track's frame goes
                 // when the pictures' schedule reaches its time.
                 if f.track == 0 {
