@@ -96,6 +96,9 @@ enum Command {
         #[arg(long)]
         site: PathBuf,
     },
+    /// Print a new random site key (256 bits, hex) for `[site] key`: it
+    /// authenticates the servers' failover beacons. Keep it like a password.
+    Key,
     /// Validate a site file and print its address plan.
     Check {
         #[arg(long)]
@@ -236,6 +239,10 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { site } => check(&site),
+        Command::Key => {
+            println!("{}", mcrelay::failover::beacon::SiteKey::generate());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Failback { site, server } => failback(&site, &server),
         Command::Status { site } => site_status(&site),
         Command::Sdp {
@@ -466,6 +473,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
                 }
             }
             None => {}
+        }
+    }
+    // The site key, as `run` will read it.
+    match &site.file.site.key {
+        Some(mcrelay::config::PasswordSource::Env(var)) if std::env::var_os(var).is_none() => {
+            eprintln!(
+                "{}: warning: site key.env: {var} is not set here; `mcrelay run` needs it",
+                path.display()
+            );
+        }
+        _ => {
+            if let Err(e) = site.site_key() {
+                eprintln!("error: {e}");
+                bad_password = true;
+            }
         }
     }
     if bad_password {

@@ -173,3 +173,46 @@ fn an_empty_password_is_an_error_and_a_readable_password_file_a_warning() {
     let (ok, _, err) = mcrelay(&["check", "--site", site.to_str().unwrap()]);
     assert!(ok && !err.contains("chmod"), "{err}");
 }
+
+#[test]
+fn key_makes_a_site_key_that_check_takes_and_check_refuses_a_failover_site_without_one() {
+    let (ok, key, err) = mcrelay(&["key"]);
+    assert!(ok, "{err}");
+    let key = key.trim().to_string();
+    assert_eq!(key.len(), 64, "{key}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    let (_, other, _) = mcrelay(&["key"]);
+    assert_ne!(key, other.trim(), "two keys alike");
+
+    let dir = common::tempdir();
+    let example = std::fs::read_to_string(common::repo().join("config/site.toml")).unwrap();
+    std::fs::write(dir.path().join("site.key"), format!("{key}\n")).unwrap();
+    let with_file = example.replace(
+        "key = { env = \"MCRELAY_SITE_KEY\" }",
+        "key = { file = \"site.key\" }",
+    );
+    assert_ne!(with_file, example, "the example names its key by env");
+    let path = common::write_site(dir.path(), &with_file);
+    let (ok, _, err) = mcrelay(&["check", "--site", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!err.contains(&key), "key printed: {err}");
+
+    // A short key in the file: refused at check, without printing it.
+    std::fs::write(dir.path().join("site.key"), "c0ffee00c0ffee00\n").unwrap();
+    let (ok, _, err) = mcrelay(&["check", "--site", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("64 bits"), "{err}");
+    assert!(!err.contains("c0ffee00"), "key printed: {err}");
+
+    // No key at all, and the example protects recorder-1.
+    let path = common::write_site(
+        dir.path(),
+        &example.replace("key = { env = \"MCRELAY_SITE_KEY\" }", ""),
+    );
+    let (ok, _, err) = mcrelay(&["check", "--site", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("site.key") && err.contains("mcrelay key"),
+        "{err}"
+    );
+}

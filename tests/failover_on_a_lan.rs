@@ -21,6 +21,9 @@ use common::lan::Lan;
 use common::{Decoder, Netns, Packet, PacketLog, Proc};
 
 const SITE: &str = r#"
+[site]
+key = "5a17e0c3b9f84d21a6c0e7b3d9f2418c"
+
 [site.failover]
 poll_interval = "500ms"
 

@@ -43,6 +43,9 @@ use common::{Decoder, Netns, Packet, Proc};
 use mcrelay::failover::etcd_store::testing::{CLIENT_PORT, RaftTiming};
 
 const SITE: &str = r#"
+[site]
+key = "5a17e0c3b9f84d21a6c0e7b3d9f2418c"
+
 [site.failover]
 controller = "etcd"
 poll_interval = "500ms"

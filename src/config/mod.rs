@@ -133,6 +133,21 @@ impl Site {
         )
     }
 
+    /// The site key (`[site] key`), resolved and read; `None` when the
+    /// site has none. The error never holds the key.
+    pub fn site_key(&self) -> Result<Option<crate::failover::beacon::SiteKey>, ConfigError> {
+        let Some(secret) = self.secret(self.file.site.key.as_ref(), "site", "key")? else {
+            return Ok(None);
+        };
+        crate::failover::beacon::SiteKey::from_hex(secret.expose())
+            .map(Some)
+            .map_err(|message| ConfigError::Password {
+                path: self.path.clone(),
+                server: "site".into(),
+                message: format!("key: {message}"),
+            })
+    }
+
     /// A path of the site file, relative to its folder.
     pub fn relative(&self, p: &Path) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join(p)

@@ -10,10 +10,15 @@ fn parse(text: &str) -> Result<Site, ConfigError> {
     Site::parse(text, Path::new("test-site.toml"))
 }
 
+const TEST_KEY: &str = "00112233445566778899aabbccddeeff";
+
 /// A minimal valid site with two multicast servers; tests patch it.
 fn two_servers(extra_a: &str, extra_b: &str) -> String {
     format!(
         r#"
+[site]
+key = "{TEST_KEY}"
+
 [[server]]
 name = "a"
 password = "x"
@@ -345,6 +350,68 @@ fn site_failover_settings_default_parse_and_are_checked() {
         "{:?}",
         site.warnings
     );
+}
+
+#[test]
+fn a_site_with_failover_needs_a_strong_key_and_a_beacon_group_of_its_own() {
+    let protected = || {
+        two_servers(
+            "[server.failover]\nfailover_enabled = true",
+            "[server.failover]\nuse_as_failover_server = true",
+        )
+    };
+    let site = parse(&protected()).unwrap();
+    assert!(format!("{:?}", site.site_key().unwrap()).contains("redacted"));
+    assert_eq!(
+        site.file.site.failover.beacon_group,
+        types::DEFAULT_BEACON_GROUP
+    );
+    let no_key = protected().replace(&format!("key = \"{TEST_KEY}\""), "");
+    let e = errors(&no_key);
+    assert!(
+        e.iter()
+            .any(|i| i.key == "site.key" && i.fix.contains("mcrelay key")),
+        "{e:?}"
+    );
+    // Without failover, no key is needed.
+    parse(&two_servers("", "").replace(&format!("key = \"{TEST_KEY}\""), "")).unwrap();
+    let short = protected().replace(TEST_KEY, "0011223344556677");
+    let e = errors(&short);
+    assert!(
+        e.iter()
+            .any(|i| i.key == "site.key" && i.message.contains("64 bits")),
+        "{e:?}"
+    );
+    assert!(!format!("{e:?}").contains("0011223344556677"), "{e:?}");
+    // A key from a file is read when it is used, and its faults named.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.key"), "abcd\n").unwrap();
+    let text = protected().replace(
+        &format!("key = \"{TEST_KEY}\""),
+        "key = { file = \"site.key\" }",
+    );
+    let site = Site::parse(&text, &dir.path().join("site.toml")).unwrap();
+    let err = site.site_key().unwrap_err().to_string();
+    assert!(err.contains("16 bits") && !err.contains("abcd"), "{err}");
+    std::fs::write(dir.path().join("site.key"), format!("{TEST_KEY}\n")).unwrap();
+    assert!(site.site_key().unwrap().is_some());
+    // The beacon group is a group of its own.
+    for (group, says) in [
+        ("239.1.1.2:7777", "server \"b\"'s multicast range"),
+        ("198.18.0.7:7777", "not a multicast group"),
+        ("224.0.0.5:7777", "not a multicast group"),
+    ] {
+        let text = format!(
+            "[site.failover]\nbeacon_group = \"{group}\"\n{}",
+            protected()
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|i| i.key == "site.failover.beacon_group" && i.message.contains(says)),
+            "{group}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! (server name, description, password, protocol, multicast address,
 //! failover settings, material disks).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +27,12 @@ pub struct SiteFile {
 pub struct SiteInfo {
     #[serde(default)]
     pub name: String,
+    /// The site key (hex, at least 128 bits; `mcrelay key` makes one):
+    /// authenticates the servers' beacons. A secret like a password
+    /// (inline, `{ file = ... }` or `{ env = ... }`); no viewer gets it.
+    /// Needed by a site with failover.
+    #[serde(default)]
+    pub key: Option<PasswordSource>,
     #[serde(default)]
     pub failover: SiteFailoverConfig,
 }
@@ -73,6 +79,21 @@ pub struct SiteFailoverConfig {
     pub etcd_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub etcd_key_file: Option<PathBuf>,
+    /// The group and port every server sends its beacons to and the
+    /// failover servers listen on (default `239.255.77.77:7777`): no
+    /// viewer joins it. A source-specific group (232/8) is joined with
+    /// every server's interface address as a source.
+    #[serde(default = "default_beacon_group")]
+    pub beacon_group: SocketAddrV4,
+}
+
+/// The default beacon group: organization-local scope (RFC 2365), far from
+/// the example site's media groups.
+pub const DEFAULT_BEACON_GROUP: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 77), 7777);
+
+fn default_beacon_group() -> SocketAddrV4 {
+    DEFAULT_BEACON_GROUP
 }
 
 fn default_lease_ttl() -> Duration {
@@ -105,11 +126,21 @@ impl Default for SiteFailoverConfig {
             etcd_ca_file: None,
             etcd_cert_file: None,
             etcd_key_file: None,
+            beacon_group: default_beacon_group(),
         }
     }
 }
 
 impl SiteFailoverConfig {
+    /// Whether any server of `servers` covers or is covered: the site
+    /// then needs its key and its beacons.
+    pub fn in_use(&self, servers: &[ServerConfig]) -> bool {
+        self.controller != crate::failover::ControllerKind::None
+            && servers
+                .iter()
+                .any(|s| s.failover.use_as_failover_server || s.failover.failover_enabled)
+    }
+
     pub fn settings(&self) -> crate::failover::Settings {
         crate::failover::Settings {
             controller: self.controller,

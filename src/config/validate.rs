@@ -108,6 +108,7 @@ pub fn validate(site: &SiteFile) -> Vec<Issue> {
     if fo.controller == crate::failover::ControllerKind::Etcd {
         check_etcd(&mut out, site);
     }
+    check_beacons(&mut out, site);
     for s in &site.servers {
         if let Err(why) = super::types::check_server_name(&s.name) {
             out.error(
@@ -417,6 +418,61 @@ fn check_multicast(out: &mut Issues, s: &ServerConfig) {
                     _ => {}
                 }
             }
+        }
+    }
+}
+
+/// The site key and the beacon group, for a site with failover.
+fn check_beacons(out: &mut Issues, site: &SiteFile) {
+    let fo = &site.site.failover;
+    if !fo.in_use(&site.servers) {
+        return;
+    }
+    match &site.site.key {
+        None => out.error(
+            "site.key",
+            "the site has failover and no key: the servers' beacons, which decide who emits, would be unauthenticated",
+            "make one with `mcrelay key` and set key = { file = \"site.key\" } under [site]",
+        ),
+        Some(PasswordSource::Inline(k)) => {
+            if let Err(why) = crate::failover::beacon::SiteKey::from_hex(k) {
+                out.error("site.key", why, "make one with `mcrelay key`");
+            }
+        }
+        Some(_) => {}
+    }
+    let g = *fo.beacon_group.ip();
+    if !g.is_multicast() || g.octets()[0] == 224 && g.octets()[1] == 0 && g.octets()[2] == 0 {
+        out.error(
+            "site.failover.beacon_group",
+            format!(
+                "{g} is not a multicast group a site may use (224.0.0.0/24 is link-local control)"
+            ),
+            "choose one in 239.0.0.0/8 (or 232.0.0.0/8 for a source-specific site)",
+        );
+    }
+    if fo.beacon_group.port() == 0 {
+        out.error(
+            "site.failover.beacon_group",
+            "port 0",
+            "give it a port, such as 7777",
+        );
+    }
+    let b = u32::from(g);
+    for s in &site.servers {
+        let Some(mc) = &s.multicast else { continue };
+        let (lo, hi) = group_range(mc);
+        if (lo..=hi).contains(&b) {
+            out.error(
+                "site.failover.beacon_group",
+                format!(
+                    "{g} is in server {:?}'s multicast range {}..{}: viewers of its channels would receive the beacons",
+                    s.name,
+                    Ipv4Addr::from(lo),
+                    Ipv4Addr::from(hi)
+                ),
+                "give the beacons a group of their own",
+            );
         }
     }
 }

@@ -14,6 +14,7 @@
 //! an etcd cluster, self-fencing emitters; [`etcd`]). The site chooses
 //! with `[site.failover] controller`.
 
+pub mod beacon;
 pub mod embedded;
 pub mod etcd;
 #[cfg(feature = "etcd")]

@@ -334,7 +334,10 @@ fn site(
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let disk = |s: &str| format!("{:?}", disks.join(s).display().to_string());
     format!(
-        r#"{failover}
+        r#"[site]
+key = "{key}"
+
+{failover}
 
 [[server]]
 name = "recorder-1"
@@ -382,6 +385,8 @@ segment = "2s"
 reconnect_min = "100ms"
 reconnect_max = "300ms"
 "#,
+        // A key of the run's own.
+        key = mcrelay::failover::beacon::SiteKey::generate(),
         failover = site_failover(controller, failback_delay),
         period = ms(period),
         // The same disk names on both: a standby takes over only a server
