@@ -122,6 +122,18 @@ pub struct FailoverMetrics {
     /// Multicast sends refused by this server's fence (etcd: the lease
     /// not confirmed in time).
     pub fenced_sends: Counter,
+    /// Beacons heard and verified (the site key's, fresh, not replayed).
+    pub beacons_verified: Counter,
+    /// Datagrams on the beacon group refused, by reason (`malformed`,
+    /// `forged`, `unknown_server`, `replayed`, `stale`, `inconsistent`).
+    pub beacons_rejected: Family<ReasonLabel, Counter>,
+    /// Beacons this server sent.
+    pub beacons_sent: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// The recorder's series, by channel.
@@ -344,6 +356,27 @@ impl Metrics {
             "failover_fenced_sends",
             "Multicast sends refused by this server's fence (etcd: its lease not confirmed within lease_ttl / 2)",
             failover.fenced_sends.clone(),
+        );
+        // Every reason from zero, so that a first forgery shows as a rise.
+        for reason in crate::failover::beacon::Rejection::REASONS {
+            let _ = failover
+                .beacons_rejected
+                .get_or_create(&ReasonLabel { reason });
+        }
+        r.register(
+            "failover_beacons_verified",
+            "Beacons heard on the beacon group and verified with the site key",
+            failover.beacons_verified.clone(),
+        );
+        r.register(
+            "failover_beacons_rejected",
+            "Datagrams on the beacon group refused, by reason (forged: not the site key's)",
+            failover.beacons_rejected.clone(),
+        );
+        r.register(
+            "failover_beacons_sent",
+            "Beacons this server sent on the beacon group",
+            failover.beacons_sent.clone(),
         );
         Metrics {
             failover,

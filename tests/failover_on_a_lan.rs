@@ -500,6 +500,87 @@ fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
 }
 
 #[test]
+fn forged_packets_and_beacons_change_nothing_and_a_killed_recorder_is_still_covered() {
+    let s = Site::start("fof");
+    // A workstation learns the channel's stream and captures one of
+    // recorder-1's beacons, then sends as recorder-1 (a raw socket): RTP
+    // of that stream ahead on its group, beacons with a forged tag, and
+    // the captured beacon again, for the whole test.
+    let forging = Duration::from_secs(3) + PERIOD + Duration::from_secs(4);
+    let mut cmd = s.ws().command("/usr/bin/python3");
+    cmd.arg(common::repo().join("tests/support/forge.py"))
+        .args([
+            "198.18.1.1",
+            "198.18.0.1",
+            "239.255.50.1",
+            "7202",
+            "239.255.77.77",
+            "7777",
+        ])
+        .arg(forging.as_secs_f64().to_string());
+    let forger = std::thread::spawn(move || cmd.output().expect("python3"));
+    // recorder-1, healthy, keeps its group while the forgery runs.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut s = s;
+    s.rec1.kill();
+    let killed = Instant::now();
+    let took = s.wait_covered(killed);
+    let out = forger.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "forger: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = get(s.ws(), "198.18.0.2:8080", "/metrics").unwrap().1;
+    let detail = get(s.ws(), "198.18.0.2:8080", "/status").unwrap().1;
+    let rejected = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("mcrelay_failover_beacons_rejected_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (forged, replayed) = (rejected("forged"), rejected("replayed") + rejected("stale"));
+    let (got, _, _fin) = s.finish();
+    let first = got
+        .iter()
+        .find(|p| p.from == FO1)
+        .copied()
+        .expect("failover-1 never emitted");
+    let real: Vec<&common::Packet> = got
+        .iter()
+        .filter(|p| p.from == REC1 && p.at < killed)
+        .collect();
+    let gap = real
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap_or_default();
+    println!(
+        "forger sent {said}; failover-1 refused {forged} forged and {replayed} replayed beacons; \
+         covered {:.2} s after the kill, first packet {:.2} s after it; recorder-1's longest gap while forged at {:.3} s",
+        took.as_secs_f64(),
+        first.at.duration_since(killed).as_secs_f64(),
+        gap.as_secs_f64()
+    );
+    assert!(forged >= 10.0 && replayed >= 10.0, "{metrics}");
+    assert!(
+        detail.contains("\"forged\""),
+        "the status does not say forged beacons are heard: {detail}"
+    );
+    assert!(
+        first.at.duration_since(killed) <= PERIOD + Duration::from_secs(2),
+        "failover-1 emitted {:?} after the kill",
+        first.at.duration_since(killed)
+    );
+    assert!(
+        gap < Duration::from_millis(100),
+        "recorder-1 stopped for {gap:?} while forged at"
+    );
+}
+
+#[test]
 fn an_unreachable_control_api_with_the_streams_flowing_is_not_taken_over() {
     let s = Site::start("fob");
     // failover-1 can no longer reach recorder-1's control API (its address

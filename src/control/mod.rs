@@ -270,10 +270,15 @@ async fn status(
     });
     // One borrow of the failover status (a second one in the same
     // statement could wait behind its writer while this one holds it).
-    let (controller, site) = {
+    let (controller, site, mut beacons) = {
         let f = st.failover.borrow();
-        (f.controller, f.site.clone())
+        (f.controller, f.site.clone(), f.beacons.clone())
     };
+    // What was refused last, in words, behind the password; the counts
+    // (forged beacons heard) for anyone.
+    if !detail {
+        beacons.last_rejected = None;
+    }
     json_response(
         StatusCode::OK,
         json!({
@@ -291,6 +296,7 @@ async fn status(
             "material": material,
             "failover_controller": controller,
             "site": site,
+            "beacons": beacons,
             "channels": dir.values().map(|c| channel_json(c, st.clients.as_deref(), detail)).collect::<Vec<_>>(),
         }),
     )

@@ -1,25 +1,25 @@
 //! The embedded controller: servers watch each other over the control API
-//! and on the multicast groups, with no service besides themselves.
+//! and by their beacons, with no service besides themselves.
 //!
 //! Rules (DESIGN.md, "Failover controller"):
 //! - A protected server is **broken** when it has not answered its
 //!   `/health` for longer than its `inaccessible_period`, or when it
 //!   answers that all its material disks are broken.
-//! - Two planes: a standby never takes over a server whose own packets
-//!   still arrive on its groups ("inaccessible, still streaming"): a hung
+//! - Two planes: a standby never takes over a server whose own verified
+//!   beacons still say it emits ("inaccessible, still streaming"): a hung
 //!   API or a cut control link is not a dead recorder.
 //! - The broken servers that nobody covers go, in site order, to the free
 //!   failover servers with the same disk layout, in site order; each waits
 //!   one `poll_interval` per rank among the free ones before it takes its
 //!   server, and backs off when one before it in site order claims it.
 //! - An owner alive with broken disks is asked to release its groups; the
-//!   standby starts when it confirms, or when the groups fall silent.
-//! - An owner yields at once to a server of the site heard on its groups,
+//!   standby starts when it confirms, or when no beacon says it emits.
+//! - An owner yields at once to a server whose beacon says it emits its role,
 //!   or reported covering it; at start it listens and asks before it emits.
 //! - Failback is break-before-make after `failback_delay` of health: the
 //!   owner warms its cameras, copies first when `delay_failover` says so,
 //!   asks for its role back, and emits once the standby confirms it
-//!   stopped (or its groups fell silent because the standby is gone).
+//!   stopped (or its beacons stopped saying so because the standby is gone).
 //!
 //! What it cannot promise: under a partition in which a standby cannot
 //! reach an owner that still emits to some receivers, neither plane tells
@@ -30,8 +30,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Controller, Heard, Input, Member, Report, ReportedRole, Run, ServerView, Settings,
-    SiteView,
+    Action, Controller, Input, Member, Report, ReportedRole, Run, ServerView, Settings, SiteView,
 };
 
 /// The embedded controller of one server.
@@ -74,9 +73,9 @@ struct Peer {
     /// is inaccessible since then (it was there at its last answer, and
     /// nobody knows better until a poll fails).
     silent_since: Option<Instant>,
-    /// When its own packets were last heard on its groups.
+    /// When its own beacon last said it emits its role.
     heard_own: Option<Instant>,
-    /// When another server of the site was last heard on its groups, and
+    /// When another server's beacon last said it emits this one's role, and
     /// which.
     heard_other: Option<(Instant, usize)>,
     /// When this server first found it broken.
@@ -231,7 +230,7 @@ impl Embedded {
         }
     }
 
-    /// Its own packets arrived on its groups within the silence window.
+    /// Its own beacons said it emits its role within the silence window.
     fn streaming(&self, i: usize, now: Instant) -> bool {
         self.members[i].multicast
             && self.peers[i]
@@ -239,13 +238,13 @@ impl Embedded {
                 .is_some_and(|t| now.duration_since(t) < silence(&self.settings))
     }
 
-    /// Nobody was heard on `i`'s groups within the silence window: not the
+    /// No beacon said `i`'s role is emitted within the silence window: not the
     /// owner, not another failover server.
     fn silent(&self, i: usize, now: Instant) -> bool {
         !self.streaming(i, now) && self.foreign_on(i, now).is_none()
     }
 
-    /// Another server was heard on `i`'s groups within the silence window.
+    /// Another server's beacon said it emits `i`'s role within the silence window.
     fn foreign_on(&self, i: usize, now: Instant) -> Option<usize> {
         self.peers[i]
             .heard_other
@@ -680,15 +679,12 @@ impl Controller for Embedded {
                     }
                 }
             }
-            Input::Heard { owner, source } => {
-                if let Some(o) = self.index(&owner) {
-                    match source {
-                        Heard::Server(s) => match self.index(&s) {
-                            Some(s) if s == o => self.peers[o].heard_own = Some(now),
-                            Some(s) if s != self.me => self.peers[o].heard_other = Some((now, s)),
-                            _ => {}
-                        },
-                        Heard::Unknown => {}
+            Input::Beacon { sender, emits } => {
+                for (o, s) in super::beacon_roles(&self.members, self.me, &sender, &emits) {
+                    if o == s {
+                        self.peers[o].heard_own = Some(now);
+                    } else {
+                        self.peers[o].heard_other = Some((now, s));
                     }
                 }
             }

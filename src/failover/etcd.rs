@@ -23,8 +23,8 @@
 //!   lease expired, or it deleted the key after stopping), the owner is
 //!   broken (inaccessible for its period, counted from its lease's last
 //!   renewal as far as etcd shows it, or all its disks broken), and nobody
-//!   has been heard on the owner's groups for the silence window (the data
-//!   plane, as in the embedded controller). Only with a lease it can
+//!   has said in a verified beacon that it emits the owner's role for the
+//!   silence window (the data plane, as in the embedded controller). Only with a lease it can
 //!   confirm and a fresh read: a server that cannot reach etcd takes
 //!   nothing over.
 //! - Takeovers are rate-limited: one per standby per `lease_ttl`, and none
@@ -45,8 +45,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Action, Controller, Heard, Input, Member, Report, ReportedRole, Run, ServerView, Settings,
-    SiteView,
+    Action, Controller, Input, Member, Report, ReportedRole, Run, ServerView, Settings, SiteView,
 };
 
 /// An etcd lease id.
@@ -1263,12 +1262,12 @@ impl Controller for EtcdController {
     fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Etcd(o) => self.on_outcome(now, o),
-            Input::Heard { owner, source } => {
-                if let (Some(o), Heard::Server(s)) = (self.index(&owner), source) {
-                    match self.index(&s) {
-                        Some(s) if s == o => self.peers[o].heard_own = Some(now),
-                        Some(s) if s != self.me => self.peers[o].heard_other = Some((now, s)),
-                        _ => {}
+            Input::Beacon { sender, emits } => {
+                for (o, s) in super::beacon_roles(&self.members, self.me, &sender, &emits) {
+                    if o == s {
+                        self.peers[o].heard_own = Some(now);
+                    } else {
+                        self.peers[o].heard_other = Some((now, s));
                     }
                 }
             }

@@ -1,16 +1,16 @@
 //! The failover controller: which server emits whose channels.
 //!
 //! A controller is a state machine without I/O: the runtime feeds it
-//! observations ([`Input`]: a peer's health answer or its silence, what is
-//! heard on a protected server's multicast groups, this server's disks,
+//! observations ([`Input`]: a peer's health answer or its silence, the
+//! verified beacons in which the servers say what they emit, this server's disks,
 //! requests from peers and operators, copy results) with the time, and
 //! carries out what it asks ([`Action`]) and the channels it wants run
 //! ([`Controller::wanted`]). The runtime is the only place with sockets
 //! and clocks, so every rule here is tested in virtual time.
 //!
 //! Controllers: `none` (every server emits its own channels, nothing else),
-//! `embedded` (servers watch each other over the control API and on the
-//! multicast groups; [`embedded`]) and `etcd` (leases and transactions on
+//! `embedded` (servers watch each other over the control API and by their
+//! beacons; [`embedded`]) and `etcd` (leases and transactions on
 //! an etcd cluster, self-fencing emitters; [`etcd`]). The site chooses
 //! with `[site.failover] controller`.
 
@@ -120,15 +120,6 @@ pub enum ReportedRole {
     Covering { owner: String, since_unix_ms: u64 },
 }
 
-/// Who was heard on a protected server's multicast groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Heard {
-    /// A server of the site (by its interface address).
-    Server(String),
-    /// Some other source.
-    Unknown,
-}
-
 /// An observation, with the time it was made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -138,8 +129,14 @@ pub enum Input {
         server: String,
         report: Option<Report>,
     },
-    /// Packets from `source` on `owner`'s groups.
-    Heard { owner: String, source: Heard },
+    /// A verified beacon ([`beacon`]): `sender` emits the roles of the
+    /// owners in `emits` now (with their epochs), and no other. What
+    /// reaches a controller was authenticated with the site key, fresh and
+    /// not replayed; a packet's source address decides nothing.
+    Beacon {
+        sender: String,
+        emits: Vec<(String, Option<i64>)>,
+    },
     /// This server's material disks: all broken, or not.
     Disks { all_broken: bool },
     /// `by` asks this server to stop emitting its own channels (it found
@@ -339,6 +336,24 @@ pub fn controller(
             wall_unix_ms,
         )?),
     })
+}
+
+/// The roles a verified beacon of `sender` says are emitted, as (owner,
+/// emitter) indices of `members`; none from this server (`me`) itself.
+fn beacon_roles(
+    members: &[Member],
+    me: usize,
+    sender: &str,
+    emits: &[(String, Option<i64>)],
+) -> Vec<(usize, usize)> {
+    let index = |n: &str| members.iter().position(|m| m.name == n);
+    let Some(s) = index(sender).filter(|&s| s != me) else {
+        return Vec::new();
+    };
+    emits
+        .iter()
+        .filter_map(|(owner, _)| Some((index(owner)?, s)))
+        .collect()
 }
 
 /// Owners in a set of wanted channels that are emitted.

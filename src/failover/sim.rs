@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Controller, Heard, Input, Member, Run, Settings};
+use super::{Action, Controller, Input, Member, Run, Settings};
 
 /// One server of the simulated site.
 pub struct Node {
@@ -361,30 +361,33 @@ impl World {
                 }
             }
         }
-        // Multicast: every server on the LAN hears every emitter on it.
+        // Beacons: every server on the LAN hears every other's, which
+        // says what it emits (nothing past its fence).
         for x in 0..n {
-            if !self.on_lan(x) || !self.nodes[x].ctl.may_emit(now) {
+            if !self.on_lan(x) {
                 continue;
             }
-            let owners: Vec<String> = self.nodes[x]
-                .ctl
-                .wanted()
-                .into_iter()
-                .filter(|(_, r)| *r == Run::Emit)
-                .map(|(o, _)| o)
-                .collect();
-            for owner in owners {
-                for y in 0..n {
-                    if y != x && self.on_lan(y) {
-                        let source = Heard::Server(self.members[x].name.clone());
-                        self.deliver(
-                            y,
-                            Input::Heard {
-                                owner: owner.clone(),
-                                source,
-                            },
-                        );
-                    }
+            let emits: Vec<(String, Option<i64>)> = if self.nodes[x].ctl.may_emit(now) {
+                let epoch = self.nodes[x].ctl.epoch();
+                self.nodes[x]
+                    .ctl
+                    .wanted()
+                    .into_iter()
+                    .filter(|(_, r)| *r == Run::Emit)
+                    .map(|(o, _)| (o, epoch))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for y in 0..n {
+                if y != x && self.on_lan(y) {
+                    self.deliver(
+                        y,
+                        Input::Beacon {
+                            sender: self.members[x].name.clone(),
+                            emits: emits.clone(),
+                        },
+                    );
                 }
             }
         }

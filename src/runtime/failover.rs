@@ -1,10 +1,11 @@
 //! Drives the server's failover controller ([`crate::failover`]): polls
-//! the peers' `/health`, listens on the protected servers' groups, tells
-//! the controller what it saw with the time, and runs the channels it
-//! wants. The only place of the failover with sockets and clocks.
+//! the peers' `/health`, sends this server's beacons and hears the
+//! others' (verified, [`super::beacons`]), tells the controller what it
+//! saw with the time, and runs the channels it wants. The only place of
+//! the failover with sockets and clocks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,12 +14,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Server;
+use super::beacons::{self, BeaconLog, BeaconSender, BeaconStatus};
 use super::client::HttpClient;
-use crate::channel::resume::{ChannelPoint, StreamPoint, Watch, unix_ms};
-use crate::config::{Protocol, Secret, ServerConfig, Site, plan};
+use crate::channel::resume::{ChannelPoint, StreamPoint, unix_ms};
+use crate::config::{Secret, ServerConfig, Site, plan};
 use crate::failover::{
-    self, Action, Controller, ControllerKind, Heard, Input, Member, Report, ReportedRole, Run,
-    SiteView,
+    self, Action, Controller, ControllerKind, Input, Member, Report, ReportedRole, Run, SiteView,
 };
 use crate::media::TrackKind;
 use crate::metrics::{ServerLabel, ServerStateLabel};
@@ -32,10 +33,10 @@ pub struct FailoverStatus {
     pub report: Option<Report>,
     /// The site as this server sees it.
     pub site: SiteView,
+    /// The beacons heard: verified, refused (forged ones among them).
+    pub beacons: BeaconStatus,
 }
 
-/// How often one listener tells the controller that a source is heard.
-const HEARD_EVERY: Duration = Duration::from_millis(100);
 /// How often the published status is refreshed without a change of role.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// etcd operations failing in a row, for the log.
@@ -55,8 +56,8 @@ const ETCD_WARN_EVERY: Duration = Duration::from_secs(10);
 /// A request to a peer (release, hand back) is given this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Where each stream stands as heard on its group (or as released), by
-/// channel and kind.
+/// Where each stream stands as its emitter's beacons said (or as
+/// released), by channel (ids are unique in the site) and kind.
 type Learned = HashMap<(u32, TrackKind), StreamPoint>;
 
 /// The points of the streams a server stopped sending, by channel.
@@ -88,8 +89,20 @@ pub struct Driver {
     tx: mpsc::Sender<Input>,
     rx: mpsc::Receiver<Input>,
     status: watch::Sender<FailoverStatus>,
-    /// Where each channel's stream stands as heard on its group.
+    /// Where each channel's stream stands, by its emitter's beacons.
     learned: Arc<Mutex<Learned>>,
+    /// This server's beacons (`None`: no failover, or no interface).
+    beacon: Option<BeaconSender>,
+    /// Verified beacons of the other servers.
+    beacon_tx: mpsc::Sender<beacons::Heard>,
+    beacon_rx: mpsc::Receiver<beacons::Heard>,
+    beacon_log: Arc<BeaconLog>,
+    /// The site key (a site with failover has one).
+    key: Option<crate::failover::beacon::SiteKey>,
+    /// Every server's channels and tracks, for the beacons' verifier.
+    layouts: Vec<(String, crate::failover::beacon::Layout)>,
+    /// The site's beacon group.
+    beacon_group: SocketAddrV4,
     applied: Option<Vec<(String, Run)>>,
     disks_broken: Option<bool>,
     cancel: CancellationToken,
@@ -153,6 +166,32 @@ impl Driver {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (api_tx, api_rx) = mpsc::channel(16);
+        let (beacon_tx, beacon_rx) = mpsc::channel(beacons::QUEUE);
+        let key = if settings.controller == ControllerKind::None {
+            None
+        } else {
+            site.site_key()?
+        };
+        let layouts = site
+            .servers()
+            .iter()
+            .map(|s| {
+                let channels = s
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        let tracks = c
+                            .tracks
+                            .iter()
+                            .copied()
+                            .filter(|k| *k != TrackKind::Video)
+                            .collect();
+                        (c.id, tracks)
+                    })
+                    .collect();
+                (s.name.clone(), crate::failover::beacon::Layout { channels })
+            })
+            .collect();
         let peers = site
             .servers()
             .iter()
@@ -191,6 +230,13 @@ impl Driver {
                 ..Default::default()
             }),
             learned: Arc::default(),
+            beacon: None,
+            beacon_tx,
+            beacon_rx,
+            beacon_log: Arc::default(),
+            key,
+            layouts,
+            beacon_group: site.file.site.failover.beacon_group,
             applied: None,
             disks_broken: None,
             cancel,
@@ -210,70 +256,121 @@ impl Driver {
         self.peers.iter().find(|p| p.name == name)
     }
 
-    /// Listens on the groups of every protected multicast server (this
-    /// one's too when protected: a foreign source on them means it is
-    /// covered).
-    pub fn start_listening(&self, server: &Server) {
+    /// Opens this server's beacon sender and starts the listener on the
+    /// beacon group (every server: a recorder learns from them who covers
+    /// it, a standby who still emits). Nothing joins a media group.
+    pub fn start_beacons(&mut self, server: &Server) {
         if self.kind == ControllerKind::None {
             return;
         }
-        let local = &self.local;
-        let Some(iface) = local.multicast.as_ref().map(|m| m.interface) else {
-            tracing::warn!(
-                "server {:?} has no [server.multicast] interface: it cannot listen on the protected servers' groups, so it never takes one over",
-                self.me
-            );
+        let Some(key) = self.key.clone() else {
+            // The site file's check refuses a site with failover and no
+            // key; a site without protected servers needs none.
+            tracing::info!("the site has no key: this server sends and hears no beacon");
             return;
         };
-        let sources: Arc<HashMap<Ipv4Addr, String>> = Arc::new(
+        let Some(iface) = self.local.multicast.as_ref().map(|m| m.interface) else {
+            let why = format!(
+                "server {:?} has no [server.multicast] interface: it sends and hears no beacon, so it takes no server over and no standby can tell whether it emits",
+                self.me
+            );
+            tracing::warn!("{why}");
+            self.beacon_log.problem(why);
+            return;
+        };
+        match BeaconSender::open(
+            &self.me,
+            self.beacon_group,
+            iface,
+            key.clone(),
+            server.fence,
+            server.metrics.failover.clone(),
+        ) {
+            Ok(s) => self.beacon = Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, group = %self.beacon_group, "cannot send beacons: this server's peers cannot tell that it emits")
+            }
+        }
+        // On a source-specific group, the servers that may send there.
+        let ssm_sources = if plan::is_ssm(*self.beacon_group.ip()) {
             self.servers
                 .iter()
-                .flat_map(|s| {
-                    let control = match s.control.ip() {
-                        std::net::IpAddr::V4(a) => Some(a),
-                        _ => None,
-                    };
-                    s.multicast
-                        .as_ref()
-                        .map(|m| m.interface)
-                        .into_iter()
-                        .chain(control)
-                        .map(move |a| (a, s.name.clone()))
-                })
-                .collect(),
-        );
-        for owner in &self.servers {
-            let Some(mc) = owner
-                .multicast
-                .as_ref()
-                .filter(|_| watched(owner, local, &self.me))
-            else {
-                continue;
-            };
-            for ch in &owner.channels {
-                // Every track the channel relays: a server that takes it
-                // over continues each stream.
-                for kind in &ch.tracks {
-                    let Ok(dest) = plan::track_destination(mc, ch.id, *kind) else {
-                        continue;
-                    };
-                    let task = listen(
-                        owner.name.clone(),
-                        (ch.id, *kind),
-                        SocketAddrV4::new(dest.group, dest.port),
-                        iface,
-                        // On a source-specific group, the servers that may
-                        // send there (none other can be heard).
-                        plan::ssm_sources(&self.servers, owner),
-                        sources.clone(),
-                        self.tx.clone(),
-                        self.learned.clone(),
-                        self.cancel.clone(),
-                    );
-                    server.tasks.spawn(task);
+                .filter_map(|s| s.multicast.as_ref().map(|m| m.interface))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let listen = beacons::Listen {
+            me: self.me.clone(),
+            group: self.beacon_group,
+            interface: iface,
+            ssm_sources,
+            key,
+            site: self.layouts.clone(),
+        };
+        server.tasks.spawn(beacons::listen(
+            listen,
+            self.beacon_tx.clone(),
+            self.beacon_log.clone(),
+            server.metrics.failover.clone(),
+            self.cancel.clone(),
+        ));
+    }
+
+    /// Takes a verified beacon: its points into what was learned, its
+    /// roles to the controller.
+    fn heard(&mut self, b: beacons::Heard) {
+        {
+            let mut l = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &b.emits {
+                for c in &e.channels {
+                    for t in &c.tracks {
+                        let newer = l
+                            .get(&(c.id, t.kind))
+                            .is_none_or(|k| k.sent_unix_ms <= t.point.sent_unix_ms);
+                        if newer {
+                            l.insert((c.id, t.kind), t.point);
+                        }
+                    }
                 }
             }
         }
+        let emits = b.emits.into_iter().map(|e| (e.owner, e.epoch)).collect();
+        self.ctl.handle(
+            Instant::now(),
+            Input::Beacon {
+                sender: b.sender,
+                emits,
+            },
+        );
+    }
+
+    /// Sends this server's beacon if one is due: the roles it emits now,
+    /// with their channels' points.
+    fn beat(&mut self, server: &Server) {
+        let now = Instant::now();
+        let Some(sender) = self.beacon.as_mut() else {
+            return;
+        };
+        if sender.due().is_some_and(|t| now < t) {
+            return;
+        }
+        let epoch = self.ctl.epoch();
+        let emitted = self
+            .applied
+            .iter()
+            .flatten()
+            .filter(|(_, r)| *r == Run::Emit)
+            .map(|(owner, _)| {
+                let points = server
+                    .channels_of(owner)
+                    .iter()
+                    .filter_map(|c| Some((c.spec.id, c.point()?)))
+                    .collect();
+                (owner.clone(), epoch, points)
+            })
+            .collect();
+        sender.beat(now, emitted);
     }
 
     /// Polls, listens and decides until cancelled.
@@ -290,6 +387,11 @@ impl Driver {
                 .ctl
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + self.poll);
+            let wake = self
+                .beacon
+                .as_ref()
+                .and_then(BeaconSender::due)
+                .map_or(wake, |b| b.min(wake));
             let mut reply = None;
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -309,6 +411,7 @@ impl Driver {
                     }
                     self.ctl.tick(Instant::now());
                 }
+                Some(b) = self.beacon_rx.recv() => self.heard(b),
                 Some(input) = self.rx.recv() => {
                     self.take_released(&input);
                     self.say_etcd(&input);
@@ -340,6 +443,7 @@ impl Driver {
             // The released channels, taken before they stop.
             let released = confirmed.as_deref().map(|o| server.channels_of(o));
             self.reconcile(server);
+            self.beat(server);
             for (op, channels) in etcd_ops {
                 self.run_etcd(op, channels);
             }
@@ -635,9 +739,11 @@ impl Driver {
                 }
                 self.states = states;
             }
+            let heard = self.beacon_log.status(now);
             self.status.send_modify(|s| {
                 s.report = Some(report);
                 s.site = site;
+                s.beacons = heard;
             });
         }
         if !changed {
@@ -745,27 +851,15 @@ impl Driver {
     }
 }
 
-/// Whether server `me` (`local`) listens on `owner`'s groups: a standby
-/// on every protected multicast server's, a protected server on its own.
-fn watched(owner: &ServerConfig, local: &ServerConfig, me: &str) -> bool {
-    owner.failover.failover_enabled
-        && owner.protocol == Protocol::RtpMulticast
-        && owner.multicast.is_some()
-        && (local.failover.use_as_failover_server || owner.name == me)
-}
-
-/// The sockets server `me` keeps listening on groups: one per track of
-/// every channel it watches (for the descriptor budget).
+/// The sockets server `me` keeps for the failover: its beacons' sender
+/// and listener (for the descriptor budget).
 pub fn listening_sockets(site: &Site, me: &str) -> usize {
-    let Some(local) = site.server(me) else {
-        return 0;
-    };
-    site.servers()
-        .iter()
-        .filter(|o| watched(o, local, me))
-        .flat_map(|o| &o.channels)
-        .map(|c| c.tracks.len())
-        .sum()
+    let in_use = site.file.site.failover.in_use(site.servers());
+    if in_use && site.server(me).is_some() {
+        2
+    } else {
+        0
+    }
 }
 
 /// Takes a released server's last points into what was learned (`only_newer`:
@@ -841,79 +935,6 @@ async fn poll_health(client: &HttpClient, addr: SocketAddr, timeout: Duration) -
     serde_json::from_value(v.get("failover")?.clone()).ok()
 }
 
-/// Listens on one stream of a channel (its video or a track, on the
-/// channel's group): who sends, and where the stream stands.
-#[allow(clippy::too_many_arguments)]
-async fn listen(
-    owner: String,
-    stream: (u32, TrackKind),
-    group: SocketAddrV4,
-    iface: Ipv4Addr,
-    ssm: Vec<Ipv4Addr>,
-    sources: Arc<HashMap<Ipv4Addr, String>>,
-    tx: mpsc::Sender<Input>,
-    learned: Arc<Mutex<Learned>>,
-    cancel: CancellationToken,
-) {
-    let sock = match join(group, iface, &ssm) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%group, error = %e, "cannot listen on a protected server's group: its streams are not watched");
-            return;
-        }
-    };
-    let mut buf = vec![0u8; 2048];
-    let mut told: HashMap<Ipv4Addr, Instant> = HashMap::new();
-    let known_rate = match stream.1 {
-        TrackKind::Video => crate::media::time::CLOCK_RATE,
-        _ => 0,
-    };
-    let mut watch = Watch::new(known_rate);
-    loop {
-        let (n, from) = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-        };
-        let std::net::SocketAddr::V4(from) = from else {
-            continue;
-        };
-        let now = Instant::now();
-        let ip = *from.ip();
-        if n >= 12 && buf[0] >> 6 == 2 {
-            watch.packet(
-                u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                buf[1] & 0x7f,
-                u16::from_be_bytes([buf[2], buf[3]]),
-                u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-                unix_ms(SystemTime::now()),
-            );
-            if let Some(point) = watch.point() {
-                learned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(stream, point);
-            }
-        }
-        if told
-            .get(&ip)
-            .is_none_or(|t| now.duration_since(*t) >= HEARD_EVERY)
-        {
-            told.insert(ip, now);
-            let source = sources
-                .get(&ip)
-                .cloned()
-                .map_or(Heard::Unknown, Heard::Server);
-            let _ = tx.try_send(Input::Heard {
-                owner: owner.clone(),
-                source,
-            });
-        }
-    }
-}
-
 /// The points of the channels whose video was heard (or released), with
 /// the tracks heard besides.
 fn channel_points(learned: &Learned) -> HashMap<u32, ChannelPoint> {
@@ -936,28 +957,4 @@ fn channel_points(learned: &Learned) -> HashMap<u32, ChannelPoint> {
         }
     }
     points
-}
-
-/// A socket on `group`: joined by each of `sources` on a source-specific
-/// group (only they can be heard there), else by the group alone.
-fn join(
-    group: SocketAddrV4,
-    iface: Ipv4Addr,
-    sources: &[Ipv4Addr],
-) -> std::io::Result<tokio::net::UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.bind(&group.into())?;
-    if sources.is_empty() {
-        s.join_multicast_v4(group.ip(), &iface)?;
-    }
-    for src in sources {
-        s.join_ssm_v4(src, group.ip(), &iface)?;
-    }
-    s.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(s.into())
 }

@@ -5,6 +5,7 @@
 //! sender task. The set of channels can change while running ([`Server::apply`]):
 //! failover hands a server another server's channels, on that server's groups.
 
+pub mod beacons;
 pub mod client;
 pub mod failover;
 pub mod http;
@@ -575,7 +576,7 @@ pub async fn start(site: &Site, name: &str, opts: RunOptions) -> anyhow::Result<
     // The failover controller decides whose channels run: a protected
     // server listens and asks before it emits its own.
     let mut driver = failover::Driver::new(site, name, server.cancel.child_token())?;
-    driver.start_listening(&server);
+    driver.start_beacons(&server);
     driver.reconcile(&mut server);
     // The control API's material endpoints take the server password, as
     // the RTSP user (or "admin") with Digest.
