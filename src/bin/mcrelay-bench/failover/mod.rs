@@ -306,6 +306,9 @@ pub fn run(env: &Env, cfg: &Config, logs: &Path) -> Vec<(Case, anyhow::Result<Ou
         .collect()
 }
 
+/// The bench site's key: its LAN is namespaces of this machine.
+const SITE_KEY: &str = "9c1e5a7b3f0d2c8e6a4b1d9f7e5c3a18";
+
 /// `[site.failover]` for `controller`: the embedded one, or etcd with the
 /// LAN's cluster and a 2 s lease; the rest of the site is the same.
 fn site_failover(controller: Controller, failback_delay: Duration) -> String {
@@ -385,8 +388,7 @@ segment = "2s"
 reconnect_min = "100ms"
 reconnect_max = "300ms"
 "#,
-        // A key of the run's own.
-        key = mcrelay::failover::beacon::SiteKey::generate(),
+        key = SITE_KEY,
         failover = site_failover(controller, failback_delay),
         period = ms(period),
         // The same disk names on both: a standby takes over only a server
@@ -730,15 +732,16 @@ mod tests {
         let (p, d) = (Duration::from_secs(3), Duration::from_secs(3));
         let embedded = site(Controller::Embedded, p, d, disks);
         let etcd = site(Controller::Etcd, p, d, disks);
+        let key = format!("[site]\nkey = \"{SITE_KEY}\"\n\n");
         assert!(
-            embedded.starts_with(
-                "[site.failover]\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\n"
-            ),
+            embedded.starts_with(&format!(
+                "{key}[site.failover]\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\n"
+            )),
             "{embedded}"
         );
         assert!(!embedded.contains("etcd"), "{embedded}");
         if cfg!(feature = "etcd") {
-            assert!(etcd.starts_with("[site.failover]\ncontroller = \"etcd\"\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\nendpoints = [\"http://198.18.0.21:2379\", \"http://198.18.0.22:2379\", \"http://198.18.0.23:2379\"]\nlease_ttl = \"2s\"\n"), "{etcd}");
+            assert!(etcd.starts_with(&format!("{key}[site.failover]\ncontroller = \"etcd\"\npoll_interval = \"500ms\"\nfailback_delay = \"3000ms\"\nendpoints = [\"http://198.18.0.21:2379\", \"http://198.18.0.22:2379\", \"http://198.18.0.23:2379\"]\nlease_ttl = \"2s\"\n")), "{etcd}");
         }
         let servers = |s: &str| s[s.find("[[server]]").unwrap()..].to_string();
         assert_eq!(servers(&embedded), servers(&etcd));
