@@ -120,7 +120,8 @@ pub struct FailoverMetrics {
     pub copied_segments: Counter,
     pub copied_bytes: Counter,
     /// Multicast sends refused by this server's fence (etcd: the lease
-    /// not confirmed in time).
+    /// not confirmed in time; embedded: the recorder cut off from the
+    /// site, or paused past its fence).
     pub fenced_sends: Counter,
     /// Beacons heard and verified (the site key's, fresh, not replayed).
     pub beacons_verified: Counter,
@@ -354,7 +355,7 @@ impl Metrics {
         );
         r.register(
             "failover_fenced_sends",
-            "Multicast sends refused by this server's fence (etcd: its lease not confirmed within lease_ttl / 2)",
+            "Multicast sends refused by this server's fence (etcd: its lease not confirmed within lease_ttl / 2; embedded: cut off from the site, or paused, past half its inaccessible_period)",
             failover.fenced_sends.clone(),
         );
         // Every reason from zero, so that a first forgery shows as a rise.

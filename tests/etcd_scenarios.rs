@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mcrelay::failover::sim::World;
-use mcrelay::failover::{ControllerKind, Member, Report, ReportedRole, Settings};
+use mcrelay::failover::{ControllerKind, DEAF, Member, Report, ReportedRole, Settings};
 
 const KIND: ControllerKind = ControllerKind::Etcd;
 /// Real time: one round of 40 faults (the embedded suite runs 20 of 200).

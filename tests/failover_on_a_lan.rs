@@ -283,6 +283,20 @@ fn assert_one_stream(what: &str, got: &[Packet]) -> (Packet, Packet) {
     (first, last)
 }
 
+/// No sequence number goes back at the receiver (a second emitter's
+/// stale packets would).
+fn assert_seq_forward(what: &str, got: &[Packet]) {
+    let back: Vec<(u16, u16)> = got
+        .windows(2)
+        .map(|w| (w[0].seq, w[1].seq))
+        .filter(|(a, b)| b.wrapping_sub(*a) >= 32768)
+        .collect();
+    assert!(
+        back.is_empty(),
+        "{what}: sequence numbers went back: {back:?}"
+    );
+}
+
 /// The whole log is one stream (one SSRC) and `first` continues `last`.
 fn assert_continues(what: &str, got: &[Packet], last: Packet, first: Packet) {
     assert!(
@@ -456,8 +470,9 @@ fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
         .map(|w| w[1].at.duration_since(w[0].at))
         .max()
         .unwrap_or_default();
-    // After the heal, recorder-1 may get a frame onto the group before it
-    // hears failover-1 there; none after that.
+    // recorder-1 stopped at its fence while cut off (its carrier went) and,
+    // healed, heard failover-1 cover it before its fence could open: not
+    // one packet of it after failover-1's first.
     let late: Vec<&Packet> = got
         .iter()
         .filter(|p| p.from == REC1 && p.at > first.at)
@@ -480,9 +495,11 @@ fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
         "covered {took:?} after the cut"
     );
     assert!(
-        overlap <= Duration::from_millis(200),
-        "recorder-1 went on sending {overlap:?} after the heal"
+        late.is_empty(),
+        "recorder-1 sent {} packets on a group failover-1 covered, the last {overlap:?} after the heal",
+        late.len()
     );
+    assert_seq_forward("video", &got);
     let v: serde_json::Value = serde_json::from_str(&rec1).unwrap();
     assert_eq!(v["channels"].as_array().map(Vec::len), Some(0), "{v}");
     assert!(
@@ -496,6 +513,69 @@ fn a_cut_link_is_covered_and_the_healed_recorder_stays_off_its_group() {
     assert!(
         after >= 225,
         "ffmpeg decoded {after} frames in the 10 s after the takeover: {errors:?}"
+    );
+}
+
+#[test]
+fn a_recorder_paused_past_its_period_sends_nothing_when_it_resumes() {
+    let s = Site::start("fop");
+    let signal = |sig: i32| {
+        // SAFETY: a signal to the recorder process this test started.
+        let r = unsafe { libc::kill(s.rec1.pid() as i32, sig) };
+        assert_eq!(r, 0, "kill({sig})");
+    };
+    signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let took = s.wait_covered(stopped);
+    let at_takeover = s.decoder.frames_so_far();
+    std::thread::sleep(
+        (stopped + PERIOD + Duration::from_secs(5)).saturating_duration_since(Instant::now()),
+    );
+    signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = s.decoder.frames_so_far() - at_takeover;
+    let rec1 = get(s.ws(), "198.18.0.1:8080", "/status").map(|r| r.1);
+    let metrics = get(s.ws(), "198.18.0.1:8080", "/metrics").map(|r| r.1);
+    let (got, errors, fin) = s.finish();
+    let (first, _) = assert_one_stream("video", &got);
+    assert_one_stream("audio", &fin.audio);
+    let late: Vec<&Packet> = got
+        .iter()
+        .filter(|p| p.from == REC1 && p.at > first.at)
+        .collect();
+    let fenced = metrics
+        .as_deref()
+        .and_then(|m| metric(m, "mcrelay_failover_fenced_sends_total"))
+        .unwrap_or_default();
+    println!(
+        "SIGSTOP for {:?}: failover-1 covering {:.2} s after the stop; after SIGCONT recorder-1 sent {} packets on the group ({fenced} sends refused by its fence); \
+         ffmpeg {after} frames from the takeover to {:.1} s after SIGCONT; {} error lines",
+        PERIOD + Duration::from_secs(5),
+        took.as_secs_f64(),
+        late.len(),
+        resumed.elapsed().as_secs_f64(),
+        errors.len()
+    );
+    assert!(
+        late.is_empty(),
+        "recorder-1 sent {} stale packets after SIGCONT on a group failover-1 covered",
+        late.len()
+    );
+    assert_seq_forward("video", &got);
+    let rec1 = rec1.expect("recorder-1 answers after SIGCONT");
+    let v: serde_json::Value = serde_json::from_str(&rec1).unwrap();
+    assert!(
+        v["site"]["recorders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "recorder-1" && r["state"] == "restored, covered"),
+        "{v}"
+    );
+    assert!(
+        after >= 225,
+        "ffmpeg decoded {after} frames after the takeover: {errors:?}"
     );
 }
 
@@ -722,7 +802,14 @@ fn failback_with_delay_failover_copies_the_missing_material_then_takes_the_role_
                 .any(|r| r["name"] == "recorder-1" && r["state"] == "ok"))
         .then_some(restarted.elapsed())
     })
-    .expect("recorder-1 never took its role back");
+    .unwrap_or_else(|| {
+        eprintln!("{:?}", get(s.ws(), "198.18.0.1:8080", "/status"));
+        eprintln!(
+            "{}",
+            common::plain_log(&s.dir.path().join("mcrelay-recorder-1.log"))
+        );
+        panic!("recorder-1 never took its role back")
+    });
     let at_back = s.decoder.frames_so_far();
     std::thread::sleep(Duration::from_secs(8));
     let after = s.decoder.frames_so_far() - at_back;

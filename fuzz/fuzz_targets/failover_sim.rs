@@ -18,7 +18,11 @@ fn member(name: &str, standby: bool, flags: u8) -> Member {
         name: name.into(),
         standby,
         protected: !standby && flags & 1 == 0,
-        multicast: flags & 2 == 0,
+        // Every server has a multicast interface: the failover's data
+        // plane (the beacons) needs one. A site of servers without one has
+        // the control plane alone, and two standbys may then both cover a
+        // recorder while one's API is out of the other's reach (README).
+        multicast: true,
         inaccessible_period: Duration::from_millis(1000 + 500 * u64::from(flags >> 5)),
         automatic_failback: flags & 4 == 0,
         automatic_material_copying: flags & 8 == 0,
@@ -52,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     // Two bytes an event: what and to whom, then how long to run after.
     for ev in data[5..].chunks(2).take(64) {
         let who = names[usize::from(ev[0] & 3)];
-        w.fault(who, (ev[0] >> 2) % 6);
+        w.fault(who, (ev[0] >> 2) % 7);
         let ms = ev.get(1).map_or(100, |b| 50 * u64::from(*b % 80));
         w.run(Duration::from_millis(ms));
         assert!(w.violations.is_empty(), "{}", w.story());

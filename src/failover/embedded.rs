@@ -60,6 +60,37 @@ pub struct Embedded {
     /// The wall clock at `started` (Unix ms): covers are named by when
     /// they began on it.
     wall_at_start: u64,
+    /// A verified beacon of another server was heard since the start.
+    heard_beacon: bool,
+    /// When a verified beacon of another server was last heard.
+    contact: Option<Instant>,
+    /// Since when it has heard the site without a break (of more than
+    /// [`HEARING`]).
+    hearing_since: Option<Instant>,
+    /// This server's link is up (carrier and interface).
+    link_up: bool,
+    /// Sends are allowed until then (a protected recorder's own fence).
+    deadline: Option<Instant>,
+    /// Since when the fence, closed, could open again: the site heard (or
+    /// the link up, in a site of two) without a break.
+    rejoin_since: Option<Instant>,
+}
+
+/// A server that hears the site has heard a beacon within this: every
+/// server sends one at least every 500 ms (an idle one), so a longer
+/// silence is a break.
+const HEARING: Duration = Duration::from_millis(600);
+
+/// What a failover server waits past a recorder's fence: a beacon
+/// interval (the recorder's last beacon heard may precede its last
+/// contact by one) and the drain of its last sends.
+const FENCE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Whether `m` of `members` fences itself: a protected recorder of a site
+/// with a failover server (one may take its groups) that hears the site's
+/// beacons (it has a multicast interface; one without has no groups).
+pub fn fences(members: &[Member], m: &Member) -> bool {
+    m.protected && !m.standby && m.multicast && members.iter().any(|s| s.standby)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -166,6 +197,12 @@ impl Embedded {
             last_now: now,
             covered_since: None,
             wall_at_start: wall_unix_ms,
+            heard_beacon: false,
+            contact: None,
+            hearing_since: None,
+            link_up: true,
+            deadline: None,
+            rejoin_since: None,
         })
     }
 
@@ -230,12 +267,33 @@ impl Embedded {
         }
     }
 
-    /// Its own beacons said it emits its role within the silence window.
+    /// Its own beacons said it emits its role within the silence window,
+    /// or this server has not heard the site for that long (a silence it
+    /// was not there to hear is no silence: it just started hearing after
+    /// a start, a cut of its own, a pause).
     fn streaming(&self, i: usize, now: Instant) -> bool {
+        let since = match (self.peers[i].heard_own, self.hearing_since) {
+            (Some(h), Some(s)) => Some(h.max(s)),
+            (h, s) => h.or(s),
+        };
         self.members[i].multicast
-            && self.peers[i]
-                .heard_own
-                .is_some_and(|t| now.duration_since(t) < silence(&self.settings))
+            && since.is_some_and(|t| now.duration_since(t) < self.silence_of(i))
+    }
+
+    /// How long `i`'s beacons must be silent before its groups are taken:
+    /// the silence window, and for a recorder that fences itself longer
+    /// than its fence ([`Self::fence_after`] of its period, from its last
+    /// contact with the site, which is no earlier than its last beacon
+    /// heard here less a beacon interval) with room for its last sends to
+    /// drain. A recorder whose API was already out of reach and whose
+    /// link is then cut has stopped by then.
+    fn silence_of(&self, i: usize) -> Duration {
+        let s = silence(&self.settings);
+        if fences(&self.members, &self.members[i]) {
+            s.max(self.members[i].inaccessible_period / 2 + FENCE_MARGIN)
+        } else {
+            s
+        }
     }
 
     /// No beacon said `i`'s role is emitted within the silence window: not the
@@ -274,16 +332,18 @@ impl Embedded {
     }
 
     /// Free failover servers, in site order: this one when in standby,
-    /// others whose fresh report says standby.
+    /// others whose fresh report says standby; each only if it hears
+    /// valid beacons (fail closed: a standby without the site key, or off
+    /// the beacon group, cannot tell who still emits).
     fn free_standbys(&self, now: Instant) -> Vec<usize> {
         (0..self.members.len())
             .filter(|&s| {
                 self.members[s].standby
                     && if s == self.me {
-                        self.role == Role::Standby
+                        self.role == Role::Standby && self.hears_beacons()
                     } else {
                         self.fresh(s, now)
-                            .is_some_and(|r| r.role == ReportedRole::Standby)
+                            .is_some_and(|r| r.role == ReportedRole::Standby && r.hears_beacons)
                     }
             })
             .collect()
@@ -387,12 +447,14 @@ impl Embedded {
                     self.ask_release(now, owner);
                 }
             }
-            // Two failover servers on one group: the later in site order
-            // yields.
+            // Two failover servers on one group (their beacons say so, or
+            // an earlier one's report, for a server without beacons): the
+            // later in site order yields.
             Role::Covering { owner, .. }
                 if self
                     .foreign_on(owner, now)
-                    .is_some_and(|s| s < self.me && self.members[s].standby) =>
+                    .is_some_and(|s| s < self.me && self.members[s].standby)
+                    || self.earlier_claim(owner, now) =>
             {
                 self.set_role(now, Role::Standby);
             }
@@ -455,7 +517,9 @@ impl Embedded {
                     .or(self.claimed_by(now));
                 if by.is_some() || foreign.is_some() {
                     self.set_role(now, Role::Covered { by: by.or(foreign) });
-                } else if now >= until {
+                } else if now >= until && self.may_take_role(now) {
+                    // Its fence opened during the listening, after the
+                    // rejoin window of hearing the site.
                     self.set_role(now, Role::Emitting);
                 }
             }
@@ -481,8 +545,9 @@ impl Embedded {
                     // asks for it again).
                     if foreign.is_none()
                         && now.duration_since(self.role_since) >= silence(&self.settings)
+                        && self.may_take_role(now)
                     {
-                        self.set_role(now, Role::Emitting);
+                        self.take_role(now);
                     }
                     return;
                 }
@@ -540,9 +605,10 @@ impl Embedded {
                     && self.claimed_by(now).is_none()
                     && foreign.is_none()
                     && now.duration_since(self.role_since) >= silence(&self.settings)
+                    && self.may_take_role(now)
                 {
                     // The failover server went away without confirming.
-                    self.set_role(now, Role::Emitting);
+                    self.take_role(now);
                 } else if self.retry_at.is_some_and(|t| now >= t) {
                     self.ask_hand_back(now, from, since_unix_ms);
                 }
@@ -559,6 +625,127 @@ impl Embedded {
         self.retry_at = Some(now + self.settings.poll_interval);
     }
 
+    /// How long a protected recorder emits without confirming that it is
+    /// still part of the site: half its `inaccessible_period`, so that it
+    /// stops at least that long before any failover server may take its
+    /// groups (they wait the whole period without an answer from it).
+    fn fence_after(&self) -> Duration {
+        self.members[self.me].inaccessible_period / 2
+    }
+
+    /// How long a fenced recorder hears the site again before it opens its
+    /// fence: a covering standby's beacon (every 200 ms) and its health
+    /// answer (every poll) reach it first, and it yields.
+    fn rejoin_window(&self) -> Duration {
+        self.settings.poll_interval * 3
+    }
+
+    /// Until when this server may send by what it knows now: half its
+    /// period past its last confirmation. Its link must be up; in a site
+    /// of three or more servers that send beacons, the confirmation is the
+    /// last verified beacon of another server it heard (cut off, it hears
+    /// none: every other server dying at once is the rarer case); in a
+    /// site of two, its only peer is the failover server, whose silence
+    /// cannot tell a cut link from a dead standby, so the link seen up now
+    /// confirms (a cut beyond this server's port is not seen: the README
+    /// says what that site shape gets). `None`: it cannot confirm.
+    fn confirmed_until(&self, now: Instant) -> Option<Instant> {
+        if !self.link_up {
+            return None;
+        }
+        let at = if self.beacon_peers() <= 1 {
+            now
+        } else {
+            self.contact?
+        };
+        Some(at + self.fence_after()).filter(|&d| d > now)
+    }
+
+    /// The other servers that send beacons (have a multicast interface).
+    fn beacon_peers(&self) -> usize {
+        (0..self.members.len())
+            .filter(|&i| i != self.me && self.members[i].multicast)
+            .count()
+    }
+
+    /// Its link is up and, in a site of three or more servers that send
+    /// beacons, it heard another server's verified beacon within `within`.
+    fn hears_site(&self, now: Instant, within: Duration) -> bool {
+        if !self.link_up {
+            return false;
+        }
+        if self.beacon_peers() <= 1 {
+            return true;
+        }
+        self.contact
+            .is_some_and(|c| now.saturating_duration_since(c) < within)
+    }
+
+    /// Whether this server may take its role back on its own (nobody
+    /// seems to have it): only while it could confirm its fence, so that
+    /// a recorder cut off from the site, which sees nobody cover it, does
+    /// not start sending while a failover server does.
+    fn may_take_role(&self, now: Instant) -> bool {
+        !fences(&self.members, &self.members[self.me]) || self.hears_site(now, HEARING)
+    }
+
+    /// Takes this server's role on its own because nobody seems to have
+    /// it: its fence closed, it sends only once it
+    /// has heard the site for the rejoin window from now. It may have been
+    /// cut a moment ago without knowing yet (it hears the site within
+    /// [`HEARING`]), while a failover server takes the role it saw
+    /// nobody emit; the window, longer than that, finds the cut first, or
+    /// brings the failover server's beacon, and it yields.
+    fn take_role(&mut self, now: Instant) {
+        self.set_role(now, Role::Emitting);
+        if fences(&self.members, &self.members[self.me]) {
+            self.deadline = None;
+            self.rejoin_since = Some(now);
+        }
+    }
+
+    /// A protected recorder's fence: moved on while it can confirm; once it
+    /// has run out (cut off, or the process paused past it), it opens again
+    /// only after the rejoin window without a break, so that a healed or
+    /// resumed recorder learns who covers it before it sends anything.
+    fn update_fence(&mut self, now: Instant) {
+        if !fences(&self.members, &self.members[self.me]) {
+            self.deadline = None;
+            return;
+        }
+        let open = self.deadline.is_some_and(|d| now < d);
+        if open {
+            // Moved on while it can confirm; else it runs out.
+            if let Some(d) = self.confirmed_until(now) {
+                self.deadline = Some(d);
+            }
+            return;
+        }
+        // Opened only while it hears the site now (not a second ago: it
+        // may have been cut since, and a cover's silence then means
+        // nothing), for the rejoin window without a break.
+        let ok = self.hears_site(now, HEARING);
+        match self.rejoin_since {
+            _ if !ok => self.rejoin_since = None,
+            None => self.rejoin_since = Some(now),
+            Some(t) if now.saturating_duration_since(t) >= self.rejoin_window() => {
+                if let Some(d) = self.confirmed_until(now) {
+                    self.rejoin_since = None;
+                    self.deadline = Some(d);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// It has heard a verified beacon of another server since it
+    /// started, or no other server of the site sends beacons (none has a
+    /// multicast interface: a site of TCP servers, whose data plane is
+    /// the control API alone).
+    fn hears_beacons(&self) -> bool {
+        self.heard_beacon || super::nobody_beacons(&self.members, self.me)
+    }
+
     fn server_view(&self, i: usize, now: Instant) -> (u8, ServerView) {
         let m = &self.members[i];
         let secs = |t: Instant| Some(now.saturating_duration_since(t).as_secs());
@@ -572,6 +759,9 @@ impl Embedded {
             let since = secs(self.role_since);
             let name = |s: usize| self.members[s].name.clone();
             return match &self.role {
+                Role::Standby if !self.hears_beacons() => {
+                    (1, view(super::DEAF.into(), since, None))
+                }
                 Role::Standby => (1, view("standby".into(), since, None)),
                 Role::Claiming { owner } => (
                     1,
@@ -583,6 +773,14 @@ impl Embedded {
                 Role::Starting { .. } => (
                     0,
                     view("starting: listening on its groups".into(), since, None),
+                ),
+                Role::Emitting if self.deadline.is_some_and(|d| now >= d) => (
+                    0,
+                    view(
+                        "cut off from the site: sends nothing until it hears the site again".into(),
+                        since,
+                        None,
+                    ),
                 ),
                 Role::Emitting if self.disks_broken => {
                     (2, view("all material disks broken".into(), since, None))
@@ -612,6 +810,9 @@ impl Embedded {
             let state = match self.fresh(i, now).map(|r| &r.role) {
                 Some(ReportedRole::Covering { owner, .. }) => format!("covering {owner}"),
                 Some(ReportedRole::Claiming { owner }) => format!("taking over {owner}"),
+                Some(_) if !self.fresh(i, now).is_some_and(|r| r.hears_beacons) => {
+                    super::DEAF.to_string()
+                }
                 Some(_) => "standby".to_string(),
                 None => "inaccessible".to_string(),
             };
@@ -680,6 +881,16 @@ impl Controller for Embedded {
                 }
             }
             Input::Beacon { sender, emits } => {
+                if super::from_peer(&self.members, self.me, &sender) {
+                    self.heard_beacon = true;
+                    if self
+                        .contact
+                        .is_none_or(|c| now.saturating_duration_since(c) > HEARING)
+                    {
+                        self.hearing_since = Some(now);
+                    }
+                    self.contact = Some(now);
+                }
                 for (o, s) in super::beacon_roles(&self.members, self.me, &sender, &emits) {
                     if o == s {
                         self.peers[o].heard_own = Some(now);
@@ -771,6 +982,7 @@ impl Controller for Embedded {
             }
             // etcd's outcomes are the etcd controller's.
             Input::Etcd(_) => {}
+            Input::Link { up } => self.link_up = up,
             Input::FailbackCommanded => self.failback_commanded = true,
             Input::CopyDone { from, ok } => {
                 if let Role::Copying {
@@ -812,12 +1024,16 @@ impl Controller for Embedded {
         if let Role::Starting { until } = self.role {
             at.push(until);
         }
+        // The fence: renewed at half its life, opened after the rejoin.
+        at.extend(self.deadline.map(|d| d - self.fence_after() / 2));
+        at.extend(self.deadline);
+        at.extend(self.rejoin_since.map(|t| t + self.rejoin_window()));
         at.extend(self.retry_at);
         for (i, p) in self.peers.iter().enumerate() {
             if let Health::Inaccessible(since) = self.health(i) {
                 at.push(since + self.members[i].inaccessible_period + Duration::from_millis(1));
             }
-            at.extend(p.heard_own.map(|t| t + silence(&self.settings)));
+            at.extend(p.heard_own.map(|t| t + self.silence_of(i)));
             at.extend(
                 p.broken_since
                     .map(|t| t + self.settings.poll_interval * self.members.len() as u32),
@@ -830,6 +1046,7 @@ impl Controller for Embedded {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.update_fence(now);
         self.last_now = now;
         for i in 0..self.members.len() {
             let broken = self.broken(i, now);
@@ -881,7 +1098,16 @@ impl Controller for Embedded {
         Report {
             disks_broken: self.disks_broken,
             role,
+            hears_beacons: self.hears_beacons(),
         }
+    }
+
+    fn fence(&self) -> Option<Instant> {
+        if !fences(&self.members, &self.members[self.me]) {
+            return None;
+        }
+        // Closed (a past instant) until it opens.
+        Some(self.deadline.unwrap_or(self.started))
     }
 
     fn view(&self, now: Instant) -> SiteView {

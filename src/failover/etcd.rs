@@ -293,6 +293,8 @@ pub struct EtcdController {
     me: usize,
     started: Instant,
     wall_at_start: u64,
+    /// A verified beacon of another server was heard since the start.
+    heard_beacon: bool,
     last_now: Instant,
     actions: VecDeque<Action>,
     lease: Option<LeaseId>,
@@ -367,6 +369,7 @@ impl EtcdController {
             me,
             started: now,
             wall_at_start: wall_unix_ms,
+            heard_beacon: false,
             last_now: now,
             actions: VecDeque::new(),
             lease: None,
@@ -525,12 +528,14 @@ impl EtcdController {
             .filter(|&s| {
                 self.members[s].standby
                     && if s == self.me {
-                        self.role == Role::Standby
+                        // Fail closed: a standby that hears no valid
+                        // beacon cannot tell who still emits.
+                        self.role == Role::Standby && self.hears_beacons()
                     } else {
                         self.peers[s]
                             .alive
                             .as_ref()
-                            .is_some_and(|r| r.role == ReportedRole::Standby)
+                            .is_some_and(|r| r.role == ReportedRole::Standby && r.hears_beacons)
                             && !(0..self.members.len()).any(|o| self.holder(o) == Some(s))
                     }
             })
@@ -1135,6 +1140,14 @@ impl EtcdController {
         }
     }
 
+    /// It has heard a verified beacon of another server since it
+    /// started, or no other server of the site sends beacons (none has a
+    /// multicast interface: a site of TCP servers, whose data plane is
+    /// the control API alone).
+    fn hears_beacons(&self) -> bool {
+        self.heard_beacon || super::nobody_beacons(&self.members, self.me)
+    }
+
     fn server_view(&self, i: usize, now: Instant) -> (u8, ServerView) {
         let m = &self.members[i];
         let secs = |t: Instant| Some(now.saturating_duration_since(t).as_secs());
@@ -1148,6 +1161,9 @@ impl EtcdController {
             let since = secs(self.role_since);
             let name = |s: usize| self.name(s);
             return match &self.role {
+                Role::Standby if !self.hears_beacons() => {
+                    (1, view(super::DEAF.into(), since, None))
+                }
                 Role::Standby => (1, view("standby".into(), since, None)),
                 Role::Claiming { owner, .. } => (
                     1,
@@ -1220,6 +1236,7 @@ impl EtcdController {
                 (Some(o), _) => format!("covering {}", self.name(o)),
                 (None, Some(r)) => match &r.role {
                     ReportedRole::Claiming { owner } => format!("taking over {owner}"),
+                    _ if !r.hears_beacons => super::DEAF.to_string(),
                     _ => "standby".to_string(),
                 },
                 (None, None) => "inaccessible".to_string(),
@@ -1263,6 +1280,7 @@ impl Controller for EtcdController {
         match input {
             Input::Etcd(o) => self.on_outcome(now, o),
             Input::Beacon { sender, emits } => {
+                self.heard_beacon |= super::from_peer(&self.members, self.me, &sender);
                 for (o, s) in super::beacon_roles(&self.members, self.me, &sender, &emits) {
                     if o == s {
                         self.peers[o].heard_own = Some(now);
@@ -1280,6 +1298,9 @@ impl Controller for EtcdController {
                 }
             }
             Input::FailbackCommanded => self.failback_commanded = true,
+            // The lease fences this controller: a cut link fails its
+            // keep-alives.
+            Input::Link { .. } => {}
             Input::CopyDone { from, ok } => {
                 if let Role::Copying {
                     from: f,
@@ -1401,6 +1422,7 @@ impl Controller for EtcdController {
         Report {
             disks_broken: self.disks_broken,
             role,
+            hears_beacons: self.hears_beacons(),
         }
     }
 

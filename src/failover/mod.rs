@@ -65,7 +65,8 @@ pub struct Member {
     pub standby: bool,
     /// "VMS Server failover is enabled for this VMS server".
     pub protected: bool,
-    /// Its channels are sent by multicast: what a standby can hear.
+    /// It has a multicast interface: it sends beacons, so its peers hear
+    /// whether it emits.
     pub multicast: bool,
     pub inaccessible_period: Duration,
     pub automatic_failback: bool,
@@ -85,8 +86,7 @@ impl Member {
                 name: s.name.clone(),
                 standby: s.failover.use_as_failover_server,
                 protected: s.failover.failover_enabled,
-                multicast: s.protocol == crate::config::Protocol::RtpMulticast
-                    && s.multicast.is_some(),
+                multicast: s.multicast.is_some(),
                 inaccessible_period: s.failover.inaccessible_period,
                 automatic_failback: s.failover.automatic_failback,
                 automatic_material_copying: s.failover.automatic_material_copying,
@@ -103,6 +103,36 @@ pub struct Report {
     /// All its material disks are broken (the seed's other trigger).
     pub disks_broken: bool,
     pub role: ReportedRole,
+    /// It has heard a verified beacon of another server since it started
+    /// (its listener is on the beacon group and it has the site key): a
+    /// failover server that has not takes nothing over, and its peers do
+    /// not count it as free.
+    #[serde(default = "yes")]
+    pub hears_beacons: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a failover server that hears no valid beacon says of itself.
+pub const DEAF: &str = "standby, hears no valid beacon: takes nothing over (is the site key the others' and the beacon group reachable?)";
+
+/// No server of `members` but `me` sends beacons (has a multicast
+/// interface).
+fn nobody_beacons(members: &[Member], me: usize) -> bool {
+    members
+        .iter()
+        .enumerate()
+        .all(|(i, m)| i == me || !m.multicast)
+}
+
+/// Whether a verified beacon of `sender` is another server's of `members`.
+fn from_peer(members: &[Member], me: usize, sender: &str) -> bool {
+    members
+        .iter()
+        .position(|m| m.name == sender)
+        .is_some_and(|s| s != me)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +184,10 @@ pub enum Input {
     CopyDone { from: String, ok: bool },
     /// The outcome of an etcd operation ([`Action::Etcd`]).
     Etcd(etcd::Outcome),
+    /// The link of this server's multicast interface: carrier and
+    /// administrative state (`up: false`: cable out, port down, interface
+    /// down).
+    Link { up: bool },
 }
 
 /// What the controller asks the runtime to do besides running the
@@ -299,10 +333,27 @@ impl Controller for NoController {
         Report {
             disks_broken: self.disks_broken,
             role: ReportedRole::Recorder { emitting: true },
+            hears_beacons: true,
         }
     }
     fn view(&self, _now: Instant) -> SiteView {
         SiteView::default()
+    }
+}
+
+/// Whether server `me` of `members` fences itself under `settings` (its
+/// emitter then starts closed and sends only while
+/// [`Controller::fence`] allows): on etcd a server that holds a role by
+/// lease; embedded, a protected recorder of a site with a failover
+/// server.
+pub fn fences(settings: &Settings, members: &[Member], me: &str) -> bool {
+    let Some(m) = members.iter().find(|m| m.name == me) else {
+        return false;
+    };
+    match settings.controller {
+        ControllerKind::None => false,
+        ControllerKind::Etcd => m.protected || m.standby,
+        ControllerKind::Embedded => embedded::fences(members, m),
     }
 }
 

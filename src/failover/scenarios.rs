@@ -3,7 +3,7 @@
 // both orders, and a random soak, every step checked by `World`'s
 // invariants. Included by each controller's tests, which define `KIND`
 // (the controller), `SOAK` (rounds and faults of the random soak) and
-// bring `World`, `ControllerKind`, `Member`, `Settings`, `Report` and
+// bring `World`, `ControllerKind`, `Member`, `Settings`, `Report`, `DEAF` and
 // `ReportedRole` into scope.
 
 const POLL: Duration = Duration::from_millis(500);
@@ -118,6 +118,60 @@ fn an_unreachable_api_with_streams_flowing_is_not_a_dead_recorder() {
         "{}",
         w.story()
     );
+    assert_clean(&w);
+}
+
+#[test]
+fn a_standby_without_the_site_key_takes_nothing_over_and_says_why() {
+    // f1 has another key: it verifies no beacon, and nobody verifies its.
+    let mut w = World::new(settings(), vec![recorder("r1"), standby("f1")]);
+    w.set_key("f1", false);
+    w.run(Duration::from_secs(5));
+    w.kill("r1");
+    w.run(PERIOD * 3);
+    assert!(w.emitter_names("r1").is_empty(), "{}", w.story());
+    let f1 = w.index("f1");
+    let view = w.nodes[f1].ctl.view(w.now);
+    assert!(
+        view.failover
+            .iter()
+            .any(|s| s.name == "f1" && s.state == DEAF),
+        "{view:?}"
+    );
+    assert_clean(&w);
+
+    // With a second standby that has the key, that one covers, although
+    // f1 comes first in site order.
+    let mut w = World::new(
+        settings(),
+        vec![recorder("r1"), standby("f1"), standby("f2")],
+    );
+    w.set_key("f1", false);
+    w.run(Duration::from_secs(5));
+    w.kill("r1");
+    let took = w.run_until(PERIOD * 3, |w| emits(w, "r1", "f2"));
+    assert!(
+        took.is_some_and(|t| t <= PERIOD + Duration::from_secs(3)),
+        "{took:?}\n{}",
+        w.story()
+    );
+    let f2 = w.index("f2");
+    let view = w.nodes[f2].ctl.view(w.now);
+    assert!(
+        view.failover
+            .iter()
+            .any(|s| s.name == "f1" && s.state == DEAF),
+        "f2 does not say f1 hears no beacon: {view:?}"
+    );
+    assert_clean(&w);
+}
+
+#[test]
+fn lost_beacons_with_a_live_control_plane_are_not_a_dead_recorder() {
+    let mut w = world(vec![recorder("r1"), standby("f1")]);
+    w.set_beacons_out("r1", false);
+    w.run(PERIOD * 3);
+    assert!(emits(&w, "r1", "r1"), "{}", w.story());
     assert_clean(&w);
 }
 
@@ -343,6 +397,80 @@ fn an_unprotected_recorder_is_never_taken_over() {
     assert_clean(&w);
 }
 
+#[test]
+fn a_cut_recorder_in_a_site_of_three_stops_before_any_standby_may_start() {
+    let mut w = world(vec![recorder("r1"), recorder("r2"), standby("f1")]);
+    // Cut beyond its port: its carrier stays up, it only hears nobody.
+    w.set_link_beyond_port("r1", false);
+    let r1 = w.index("r1");
+    let mut stopped = None;
+    let took = w.run_until(PERIOD * 3, |w| {
+        if stopped.is_none() && !w.nodes[r1].ctl.may_emit(w.now) {
+            stopped = Some(w.now);
+        }
+        emits(w, "r1", "f1")
+    });
+    let (Some(took), Some(stopped)) = (took, stopped) else {
+        panic!("covered {took:?}, r1 stopped {stopped:?}\n{}", w.story());
+    };
+    let covered = w.now;
+    assert!(
+        stopped < covered,
+        "r1 stopped {:?} after f1 started\n{}",
+        stopped.duration_since(covered),
+        w.story()
+    );
+    println!(
+        "cut beyond its port: r1 stopped {:.2} s before f1 started ({:.2} s after the cut)",
+        covered.duration_since(stopped).as_secs_f64(),
+        took.as_secs_f64()
+    );
+    // Healed: r1 hears f1 covering it before its fence opens.
+    w.set_link_beyond_port("r1", true);
+    w.run(Duration::from_secs(5));
+    assert!(emits(&w, "r1", "f1"), "{}", w.story());
+    assert_clean(&w);
+}
+
+#[test]
+fn a_recorder_whose_only_standby_dies_keeps_emitting() {
+    // A site of two: r1 hears nobody once f1 is gone, its link is up.
+    let mut w = world(vec![recorder("r1"), standby("f1")]);
+    w.kill("f1");
+    w.run(PERIOD * 3);
+    assert!(emits(&w, "r1", "r1"), "{}", w.story());
+    // A site of three: r1 still hears r2.
+    let mut w = world(vec![recorder("r1"), recorder("r2"), standby("f1")]);
+    w.kill("f1");
+    w.run(PERIOD * 3);
+    assert!(emits(&w, "r1", "r1") && emits(&w, "r2", "r2"), "{}", w.story());
+    assert_clean(&w);
+}
+
+#[test]
+fn a_recorder_paused_past_its_period_sends_nothing_stale_when_it_resumes() {
+    let mut w = world(vec![recorder("r1"), standby("f1")]);
+    let r1 = w.index("r1");
+    w.set_frozen("r1", true);
+    w.run(PERIOD + Duration::from_secs(5));
+    assert!(emits(&w, "r1", "f1"), "{}", w.story());
+    w.set_frozen("r1", false);
+    // Before it hears anything: its fence ran out while it was paused.
+    assert!(!w.nodes[r1].ctl.may_emit(w.now), "{}", w.story());
+    w.run(Duration::from_secs(5));
+    assert!(emits(&w, "r1", "f1"), "{}", w.story());
+    assert_clean(&w);
+
+    // Paused shorter than its fence: it goes on, nobody takes over.
+    let mut w = world(vec![recorder("r1"), standby("f1")]);
+    w.set_frozen("r1", true);
+    w.run(Duration::from_millis(500));
+    w.set_frozen("r1", false);
+    w.run(PERIOD * 2);
+    assert!(emits(&w, "r1", "r1"), "{}", w.story());
+    assert_clean(&w);
+}
+
 /// A long run of random faults: the invariants hold at every step.
 #[test]
 fn random_faults_never_break_the_invariants() {
@@ -403,6 +531,7 @@ fn reports_read_back_as_written() {
         let r = Report {
             disks_broken: false,
             role,
+            hears_beacons: false,
         };
         let text = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&text).unwrap();

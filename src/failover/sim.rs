@@ -23,7 +23,23 @@ pub struct Node {
     pub api_up: bool,
     /// Its network link (off: nothing in or out, control or multicast).
     pub link_up: bool,
+    /// Its port's carrier (off with a cut it can see: its cable, its
+    /// switch port; on with a cut beyond them).
+    pub carrier: bool,
+    /// Since when its link is cut (`None`: on the LAN).
+    cut_since: Option<Instant>,
+    /// Since when it emits each owner's role, on the LAN or not.
+    emitting_since: Vec<Option<Instant>>,
     pub disks_broken: bool,
+    /// It has the site key: its beacons verify at the others, theirs at it
+    /// (off: a server whose key is not the site's).
+    pub has_key: bool,
+    /// Its beacons reach the others (off: the beacon group blocked for
+    /// them, while the control plane works).
+    pub beacons_out: bool,
+    /// Paused (SIGSTOP, a VM freeze): it sends, hears and answers nothing,
+    /// and its controller sees no time pass until it is thawed.
+    pub frozen: bool,
     /// A copy of its missing material in progress: from whom, done when.
     copy: Option<(String, Instant)>,
     /// A copy completed since its role last went to another server.
@@ -108,7 +124,13 @@ impl World {
                 alive: true,
                 api_up: true,
                 link_up: true,
+                carrier: true,
+                cut_since: None,
+                emitting_since: vec![None; members.len()],
                 disks_broken: false,
+                has_key: true,
+                beacons_out: true,
+                frozen: false,
                 copy: None,
                 copied: false,
             })
@@ -146,14 +168,15 @@ impl World {
     fn reachable(&self, a: usize, b: usize) -> bool {
         let up = |i: usize| {
             let n = &self.nodes[i];
-            n.alive && n.link_up
+            n.alive && n.link_up && !n.frozen
         };
         // `a` asks `b`: both on the network, `b`'s API answering.
         up(a) && up(b) && self.nodes[b].api_up
     }
 
     fn on_lan(&self, i: usize) -> bool {
-        self.nodes[i].alive && self.nodes[i].link_up
+        let n = &self.nodes[i];
+        n.alive && n.link_up && !n.frozen
     }
 
     /// Who emits `owner`'s channels onto the LAN.
@@ -173,7 +196,7 @@ impl World {
     }
 
     fn deliver(&mut self, to: usize, input: Input) {
-        if !self.nodes[to].alive {
+        if !self.nodes[to].alive || self.nodes[to].frozen {
             return;
         }
         let now = self.now;
@@ -364,7 +387,8 @@ impl World {
         // Beacons: every server on the LAN hears every other's, which
         // says what it emits (nothing past its fence).
         for x in 0..n {
-            if !self.on_lan(x) {
+            // Only a server with a multicast interface sends beacons.
+            if !self.on_lan(x) || !self.nodes[x].beacons_out || !self.members[x].multicast {
                 continue;
             }
             let emits: Vec<(String, Option<i64>)> = if self.nodes[x].ctl.may_emit(now) {
@@ -380,7 +404,11 @@ impl World {
                 Vec::new()
             };
             for y in 0..n {
-                if y != x && self.on_lan(y) {
+                // A beacon verifies only where both have the site key, and
+                // is heard only by a server with a multicast interface.
+                let verified =
+                    self.nodes[x].has_key && self.nodes[y].has_key && self.members[y].multicast;
+                if y != x && self.on_lan(y) && verified {
                     self.deliver(
                         y,
                         Input::Beacon {
@@ -392,9 +420,35 @@ impl World {
             }
         }
         for i in 0..n {
-            if self.nodes[i].alive {
+            if self.nodes[i].alive && !self.nodes[i].frozen {
                 self.nodes[i].ctl.tick(now);
                 self.drain(i);
+            }
+        }
+        // What each server emits, on the LAN or not.
+        for i in 0..n {
+            let wanted = if self.nodes[i].alive && self.nodes[i].ctl.may_emit(now) {
+                self.nodes[i].ctl.wanted()
+            } else {
+                Vec::new()
+            };
+            for o in 0..n {
+                let on = wanted
+                    .iter()
+                    .any(|(w, r)| *w == self.members[o].name && *r == Run::Emit);
+                let since = &mut self.nodes[i].emitting_since[o];
+                match (on, *since) {
+                    (true, None) => *since = Some(now),
+                    (false, Some(_)) => *since = None,
+                    _ => {}
+                }
+            }
+            let cut = !self.nodes[i].link_up;
+            let c = &mut self.nodes[i].cut_since;
+            match (cut, *c) {
+                (true, None) => *c = Some(now),
+                (false, Some(_)) => *c = None,
+                _ => {}
             }
         }
         self.check();
@@ -421,6 +475,48 @@ impl World {
             } else {
                 self.overlap_since[owner] = None;
             }
+            // A server cut off from the LAN stops before a failover server
+            // may take its groups: never still sending (into its cut
+            // segment, where some viewers may be) while another covers it.
+            // Embedded, that holds for a cut it sees (its carrier) or when
+            // it has two peers or more to hear (README: a site of two
+            // cannot tell a cut beyond its port from a dead standby).
+            let peers = (0..self.members.len())
+                .filter(|&i| i != owner && self.members[i].multicast)
+                .count();
+            let promised = self.members[owner].multicast
+                && (self.settings.controller != super::ControllerKind::Embedded
+                    || !self.nodes[owner].carrier
+                    || peers >= 2);
+            // Who started emitting the owner's role since the owner's cut
+            // (a cover that was already on, cut off itself, is another
+            // fault: a cut failover server does not fence itself).
+            let cut_at = self.nodes[owner].cut_since;
+            let started_since_cut = |e: usize| {
+                cut_at.is_some_and(|c| self.nodes[e].emitting_since[owner].is_some_and(|s| s >= c))
+            };
+            // The promise is for a recorder that was emitting when it was
+            // cut. One that takes its role back on its own within a moment
+            // of a cut it has not noticed yet (`HEARING` of the embedded
+            // controller) is a known limit (README).
+            let emitting_when_cut = cut_at
+                .is_some_and(|c| self.nodes[owner].emitting_since[owner].is_some_and(|s| s < c));
+            let cut_still_sends = promised
+                && emitting_when_cut
+                && self.nodes[owner].alive
+                && !self.nodes[owner].frozen
+                && !self.on_lan(owner)
+                && self.nodes[owner].ctl.may_emit(self.now)
+                && self.nodes[owner]
+                    .ctl
+                    .wanted()
+                    .iter()
+                    .any(|(o, r)| o == name && *r == Run::Emit);
+            if cut_still_sends && now.iter().any(|&e| e != owner && started_since_cut(e)) {
+                self.violations.push(format!(
+                    "{t:.2}s: {name}, cut off, still emits while {now:?} cover it"
+                ));
+            }
             for &e in &now {
                 if e != owner && !self.members[e].standby {
                     self.violations.push(format!(
@@ -442,6 +538,7 @@ impl World {
     pub fn kill(&mut self, name: &str) {
         let i = self.index(name);
         self.nodes[i].alive = false;
+        self.nodes[i].frozen = false;
         self.nodes[i].copy = None;
         self.log_event(format!("kill {name}"));
     }
@@ -460,12 +557,58 @@ impl World {
         self.log_event(format!("restart {name}"));
         let all_broken = self.nodes[i].disks_broken;
         self.deliver(i, Input::Disks { all_broken });
+        let up = self.nodes[i].carrier;
+        self.deliver(i, Input::Link { up });
     }
 
+    /// Pauses `name` (SIGSTOP) or lets it go on (SIGCONT).
+    pub fn set_frozen(&mut self, name: &str, frozen: bool) {
+        let i = self.index(name);
+        self.nodes[i].frozen = frozen;
+        self.log_event(format!(
+            "{} {name}",
+            if frozen { "SIGSTOP" } else { "SIGCONT" }
+        ));
+    }
+
+    /// Cuts or heals `name`'s link beyond its port: the server's carrier
+    /// stays up (a switch's uplink, a VLAN), so only what it hears tells it.
+    pub fn set_link_beyond_port(&mut self, name: &str, up: bool) {
+        let i = self.index(name);
+        self.nodes[i].link_up = up;
+        self.log_event(format!(
+            "link beyond the port of {name} {}",
+            if up { "up" } else { "down" }
+        ));
+    }
+
+    /// Cuts or heals `name`'s link; the server sees its carrier go.
     pub fn set_link(&mut self, name: &str, up: bool) {
         let i = self.index(name);
         self.nodes[i].link_up = up;
+        self.nodes[i].carrier = up;
         self.log_event(format!("link {name} {}", if up { "up" } else { "down" }));
+        self.deliver(i, Input::Link { up });
+    }
+
+    /// Gives `name` the site key, or another one.
+    pub fn set_key(&mut self, name: &str, right: bool) {
+        let i = self.index(name);
+        self.nodes[i].has_key = right;
+        self.log_event(format!(
+            "key {name} {}",
+            if right { "right" } else { "wrong" }
+        ));
+    }
+
+    /// Lets `name`'s beacons reach the others, or not.
+    pub fn set_beacons_out(&mut self, name: &str, out: bool) {
+        let i = self.index(name);
+        self.nodes[i].beacons_out = out;
+        self.log_event(format!(
+            "beacons of {name} {}",
+            if out { "out" } else { "lost" }
+        ));
     }
 
     pub fn set_api(&mut self, name: &str, up: bool) {
@@ -482,8 +625,8 @@ impl World {
     }
 
     /// One fault (or its repair) by number: 0 kill or restart, 1 the link,
-    /// 2 the control API, 3 the disks (each toggled), 4 a failback
-    /// command, anything else nothing.
+    /// 2 the control API, 3 the disks, 5 a pause, 6 the link beyond the
+    /// port (each toggled), 4 a failback command, anything else nothing.
     pub fn fault(&mut self, name: &str, kind: u8) {
         let i = self.index(name);
         match kind {
@@ -502,6 +645,14 @@ impl World {
                 self.set_disks_broken(name, b);
             }
             4 => self.command_failback(name),
+            5 => {
+                let f = !self.nodes[i].frozen;
+                self.set_frozen(name, f);
+            }
+            6 => {
+                let up = !self.nodes[i].link_up;
+                self.set_link_beyond_port(name, up);
+            }
             _ => {}
         }
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::sim::World;
-use super::{ControllerKind, Member, Report, ReportedRole, Settings};
+use super::{ControllerKind, DEAF, Member, Report, ReportedRole, Settings};
 
 const KIND: ControllerKind = ControllerKind::Embedded;
 /// Rounds of the random soak, and faults per round.

@@ -315,3 +315,53 @@ fn join(
     s.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(s.into())
 }
+
+/// Whether the interface that holds `addr` is up with its carrier
+/// (`IFF_UP` and `IFF_RUNNING`: a cable out, a switch port down or the
+/// interface set down all clear it); false when no interface holds it.
+pub fn link_up(addr: Ipv4Addr) -> bool {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list it allocates, which is
+    // walked read-only below and freed once with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return false;
+    }
+    let mut up = false;
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned, alive
+        // until freeifaddrs; `ifa_addr` is null or points to a sockaddr
+        // whose family says its type.
+        let ifa = unsafe { &*at };
+        at = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: as above.
+        let family = unsafe { (*ifa.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == addr {
+            let flags = ifa.ifa_flags;
+            up = flags & libc::IFF_UP as u32 != 0 && flags & libc::IFF_RUNNING as u32 != 0;
+            break;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    up
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_up_and_an_address_of_no_interface_is_not() {
+        assert!(link_up(Ipv4Addr::LOCALHOST));
+        assert!(!link_up(Ipv4Addr::new(198, 51, 100, 254)));
+    }
+}

@@ -103,6 +103,9 @@ pub struct Driver {
     layouts: Vec<(String, crate::failover::beacon::Layout)>,
     /// The site's beacon group.
     beacon_group: SocketAddrV4,
+    /// This server's multicast interface address, and its link's state
+    /// as last told to the controller.
+    link: Option<(std::net::Ipv4Addr, bool)>,
     applied: Option<Vec<(String, Run)>>,
     disks_broken: Option<bool>,
     cancel: CancellationToken,
@@ -237,6 +240,7 @@ impl Driver {
             key,
             layouts,
             beacon_group: site.file.site.failover.beacon_group,
+            link: None,
             applied: None,
             disks_broken: None,
             cancel,
@@ -278,6 +282,7 @@ impl Driver {
             self.beacon_log.problem(why);
             return;
         };
+        self.link = Some((iface, true));
         match BeaconSender::open(
             &self.me,
             self.beacon_group,
@@ -345,10 +350,36 @@ impl Driver {
         );
     }
 
+    /// Tells the controller when this server's link goes down or up (read
+    /// at each beacon: the interface's carrier and state).
+    fn watch_link(&mut self, now: Instant) {
+        let Some((iface, told)) = self.link else {
+            return;
+        };
+        if self
+            .beacon
+            .as_ref()
+            .is_some_and(|b| b.due().is_some_and(|t| now < t))
+        {
+            return;
+        }
+        let up = beacons::link_up(iface);
+        if up != told {
+            self.link = Some((iface, up));
+            if up {
+                tracing::info!(interface = %iface, "the link of this server's multicast interface is up again");
+            } else {
+                tracing::warn!(interface = %iface, "the link of this server's multicast interface is down: a protected recorder stops sending until it is back and it has heard the site");
+            }
+            self.ctl.handle(now, Input::Link { up });
+        }
+    }
+
     /// Sends this server's beacon if one is due: the roles it emits now,
     /// with their channels' points.
     fn beat(&mut self, server: &Server) {
         let now = Instant::now();
+        self.watch_link(now);
         let Some(sender) = self.beacon.as_mut() else {
             return;
         };

@@ -194,13 +194,15 @@ impl Server {
         });
         let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
         let metrics = Metrics::new();
-        // A server that holds its groups by an etcd lease fences itself;
-        // closed until its first lease. An unprotected recorder holds no
-        // role key (nobody takes its groups).
-        let by_lease = local.failover.failover_enabled || local.failover.use_as_failover_server;
-        let fence = if site.file.site.failover.controller == crate::failover::ControllerKind::Etcd
-            && by_lease
-        {
+        // A server that holds its groups by an etcd lease, or a protected
+        // recorder of the embedded controller, fences itself; closed until
+        // the controller opens it. An unprotected recorder is never taken
+        // over, so it needs no fence.
+        let fence = if crate::failover::fences(
+            &site.file.site.failover.settings(),
+            &crate::failover::Member::of_site(site),
+            name,
+        ) {
             crate::emit::Fence::closed(metrics.failover.fenced_sends.clone())
         } else {
             crate::emit::Fence::OPEN
